@@ -1,0 +1,196 @@
+"""Pure-Python reference of the native ``chatgw_native.Dedup``.
+
+Observable behaviour (results, ``len``, exception types) is identical to the
+native class; ``tests/test_native_dedup.py`` drives both with the same random
+operation sequences. See docs/native.md for the numbered invariants.
+
+Design: a time-windowed bloom filter of ``generations`` rotating generations
+in front of an exact LRU (``OrderedDict``). Each LRU entry remembers the
+generation of its last ``put``; ``get`` answers only if that generation is
+still inside the window, so the bloom (which has no false negatives) never
+changes a result and the bloom's hashing may differ between the two
+implementations (native: xxh3-128, seeded; here: keyed BLAKE2b). The bloom is
+a small bytearray-per-generation filter of exactly ``bits_per_generation``
+bits rather than pybloom-live's ``BloomFilter``, because pybloom-live sizes
+its filter from (capacity, error_rate) and cannot be given a bit count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections import OrderedDict
+from typing import SupportsIndex
+
+MAX_KEY_BYTES = 1024
+MAX_CAPACITY = 1 << 31
+MAX_GENERATIONS = 64
+MAX_BITS_PER_GENERATION = 1 << 32
+PROBES = 4
+
+_U64_MAX = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+
+Key = str | bytes
+
+
+def u64_arg(x: SupportsIndex) -> int:
+    """A per-operation integer: TypeError if not an int, OverflowError outside [0, 2**64)."""
+    v = int(operator.index(x))
+    if not 0 <= v <= _U64_MAX:
+        raise OverflowError("int out of range for u64")
+    return v
+
+
+def i64_arg(x: SupportsIndex) -> int:
+    """A configuration integer: TypeError if not an int, OverflowError outside i64."""
+    v = int(operator.index(x))
+    if not _I64_MIN <= v <= _I64_MAX:
+        raise OverflowError("int out of range for i64")
+    return v
+
+
+def _check_part(x: object, what: str) -> None:
+    if not isinstance(x, (str, bytes)):
+        raise TypeError(f"{what} must be str or bytes, not {type(x).__name__}")
+
+
+def _lower_len(x: Key) -> int:
+    return str.__len__(x) if isinstance(x, str) else bytes.__len__(x)
+
+
+def _encode(x: Key) -> bytes:
+    if isinstance(x, str):
+        return str.encode(x, "utf-8", "surrogatepass")
+    return b"".join((x,))  # exact bytes copy of a bytes (sub)class, via the buffer protocol
+
+
+def dedup_key(conv: Key, cid: Key) -> bytes:
+    """``len(conv) as u16 LE || conv || cid`` (unambiguous), both parts UTF-8/surrogatepass.
+
+    Checks in order: type of conv, type of cid (TypeError), combined length (ValueError).
+    """
+    _check_part(conv, "conv")
+    _check_part(cid, "cid")
+    if _lower_len(conv) + _lower_len(cid) > MAX_KEY_BYTES:
+        raise ValueError(f"key longer than {MAX_KEY_BYTES} bytes")
+    a = _encode(conv)
+    b = _encode(cid)
+    if len(a) + len(b) > MAX_KEY_BYTES:
+        raise ValueError(f"key longer than {MAX_KEY_BYTES} bytes")
+    return len(a).to_bytes(2, "little") + a + b
+
+
+class ReferenceDedup:
+    """Dedup(capacity, window_ms, generations=4, bits_per_generation=1<<20, seed=0)."""
+
+    __slots__ = ("_capacity", "_generations", "_gen_len", "_bits", "_hkey", "_cur_gen", "_blooms", "_lru")
+
+    def __init__(
+        self,
+        capacity: SupportsIndex,
+        window_ms: SupportsIndex,
+        generations: SupportsIndex = 4,
+        bits_per_generation: SupportsIndex = 1 << 20,
+        seed: SupportsIndex = 0,
+    ) -> None:
+        cap = i64_arg(capacity)
+        window = i64_arg(window_ms)
+        gens = i64_arg(generations)
+        bits = i64_arg(bits_per_generation)
+        seed_v = int(operator.index(seed)) & _U64_MAX
+        if not 1 <= cap <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be in 1..={MAX_CAPACITY}")
+        if window < 1:
+            raise ValueError("window_ms must be > 0")
+        if not 1 <= gens <= MAX_GENERATIONS:
+            raise ValueError(f"generations must be in 1..={MAX_GENERATIONS}")
+        if gens > window:
+            raise ValueError("generations must be <= window_ms")
+        if not 1 <= bits <= MAX_BITS_PER_GENERATION:
+            raise ValueError(f"bits_per_generation must be in 1..={MAX_BITS_PER_GENERATION}")
+        self._capacity = cap
+        self._generations = gens
+        self._gen_len = window // gens
+        self._bits = bits
+        self._hkey = seed_v.to_bytes(8, "little")
+        self._cur_gen = 0
+        self._blooms = [bytearray((bits + 7) // 8) for _ in range(gens)]
+        # key -> [seq, generation of the last put]; order = recency (last = most recent)
+        self._lru: OrderedDict[bytes, list[int]] = OrderedDict()
+
+    # -- bloom ------------------------------------------------------------
+
+    def _probes(self, key: bytes) -> list[int]:
+        d = hashlib.blake2b(key, digest_size=16, key=self._hkey).digest()
+        h1 = int.from_bytes(d[:8], "little")
+        h2 = int.from_bytes(d[8:], "little") | 1
+        m = self._bits
+        return [(((h1 + i * h2) & _U64_MAX) * m) >> 64 for i in range(PROBES)]
+
+    def _bloom_has(self, probes: list[int]) -> bool:
+        for bloom in self._blooms:  # every slot holds only live generations
+            if all(bloom[p >> 3] & (1 << (p & 7)) for p in probes):
+                return True
+        return False
+
+    def _advance(self, now_ms: int) -> None:
+        gen = now_ms // self._gen_len
+        if gen <= self._cur_gen:  # time never goes backwards (D4)
+            return
+        g = self._generations
+        start = max(self._cur_gen + 1, gen - g + 1)
+        for x in range(start, gen + 1):
+            self._blooms[x % g] = bytearray(len(self._blooms[x % g]))
+        self._cur_gen = gen
+
+    # -- API --------------------------------------------------------------
+
+    def get(self, conv: Key, cid: Key, now_ms: SupportsIndex) -> int | None:
+        """Seq stored for (conv, cid) if present and within the window, else None."""
+        key = dedup_key(conv, cid)
+        now = u64_arg(now_ms)
+        self._advance(now)
+        if not self._bloom_has(self._probes(key)):
+            return None
+        entry = self._lru.get(key)
+        if entry is None or self._cur_gen - entry[1] >= self._generations:
+            return None
+        self._lru.move_to_end(key)
+        return entry[0]
+
+    def put(self, conv: Key, cid: Key, seq: SupportsIndex, now_ms: SupportsIndex) -> None:
+        """Record (conv, cid) -> seq at now_ms (updates seq and recency if present)."""
+        key = dedup_key(conv, cid)
+        seq_v = u64_arg(seq)
+        now = u64_arg(now_ms)
+        self._advance(now)
+        bloom = self._blooms[self._cur_gen % self._generations]
+        for p in self._probes(key):
+            bloom[p >> 3] |= 1 << (p & 7)
+        entry = self._lru.get(key)
+        if entry is not None:
+            entry[0] = seq_v
+            entry[1] = self._cur_gen
+            self._lru.move_to_end(key)
+            return
+        if len(self._lru) >= self._capacity:
+            self._lru.popitem(last=False)
+        self._lru[key] = [seq_v, self._cur_gen]
+
+    def _bloom_maybe(self, conv: Key, cid: Key, now_ms: SupportsIndex) -> bool:
+        """Test hook: does the bloom filter say "maybe" for (conv, cid)?"""
+        key = dedup_key(conv, cid)
+        now = u64_arg(now_ms)
+        self._advance(now)
+        return self._bloom_has(self._probes(key))
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __repr__(self) -> str:
+        return (
+            f"dedup.reference.ReferenceDedup(len={len(self._lru)}, capacity={self._capacity}, "
+            f"generations={self._generations}, bits_per_generation={self._bits})"
+        )

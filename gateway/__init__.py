@@ -1,0 +1,1 @@
+"""chatgw: a WebSocket gateway for live customer chat."""

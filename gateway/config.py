@@ -1,0 +1,170 @@
+"""Node configuration: defaults, a TOML file, then GATEWAY_* environment variables.
+
+Defaults run a development node out of the box. A production node must be given
+a real secret: it refuses to start otherwise (see `Config.check`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# A secret that looks configured but is a well-known placeholder is as bad as none.
+_PLACEHOLDER_SECRETS = {"", "secret", "changeme", "change-me", "dev", "development", "test"}
+MIN_SECRET_LEN = 32
+
+
+class ConfigError(ValueError):
+    """The configuration can't be used; the message says which setting and why."""
+
+
+@dataclass
+class Config:
+    env: str = "development"  # development | production
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    ws_port: int = 8765
+    public_ws_url: str = ""  # what pages are told to dial; derived from host/ws_port when empty
+    node_id: str = ""
+    jwt_secret: str = ""
+    jwt_issuer: str = ""
+    admin_token: str = ""  # bearer token for /admin; generated in development
+    default_tenant: str = "demo"
+
+    # Heartbeats: ping a connection silent for heartbeat_s, drop it heartbeat_timeout_s later.
+    heartbeat_s: float = 20.0
+    heartbeat_timeout_s: float = 10.0
+
+    # Limits per connection.
+    max_frame: int = 64 * 1024
+    max_text: int = 4000
+    read_buffer: int = 1024  # picows grows it when a bigger frame arrives
+    rate_per_s: float = 20.0
+    rate_burst: float = 40.0
+    flood_strikes: int = 10  # rate_limited errors in a row before close 1008
+    max_write_buffer: int = 256 * 1024  # bytes queued to a client that stopped reading
+
+    # Conversations and routing.
+    history_keep: int = 10_000  # log entries kept per conversation
+    assign_history: int = 50  # entries sent to an agent with `assigned`
+    agent_capacity: int = 3
+    agent_grace_s: float = 30.0
+    lock_segments: int = 1024
+
+    # Idempotency cache in front of the coordinator's exact record.
+    dedup_capacity: int = 200_000
+    dedup_window_s: float = 600.0
+
+    coordinator: str = "embedded"  # embedded | redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
+    demo: bool = True  # serve the demo pages and /api/dev/token (never in production)
+    log_level: str = "info"
+
+    generated: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def ws_url(self) -> str:
+        if self.public_ws_url:
+            return self.public_ws_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"ws://{host}:{self.ws_port}/ws"
+
+    def check(self) -> None:
+        """Fill development defaults, refuse unsafe production settings."""
+        if self.env not in ("development", "production"):
+            raise ConfigError(f"env must be development or production, not {self.env!r}")
+        if self.coordinator not in ("embedded", "redis"):
+            raise ConfigError(f"coordinator must be embedded or redis, not {self.coordinator!r}")
+        if self.production:
+            if self.jwt_secret.strip().lower() in _PLACEHOLDER_SECRETS or len(self.jwt_secret) < MIN_SECRET_LEN:
+                raise ConfigError(
+                    "production refuses to start without a real jwt_secret "
+                    f"(GATEWAY_JWT_SECRET, at least {MIN_SECRET_LEN} characters, not a placeholder)"
+                )
+            if not self.admin_token or len(self.admin_token) < MIN_SECRET_LEN:
+                raise ConfigError(f"production needs GATEWAY_ADMIN_TOKEN of at least {MIN_SECRET_LEN} characters")
+            self.demo = False
+        else:
+            if not self.jwt_secret:
+                self.jwt_secret = secrets.token_urlsafe(32)
+                self.generated.append("jwt_secret")
+            if not self.admin_token:
+                self.admin_token = secrets.token_urlsafe(24)
+                self.generated.append("admin_token")
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        for name in ("max_frame", "max_text", "read_buffer", "agent_capacity", "history_keep", "lock_segments"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.heartbeat_s <= 0 or self.heartbeat_timeout_s <= 0:
+            raise ConfigError("heartbeat_s and heartbeat_timeout_s must be positive")
+
+    def describe(self) -> dict[str, Any]:
+        """Settings safe to print or serve: secrets masked."""
+        out = {}
+        for f in fields(self):
+            if f.name == "generated":
+                continue
+            v = getattr(self, f.name)
+            if f.name in ("jwt_secret", "admin_token") and v:
+                v = "<generated>" if f.name in self.generated else "<set>"
+            out[f.name] = v
+        return out
+
+
+def _coerce(kind: type | str, raw: str) -> Any:
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind) if isinstance(kind, str) else kind
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"not a boolean: {raw!r}")
+    return kind(raw)
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """Build a Config: defaults < file (TOML, [gateway] table or top level) < GATEWAY_* env < overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get("GATEWAY_CONFIG")
+    known = {f.name: f for f in fields(Config) if f.name != "generated"}
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+        data = data.get("gateway", data)
+        for k, v in data.items():
+            if k not in known:
+                raise ConfigError(f"{path}: unknown setting {k!r}")
+            values[k] = v
+    for name, f in known.items():
+        raw = env.get(f"GATEWAY_{name.upper()}")
+        if raw is not None:
+            try:
+                values[name] = _coerce(f.type, raw)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"GATEWAY_{name.upper()}: {e}") from None
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in known:
+            raise ConfigError(f"unknown setting {k!r}")
+        values[k] = v
+    cfg = Config(**values)
+    cfg.check()
+    return cfg
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,20 @@
+"""Shared-state seam: `make_coordinator(cfg)` returns the configured implementation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Agent, Conversation, Coordinator, Unavailable
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["Agent", "Conversation", "Coordinator", "Unavailable", "make_coordinator"]
+
+
+def make_coordinator(cfg: Config) -> Coordinator:
+    if cfg.coordinator == "embedded":
+        from .embedded import EmbeddedCoordinator
+
+        return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments)
+    raise NotImplementedError(f"coordinator {cfg.coordinator!r} is not available in this build")

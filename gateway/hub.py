@@ -1,0 +1,601 @@
+"""The node's core: who is connected here, and what each envelope does.
+
+Connections (gateway/listener.pyx) hand validated envelopes to `submit`; each
+connection's envelopes run in order on one short-lived worker task that exists
+only while that connection has work. Conversation state and logs live behind
+the coordinator; assignment policy lives in routing/. Delivery invariants are
+in docs/delivery.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from dedup.window import make_dedup
+from routing import Router
+from routing.router import RoutingError
+
+from .coordinator import Agent, Conversation, Coordinator, Unavailable
+from .listener import Connection
+from .metrics import METRICS
+from .protocol import VERSION, Outgoing, ProtocolError
+from .timing_wheel import make_timing_wheel
+
+log = logging.getLogger("gateway.hub")
+
+REPLAY_PAGE = 500
+TICK_S = 0.05
+CLOSE_WAIT_S = 2.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Hub:
+    def __init__(self, cfg: Any, coord: Coordinator):
+        self.cfg = cfg
+        self.coord = coord
+        self.router = Router(coord, self)
+        self.loop = asyncio.get_event_loop()
+        self.users: dict[tuple[str, str], set[Connection]] = {}
+        self.conns: dict[int, Connection] = {}
+        self._next_id = 0
+        self._dirty: list[Connection] = []
+        self._flush_pending = False
+        self._queue_pos: dict[tuple[str, str], int] = {}  # (tenant, conv) -> last position told
+        self._dedup = make_dedup(cfg.dedup_capacity, int(cfg.dedup_window_s * 1000))
+        # One wheel for every deadline: heartbeats (even keys) and agent grace periods (odd keys).
+        self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
+        self._grace: dict[int, tuple[str, str]] = {}
+        self._grace_of: dict[tuple[str, str], int] = {}
+        self._ticker: asyncio.TimerHandle | None = None
+        self._t0 = time.monotonic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        coord.on_delivery(self._remote_delivery)
+
+    # lifecycle
+
+    def start(self) -> None:
+        self._ticker = self.loop.call_later(TICK_S, self._tick)
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        for conn in list(self.conns.values()):
+            conn.close_going_away("node shutting down")
+
+    def _mono_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    # connections
+
+    def connected(self, conn: Connection) -> None:
+        self._next_id += 1
+        conn.cid = self._next_id
+        self.conns[conn.cid] = conn
+        METRICS.connections.labels(conn.role or "echo").inc()
+        if conn.echo:
+            return
+        key = (conn.tenant, conn.user)
+        peers = self.users.setdefault(key, set())
+        first = not peers
+        peers.add(conn)
+        self._wheel.schedule(conn.cid * 2, self._mono_ms() + int(self.cfg.heartbeat_s * 1000))
+        self._spawn(self._welcome(conn, first))
+
+    def disconnected(self, conn: Connection) -> None:
+        if self.conns.pop(conn.cid, None) is None:
+            return
+        METRICS.connections.labels(conn.role or "echo").dec()
+        if conn.echo:
+            return
+        self._wheel.cancel(conn.cid * 2)
+        key = (conn.tenant, conn.user)
+        peers = self.users.get(key)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.users[key]
+                self._spawn(self._last_gone(conn))
+
+    async def _welcome(self, conn: Connection, first: bool) -> None:
+        await self.coord.set_present(conn.tenant, conn.user, True)
+        convs: list[dict[str, Any]] = []
+        if conn.role == "agent":
+            self._cancel_grace(conn.tenant, conn.user)
+            agent = await self.coord.get_agent(conn.tenant, conn.user)
+            capacity = conn.ident.capacity if conn.ident.capacity is not None else self.cfg.agent_capacity
+            agent = Agent(
+                tenant=conn.tenant,
+                id=conn.user,
+                groups=tuple(conn.ident.groups),
+                capacity=agent.capacity if agent else capacity,
+                status=agent.status if agent else "offline",
+                connected=True,
+            )
+            agent = await self.coord.upsert_agent(agent)
+            for conv_id in await self.coord.conversations_of_agent(conn.tenant, conn.user):
+                c = await self.coord.get_conversation(conn.tenant, conv_id)
+                if c:
+                    convs.append(await self._conv_view(c))
+            if first:
+                await self.router.agent_changed(agent)
+        elif conn.role == "visitor":
+            conv_id = await self.coord.open_conversation_of(conn.tenant, conn.user)
+            c = await self.coord.get_conversation(conn.tenant, conv_id) if conv_id else None
+            if c:
+                convs.append(await self._conv_view(c))
+        conn.send_env(
+            {
+                "t": "welcome",
+                "v": VERSION,
+                "node": self.coord.node_id,
+                "tenant": conn.tenant,
+                "user": conn.user,
+                "role": conn.role,
+                "convs": convs,
+                "hb": self.cfg.heartbeat_s,
+            }
+        )
+
+    async def _last_gone(self, conn: Connection) -> None:
+        await self.coord.set_present(conn.tenant, conn.user, False)
+        if conn.role != "agent":
+            return
+        agent = await self.coord.get_agent(conn.tenant, conn.user)
+        if agent is None or (conn.tenant, conn.user) in self.users:
+            return
+        agent.connected = False
+        await self.coord.upsert_agent(agent)
+        if await self.coord.conversations_of_agent(conn.tenant, conn.user):
+            self._start_grace(conn.tenant, conn.user)
+
+    # agent grace periods
+
+    def _start_grace(self, tenant: str, agent: str) -> None:
+        self._next_id += 1
+        key = self._next_id * 2 + 1
+        self._grace[key] = (tenant, agent)
+        self._grace_of[(tenant, agent)] = key
+        self._wheel.schedule(key, self._mono_ms() + int(self.cfg.agent_grace_s * 1000))
+
+    def _cancel_grace(self, tenant: str, agent: str) -> None:
+        key = self._grace_of.pop((tenant, agent), None)
+        if key is not None:
+            self._grace.pop(key, None)
+            self._wheel.cancel(key)
+
+    async def _grace_expired(self, tenant: str, agent: str) -> None:
+        if (tenant, agent) in self.users:
+            return
+        moved = await self.router.requeue_agent(tenant, agent)
+        METRICS.requeued.inc(len(moved))
+
+    # the one timer: heartbeats and grace periods
+
+    def _tick(self) -> None:
+        self._ticker = self.loop.call_later(TICK_S, self._tick)
+        now_ms = self._mono_ms()
+        for key in self._wheel.advance(now_ms):
+            if key & 1:
+                who = self._grace.pop(key, None)
+                if who is not None:
+                    self._grace_of.pop(who, None)
+                    self._spawn(self._grace_expired(*who))
+                continue
+            conn = self.conns.get(key // 2)
+            if conn is None:
+                continue
+            idle_ms = int((time.monotonic() - conn.last_rx) * 1000)
+            hb_ms = int(self.cfg.heartbeat_s * 1000)
+            if conn.awaiting_pong and idle_ms >= hb_ms:
+                METRICS.heartbeat_timeouts.inc()
+                conn.fail(1001, "heartbeat timeout")
+            elif idle_ms < hb_ms:
+                conn.awaiting_pong = False
+                self._wheel.schedule(key, now_ms + hb_ms - idle_ms)
+            else:
+                conn.ping()
+                self._wheel.schedule(key, now_ms + int(self.cfg.heartbeat_timeout_s * 1000))
+
+    # outgoing
+
+    def outgoing(self, env: dict[str, Any]) -> Outgoing:
+        return Outgoing(env)
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    def closing(self, conn: Connection) -> None:
+        """We sent a close frame: give the peer CLOSE_WAIT_S to answer, then drop the socket."""
+        self.loop.call_later(CLOSE_WAIT_S, conn.transport.disconnect)
+
+    def slow_reader(self, conn: Connection) -> None:
+        METRICS.slow_readers.inc()
+        log.info("dropping slow reader %s/%s: write buffer over %d bytes", conn.tenant, conn.user, self.cfg.max_write_buffer)
+
+    def _send_user(self, tenant: str, user: str, env: dict[str, Any] | Outgoing) -> None:
+        peers = self.users.get((tenant, user))
+        if peers:
+            out = env if isinstance(env, Outgoing) else Outgoing(env)
+            for conn in peers:
+                conn.push(out)
+
+    # incoming
+
+    def submit(self, conn: Connection, env: dict[str, Any]) -> None:
+        METRICS.envelopes_in.inc()
+        if conn.inbox is None:
+            conn.inbox = deque((env,))
+            conn.worker = task = self.loop.create_task(self._work(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            conn.inbox.append(env)
+
+    async def _work(self, conn: Connection) -> None:
+        inbox = conn.inbox
+        try:
+            while inbox:
+                env = inbox.popleft()
+                try:
+                    await self._handle(conn, env)
+                except ProtocolError as e:
+                    conn.send_env(e.envelope())
+                except RoutingError as e:
+                    conn.send_env(ProtocolError(e.code, str(e), rid=env.get("rid")).envelope())
+                except Unavailable as e:
+                    conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.get("rid")).envelope())
+                except Exception:
+                    log.exception("handling %s from %s/%s", env.get("t"), conn.tenant, conn.user)
+                    conn.send_env(ProtocolError("internal", "internal error", rid=env.get("rid")).envelope())
+        finally:
+            conn.inbox = None
+            conn.worker = None
+
+    async def _handle(self, conn: Connection, env: dict[str, Any]) -> None:
+        handler = _HANDLERS[env["t"]]
+        await handler(self, conn, env)
+
+    async def _participant(self, conn: Connection, env: dict[str, Any]) -> Conversation:
+        conv = await self.coord.get_conversation(conn.tenant, env["conv"])
+        if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
+            # A conversation of another tenant or another visitor looks exactly like a missing one.
+            raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
+        return conv
+
+    async def h_open(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "visitor":
+            raise ProtocolError("forbidden", "only visitors open conversations", rid=env.get("rid"))
+        existing = await self.coord.open_conversation_of(conn.tenant, conn.user)
+        if existing:
+            conv = await self.coord.get_conversation(conn.tenant, existing)
+            if conv is not None:
+                view = await self._conv_view(conv)
+                view["rid"] = env.get("rid")
+                conn.send_env(view)
+                return
+        conv = Conversation(
+            id=uuid.uuid4().hex,
+            tenant=conn.tenant,
+            visitor=conn.user,
+            group=env.get("group") or "default",
+            state="queued",
+            created_ms=_now_ms(),
+            meta=env.get("meta") or {},
+        )
+        await self.coord.create_conversation(conv)
+        METRICS.conversations_opened.inc()
+        view = await self._conv_view(conv)
+        view["rid"] = env.get("rid")
+        conn.send_env(view)
+        await self.router.enqueue_new(conv)
+
+    async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        cid = env["id"]
+        dkey = f"{conv.tenant}\0{conv.id}"
+        now = _now_ms()
+        seq = self._dedup.get(dkey, cid, now)
+        if seq is not None:
+            METRICS.duplicates.inc()
+            conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": True})
+            return
+        if conv.state == "closed":
+            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
+        entry: dict[str, Any] = {
+            "t": "msg",
+            "conv": conv.id,
+            "seq": 0,
+            "id": cid,
+            "from": conn.user,
+            "role": conn.role,
+            "text": env["text"],
+            "ts": now,
+        }
+        if env.get("att"):
+            entry["att"] = env["att"]
+        seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
+        self._dedup.put(dkey, cid, seq, now)
+        conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": dup})
+        if dup:
+            METRICS.duplicates.inc()
+            return
+        METRICS.messages.inc()
+        await self._deliver(conv, entry)
+
+    async def h_typing(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self._relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
+
+    async def h_read(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self._relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
+
+    async def h_history(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        entries, first = await self.coord.read_before(conv.tenant, conv.id, env.get("before"), env.get("limit") or 50)
+        conn.send_env({"t": "history", "conv": conv.id, "msgs": entries, "first": first, "rid": env.get("rid")})
+
+    async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self._replay(conn, conv, env["after"], rid=env.get("rid"), tell_gap=True)
+
+    async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        if conn.role == "agent" and conv.agent != conn.user:
+            raise ProtocolError("forbidden", "only the assigned agent can close", rid=env.get("rid"))
+        await self.router.close(conn.tenant, conv.id, by=conn.user)
+
+    async def h_status(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "agent":
+            raise ProtocolError("forbidden", "only agents have a status", rid=env.get("rid"))
+        agent = await self.coord.get_agent(conn.tenant, conn.user)
+        if agent is None:  # _welcome has not finished yet; it will create the record
+            agent = Agent(conn.tenant, conn.user, tuple(conn.ident.groups), self.cfg.agent_capacity, connected=True)
+        agent.status = env["status"]
+        agent.connected = True
+        if env.get("capacity") is not None:
+            agent.capacity = env["capacity"]
+        agent = await self.coord.upsert_agent(agent)
+        conn.send_env(
+            {
+                "t": "status",
+                "status": agent.status,
+                "capacity": agent.capacity,
+                "groups": list(agent.groups),
+                "load": agent.load,
+                "rid": env.get("rid"),
+            }
+        )
+        await self.router.agent_changed(agent)
+
+    async def h_transfer(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "agent":
+            raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.get("rid"))
+        conv = await self._participant(conn, env)
+        await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"))
+
+    async def h_ping(self, conn: Connection, env: dict[str, Any]) -> None:
+        conn.send_env({"t": "pong", "rid": env.get("rid")})
+
+    # delivery
+
+    async def _deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
+        """Send a log entry to every connection of every participant, at most once and in order."""
+        out = Outgoing(entry)
+        remote: list[str] = []
+        seq = entry["seq"]
+        for user in conv.participants():
+            peers = self.users.get((conv.tenant, user))
+            if not peers:
+                remote.append(user)
+                continue
+            for conn in list(peers):
+                if not conn.push_entry(conv.id, seq, out):
+                    self._spawn(self._catch_up(conn, conv))
+        if remote:
+            await self.coord.deliver_remote(conv.tenant, remote, entry)
+
+    async def _remote_delivery(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
+        conv = await self.coord.get_conversation(tenant, env["conv"]) if "seq" in env else None
+        out = Outgoing(env)
+        for user in users:
+            for conn in list(self.users.get((tenant, user), ())):
+                if conv is None:
+                    conn.push(out)
+                elif not conn.push_entry(conv.id, env["seq"], out):
+                    self._spawn(self._catch_up(conn, conv))
+
+    async def _relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
+        out = Outgoing(env)
+        remote = []
+        for user in conv.participants():
+            if user == sender:
+                continue
+            if (conv.tenant, user) in self.users:
+                self._send_user(conv.tenant, user, out)
+            else:
+                remote.append(user)
+        if remote:
+            await self.coord.deliver_remote(conv.tenant, remote, env)
+
+    async def _catch_up(self, conn: Connection, conv: Conversation) -> None:
+        after = (conn.sent or {}).get(conv.id, 0)
+        await self._replay(conn, conv, after, rid=None, tell_gap=False)
+
+    async def _replay(self, conn: Connection, conv: Conversation, after: int, rid: Any, tell_gap: bool) -> None:
+        """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
+        if conn.syncing is None:
+            conn.syncing = {}
+        if conv.id in conn.syncing:
+            return  # a replay of this conversation is already running on this connection
+        conn.syncing[conv.id] = buffered = []
+        last = after
+        try:
+            while not conn.closed:
+                entries, first = await self.coord.read_after(conv.tenant, conv.id, last, REPLAY_PAGE)
+                if first > last + 1:
+                    if tell_gap:
+                        conn.send_env({"t": "gap", "conv": conv.id, "first": first})
+                    last = first - 1
+                for e in entries:
+                    conn.push(Outgoing(e))
+                    last = e["seq"]
+                if len(entries) < REPLAY_PAGE:
+                    break
+            # Live entries held back during the replay: send the ones past `last` in order.
+            while buffered:
+                buffered.sort(key=lambda p: p[0])
+                pending, buffered[:] = list(buffered), []
+                for seq, out in pending:
+                    if seq == last + 1:
+                        conn.push(out)
+                        last = seq
+                    elif seq > last + 1:  # still a hole: read it from the log
+                        entries, _ = await self.coord.read_after(conv.tenant, conv.id, last, seq - last)
+                        for e in entries:
+                            conn.push(Outgoing(e))
+                            last = e["seq"]
+                        if seq == last + 1:
+                            conn.push(out)
+                            last = seq
+        finally:
+            conn.syncing.pop(conv.id, None)
+            if not conn.syncing:
+                conn.syncing = None
+        if conn.sent is None:
+            conn.sent = {}
+        conn.sent[conv.id] = max(last, conn.sent.get(conv.id, 0))
+        if tell_gap:
+            conn.send_env({"t": "resumed", "conv": conv.id, "seq": last, "rid": rid})
+
+    # routing sink
+
+    async def _event(self, conv: Conversation, ev: str, **fields: Any) -> dict[str, Any]:
+        entry = {"t": "event", "conv": conv.id, "seq": 0, "ev": ev, "ts": _now_ms(), **fields}
+        await self.coord.append(conv.tenant, conv.id, entry)
+        return entry
+
+    async def on_queued(self, conv: Conversation, ev: str) -> None:
+        entry = await self._event(conv, ev, group=conv.group)
+        await self._deliver(conv, entry)
+
+    async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None:
+        self._queue_pos.pop((conv.tenant, conv.id), None)
+        entry = await self._event(conv, ev, agent=conv.agent, by=previous)
+        history, _ = await self.coord.read_before(conv.tenant, conv.id, None, self.cfg.assign_history)
+        last = history[-1]["seq"] if history else 0
+        assigned = Outgoing(
+            {
+                "t": "assigned",
+                "conv": conv.id,
+                "visitor": conv.visitor,
+                "group": conv.group,
+                "seq": last,
+                "meta": conv.meta,
+                "history": history,
+            }
+        )
+        for conn in list(self.users.get((conv.tenant, conv.agent), ())):
+            conn.push(assigned)
+            if conn.sent is None:
+                conn.sent = {}
+            conn.sent[conv.id] = max(last, conn.sent.get(conv.id, 0))
+        if (conv.tenant, conv.agent) not in self.users:
+            await self.coord.deliver_remote(conv.tenant, [conv.agent], assigned.env)
+        METRICS.assignments.inc()
+        await self._deliver(conv, entry)
+
+    async def on_unassigned(self, conv: Conversation, agent: str) -> None:
+        env = {"t": "unassigned", "conv": conv.id}
+        for conn in list(self.users.get((conv.tenant, agent), ())):
+            conn.push(Outgoing(env))
+            if conn.sent is not None:
+                conn.sent.pop(conv.id, None)
+        if (conv.tenant, agent) not in self.users:
+            await self.coord.deliver_remote(conv.tenant, [agent], env)
+
+    async def on_queue_changed(self, tenant: str, group: str) -> None:
+        for pos, conv_id in enumerate(await self.coord.queue_list(tenant, group), 1):
+            if self._queue_pos.get((tenant, conv_id)) == pos:
+                continue
+            self._queue_pos[(tenant, conv_id)] = pos
+            conv = await self.coord.get_conversation(tenant, conv_id)
+            if conv is None:
+                continue
+            env = {"t": "queue", "conv": conv_id, "position": pos}
+            if (tenant, conv.visitor) in self.users:
+                self._send_user(tenant, conv.visitor, env)
+            else:
+                await self.coord.deliver_remote(tenant, [conv.visitor], env)
+
+    async def on_closed(self, conv: Conversation, by: str) -> None:
+        self._queue_pos.pop((conv.tenant, conv.id), None)
+        entry = await self._event(conv, "closed", by=by)
+        await self._deliver(conv, entry)
+
+    # helpers
+
+    async def _conv_view(self, conv: Conversation) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "t": "conv",
+            "conv": conv.id,
+            "state": conv.state,
+            "visitor": conv.visitor,
+            "agent": conv.agent,
+            "group": conv.group,
+            "seq": await self.coord.last_seq(conv.tenant, conv.id),
+        }
+        if conv.state == "queued":
+            queue = await self.coord.queue_list(conv.tenant, conv.group)
+            if conv.id in queue:
+                view["position"] = queue.index(conv.id) + 1
+        return view
+
+    def _spawn(self, coro: Any) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        _log_failure(task)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup), "timers": len(self._wheel)}
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
+
+
+_HANDLERS = {
+    "open": Hub.h_open,
+    "msg": Hub.h_msg,
+    "typing": Hub.h_typing,
+    "read": Hub.h_read,
+    "history": Hub.h_history,
+    "resume": Hub.h_resume,
+    "close": Hub.h_close,
+    "status": Hub.h_status,
+    "transfer": Hub.h_transfer,
+    "ping": Hub.h_ping,
+}

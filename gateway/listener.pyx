@@ -1,0 +1,282 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The per-connection object and its per-frame path (a picows WSListener).
+
+One `Connection` per WebSocket holds everything the node keeps for it, so an
+idle connection costs this object, picows' transport and the kernel socket:
+no task, no timer, no buffers beyond picows' read buffer. Frames are checked
+here (RFC 6455 rules picows leaves to the application: reserved bits, fragment
+order, UTF-8, close codes), decoded and rate limited, then handed to the hub.
+Outgoing envelopes collect in `outbox` and leave as one frame per loop
+iteration (a batch when there are several).
+"""
+
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
+from libc.math cimport fmin
+
+import time
+
+from gateway.protocol import ProtocolError, decode_binary, decode_text, msgpack_array_header, validate
+
+cdef object _monotonic = time.monotonic
+
+# Close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); others are a protocol error.
+cdef frozenset _VALID_CLOSE = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014])
+
+
+cdef class Limits:
+    """Per-node limits shared by every connection (one object, not one per connection)."""
+    cdef public Py_ssize_t max_frame
+    cdef public Py_ssize_t max_text
+    cdef public double rate
+    cdef public double burst
+    cdef public int strikes
+    cdef public Py_ssize_t max_write_buffer
+
+    def __init__(self, max_frame, max_text, rate, burst, strikes, max_write_buffer):
+        self.max_frame = max_frame
+        self.max_text = max_text
+        self.rate = rate
+        self.burst = burst
+        self.strikes = strikes
+        self.max_write_buffer = max_write_buffer
+
+
+cdef class Connection(WSListener):
+    cdef public object hub
+    cdef public WSTransport transport
+    cdef public Limits limits
+    cdef public object ident
+    cdef public str tenant
+    cdef public str user
+    cdef public str role
+    cdef public long long cid
+    cdef public bint echo
+    cdef public bint binary          # answer in msgpack (the client's first envelope was binary)
+    cdef bint _format_known
+    cdef double _tokens
+    cdef double _refilled
+    cdef int _strikes
+    cdef object _frag                # bytearray while a fragmented message is being reassembled
+    cdef WSMsgType _frag_type
+    cdef public double last_rx
+    cdef public bint awaiting_pong
+    cdef public bint closed
+    cdef public dict sent            # conv -> last seq sent on this connection; None until needed
+    cdef public dict syncing         # conv -> buffered (seq, Outgoing) while a resume replays
+    cdef public list outbox          # Outgoing envelopes waiting for this iteration's flush
+    cdef public object inbox         # envelopes waiting for the hub's worker; None when idle
+    cdef public object worker
+
+    def __init__(self, hub, Limits limits, ident, bint echo=False):
+        self.hub = hub
+        self.limits = limits
+        self.ident = ident
+        if ident is not None:
+            self.tenant = ident.tenant
+            self.user = ident.user
+            self.role = ident.role
+        self.echo = echo
+        self._tokens = limits.burst
+        self._refilled = _monotonic()
+        self.last_rx = self._refilled
+
+    # picows callbacks
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.transport = transport
+        self.hub.connected(self)
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self.closed = True
+        self.outbox = None
+        self.hub.disconnected(self)
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef WSMsgType msg_type = frame.msg_type
+        self.last_rx = _monotonic()
+        if self.closed:
+            # We sent a close and are draining the peer's input until its close arrives, so the
+            # kernel never resets the connection with our close frame still unread.
+            if msg_type == WSMsgType.CLOSE:
+                self.transport.disconnect()
+            return
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self.fail(WSCloseCode.PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+            return
+        if msg_type == WSMsgType.PONG:
+            self.awaiting_pong = False
+            return
+        if msg_type == WSMsgType.PING:
+            return  # picows answers pings itself (enable_auto_pong)
+        if msg_type == WSMsgType.CLOSE:
+            self._on_close(frame)
+            return
+        if msg_type == WSMsgType.CONTINUATION:
+            if self._frag is None:
+                self.fail(WSCloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue")
+                return
+            if len(self._frag) + frame.payload_size > self.limits.max_frame:
+                self._frag = None
+                self.fail(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
+            self._frag += frame.get_payload_as_memoryview()
+            if frame.fin:
+                payload = bytes(self._frag)
+                self._frag = None
+                self._message(self._frag_type, payload)
+            return
+        if self._frag is not None:
+            self.fail(WSCloseCode.PROTOCOL_ERROR, "new message before the fragmented one finished")
+            return
+        if not frame.fin:
+            self._frag = bytearray(frame.get_payload_as_memoryview())
+            self._frag_type = msg_type
+            return
+        self._message(msg_type, frame.get_payload_as_bytes())
+
+    cdef _on_close(self, WSFrame frame):
+        cdef Py_ssize_t n = frame.payload_size
+        cdef int code
+        if n == 0:
+            self.transport.send_close(WSCloseCode.OK)
+        elif n == 1:
+            self.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
+        else:
+            code = <int>frame.get_close_code()
+            try:
+                frame.get_close_message().decode("utf-8")
+            except UnicodeDecodeError:
+                self.transport.send_close(WSCloseCode.INVALID_TEXT)
+            else:
+                if code in _VALID_CLOSE or 3000 <= code <= 4999:
+                    self.transport.send_close(<WSCloseCode>code)
+                else:
+                    self.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
+        self.transport.disconnect()
+
+    cdef _message(self, WSMsgType msg_type, bytes payload):
+        if len(payload) > self.limits.max_frame:
+            self.fail(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        if msg_type == WSMsgType.TEXT:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+                return
+            if self.echo:
+                self.transport.send(WSMsgType.TEXT, payload)
+                return
+        elif self.echo:
+            self.transport.send(WSMsgType.BINARY, payload)
+            return
+        if not self._format_known:
+            self._format_known = True
+            self.binary = msg_type == WSMsgType.BINARY
+        if not self._take_token():
+            return
+        try:
+            if msg_type == WSMsgType.TEXT:
+                env = decode_text(payload)
+            else:
+                env = decode_binary(payload)
+            validate(env, self.limits.max_text)
+        except ProtocolError as e:
+            self.send_env(e.envelope())
+            return
+        self.hub.submit(self, env)
+
+    cdef bint _take_token(self):
+        cdef double now = self.last_rx
+        self._tokens = fmin(self.limits.burst, self._tokens + (now - self._refilled) * self.limits.rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        if self._strikes > self.limits.strikes:
+            self.fail(WSCloseCode.POLICY_VIOLATION, "flood: too many envelopes")
+        else:
+            self.send_env({"t": "error", "code": "rate_limited",
+                           "message": "too many envelopes; this one was dropped, retry later"})
+        return False
+
+    # sending
+
+    cpdef fail(self, WSCloseCode code, str reason):
+        """Close this connection on purpose, telling the peer why (RFC 6455 close frame)."""
+        if self.closed:
+            return
+        if self.outbox is not None:
+            self.flush()  # errors queued this iteration (e.g. rate_limited) explain the close
+        self.closed = True
+        self.outbox = None
+        self.transport.send_close(code, reason.encode())
+        self.hub.closing(self)
+
+    cpdef send_env(self, dict env):
+        self.push(self.hub.outgoing(env))
+
+    cpdef push(self, out):
+        if self.closed:
+            return
+        if self.outbox is None:
+            self.outbox = [out]
+            self.hub.mark_dirty(self)
+        else:
+            self.outbox.append(out)
+
+    cpdef int push_entry(self, str conv, long long seq, out):
+        """Queue log entry `seq` of `conv`: at most once and in order per connection.
+
+        Returns 1 if queued or already sent, 0 if it is ahead of what this
+        connection has seen (the hub then catches up from the log).
+        """
+        if self.closed:
+            return 1
+        if self.syncing is not None and conv in self.syncing:
+            self.syncing[conv].append((seq, out))
+            return 1
+        if self.sent is None:
+            self.sent = {}
+        last = self.sent.get(conv)
+        if last is not None:
+            if seq <= <long long>last:
+                return 1
+            if seq != <long long>last + 1:
+                return 0
+        self.sent[conv] = seq
+        self.push(out)
+        return 1
+
+    cpdef flush(self):
+        cdef list out = self.outbox
+        cdef Py_ssize_t n
+        self.outbox = None
+        if self.closed or out is None:
+            return
+        n = len(out)
+        if self.binary:
+            if n == 1:
+                self.transport.send(WSMsgType.BINARY, out[0].msgpack())
+            else:
+                self.transport.send(WSMsgType.BINARY, msgpack_array_header(n) + b"".join([o.msgpack() for o in out]))
+        else:
+            if n == 1:
+                self.transport.send(WSMsgType.TEXT, out[0].json())
+            else:
+                self.transport.send(WSMsgType.TEXT, b"[" + b",".join([o.json() for o in out]) + b"]")
+        if self.transport.underlying_transport.get_write_buffer_size() > self.limits.max_write_buffer:
+            # The client stopped reading. Nothing is lost: every entry is in the log and
+            # the client resumes from its last seq when it comes back.
+            self.hub.slow_reader(self)
+            self.closed = True
+            self.transport.disconnect(False)
+
+    def ping(self):
+        self.awaiting_pong = True
+        self.transport.send_ping()
+
+    def close_going_away(self, str reason):
+        self.fail(WSCloseCode.GOING_AWAY, reason)

@@ -1,0 +1,175 @@
+"""Assignment policy on top of the coordinator.
+
+See docs/routing.md for the invariants. In short: one FIFO queue per (tenant,
+group); a conversation is assigned only from the queue head, under the queue's
+lock, to an agent whose slot was charged atomically by the coordinator; every
+state change of a conversation happens under that conversation's lock.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.coordinator.base import Agent, Conversation, Coordinator
+
+
+class RoutingSink(Protocol):
+    """What the node does when routing changes something (log the event, tell the people)."""
+
+    async def on_queued(self, conv: Conversation, ev: str) -> None: ...
+
+    async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None: ...
+
+    async def on_unassigned(self, conv: Conversation, agent: str) -> None: ...
+
+    async def on_queue_changed(self, tenant: str, group: str) -> None: ...
+
+    async def on_closed(self, conv: Conversation, by: str) -> None: ...
+
+
+class RoutingError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Router:
+    def __init__(self, coord: Coordinator, sink: RoutingSink):
+        self.coord = coord
+        self.sink = sink
+
+    async def enqueue_new(self, conv: Conversation) -> None:
+        """A new conversation joins the back of its group's queue, then the queue drains."""
+        async with self.coord.lock(conv.tenant, "queue:" + conv.group):
+            await self.coord.enqueue(conv.tenant, conv.group, conv.id)
+        await self.sink.on_queued(conv, "queued")
+        if not await self.drain(conv.tenant, conv.group):
+            await self.sink.on_queue_changed(conv.tenant, conv.group)
+
+    async def drain(self, tenant: str, group: str) -> int:
+        """Assign queue heads while agents have room; returns how many were assigned."""
+        assigned = 0
+        changed = False
+        async with self.coord.lock(tenant, "queue:" + group):
+            while True:
+                head = await self.coord.queue_head(tenant, group)
+                if head is None:
+                    break
+                conv = await self.coord.get_conversation(tenant, head)
+                if conv is None or conv.state != "queued":
+                    await self.coord.queue_remove(tenant, group, head)  # stale entry
+                    changed = True
+                    continue
+                sticky = await self.coord.sticky_agent(tenant, conv.visitor)
+                agent = await self.coord.reserve_agent(tenant, group, prefer=sticky)
+                if agent is None:
+                    break
+                await self.coord.queue_remove(tenant, group, head)
+                changed = True
+                async with self.coord.lock(tenant, head):
+                    conv = await self.coord.get_conversation(tenant, head)
+                    if conv is None or conv.state != "queued":  # closed while we reserved
+                        await self.coord.release_agent(tenant, agent)
+                        continue
+                    conv.state, conv.agent = "assigned", agent
+                    await self.coord.save_conversation(conv)
+                await self.coord.set_sticky_agent(tenant, conv.visitor, agent)
+                await self.sink.on_assigned(conv, "assigned", None)
+                assigned += 1
+        if changed:
+            await self.sink.on_queue_changed(tenant, group)
+        return assigned
+
+    async def agent_changed(self, agent: Agent) -> None:
+        """Status, connection or capacity changed: it may have room now."""
+        if agent.available:
+            for group in agent.groups:
+                await self.drain(agent.tenant, group)
+
+    async def close(self, tenant: str, conv_id: str, by: str) -> Conversation:
+        async with self.coord.lock(tenant, conv_id):
+            conv = await self.coord.get_conversation(tenant, conv_id)
+            if conv is None:
+                raise RoutingError("not_participant", "no such conversation")
+            if conv.state == "closed":
+                raise RoutingError("conflict", "conversation is already closed")
+            agent, was_queued = conv.agent, conv.state == "queued"
+            conv.state = "closed"
+            await self.coord.save_conversation(conv)
+        if was_queued:
+            async with self.coord.lock(tenant, "queue:" + conv.group):
+                await self.coord.queue_remove(tenant, conv.group, conv.id)
+            await self.sink.on_queue_changed(tenant, conv.group)
+        await self.sink.on_closed(conv, by)
+        if agent:
+            await self.coord.release_agent(tenant, agent)
+            await self.sink.on_unassigned(conv, agent)
+            released = await self.coord.get_agent(tenant, agent)
+            if released:
+                await self.agent_changed(released)
+        return conv
+
+    async def transfer(self, tenant: str, conv_id: str, by: str, to_agent: str | None, to_group: str | None) -> Conversation:
+        """Move a conversation to a named agent (who must have room) or to a group's queue."""
+        async with self.coord.lock(tenant, conv_id):
+            conv = await self.coord.get_conversation(tenant, conv_id)
+            if conv is None:
+                raise RoutingError("not_participant", "no such conversation")
+            if conv.state != "assigned" or conv.agent != by:
+                raise RoutingError("forbidden", "only the agent holding a conversation can transfer it")
+            group = to_group or conv.group
+            if to_agent is not None:
+                if to_agent == by:
+                    raise RoutingError("conflict", "conversation is already yours")
+                target = await self.coord.get_agent(tenant, to_agent)
+                if target is None or group not in target.groups:
+                    raise RoutingError("conflict", f"agent {to_agent} is not in group {group}")
+                got = await self.coord.reserve_agent(tenant, group, prefer=to_agent)
+                if got != to_agent:
+                    # reserve_agent falls back to the least-loaded agent; only `to_agent` is wanted here
+                    if got is not None:
+                        await self.coord.release_agent(tenant, got)
+                    raise RoutingError("conflict", f"agent {to_agent} is not available or has no room")
+                conv.agent, conv.group = to_agent, group
+                await self.coord.save_conversation(conv)
+            else:
+                conv.state, conv.agent, conv.group = "queued", None, group
+                await self.coord.save_conversation(conv)
+        await self.coord.release_agent(tenant, by)
+        await self.sink.on_unassigned(conv, by)
+        if to_agent is not None:
+            await self.coord.set_sticky_agent(tenant, conv.visitor, to_agent)
+            await self.sink.on_assigned(conv, "transferred", by)
+        else:
+            async with self.coord.lock(tenant, "queue:" + group):
+                await self.coord.enqueue(tenant, group, conv.id, front=True)
+            await self.sink.on_queued(conv, "transferred")
+            if not await self.drain(tenant, group):
+                await self.sink.on_queue_changed(tenant, group)
+        me = await self.coord.get_agent(tenant, by)
+        if me:
+            await self.agent_changed(me)
+        return conv
+
+    async def requeue_agent(self, tenant: str, agent_id: str) -> list[str]:
+        """The agent's grace period ran out: its conversations go back to the front of their queues."""
+        moved: list[str] = []
+        groups: set[str] = set()
+        for conv_id in reversed(await self.coord.conversations_of_agent(tenant, agent_id)):
+            async with self.coord.lock(tenant, conv_id):
+                conv = await self.coord.get_conversation(tenant, conv_id)
+                if conv is None or conv.state != "assigned" or conv.agent != agent_id:
+                    continue
+                conv.state, conv.agent = "queued", None
+                await self.coord.save_conversation(conv)
+            await self.coord.release_agent(tenant, agent_id)
+            async with self.coord.lock(tenant, "queue:" + conv.group):
+                await self.coord.enqueue(tenant, conv.group, conv.id, front=True)
+            await self.sink.on_unassigned(conv, agent_id)
+            await self.sink.on_queued(conv, "requeued")
+            moved.append(conv_id)
+            groups.add(conv.group)
+        for g in sorted(groups):
+            await self.drain(tenant, g)
+            await self.sink.on_queue_changed(tenant, g)
+        return moved

@@ -1,0 +1,130 @@
+"""The coordinator contract: every implementation must pass these (embedded now, redis in cluster mode)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.coordinator import Agent, Conversation
+from gateway.coordinator.embedded import EmbeddedCoordinator
+
+IMPLEMENTATIONS = ["embedded"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+async def coord(request):
+    if request.param == "embedded":
+        c = EmbeddedCoordinator("n1", history_keep=5, lock_segments=8)
+    await c.start()
+    yield c
+    await c.close()
+
+
+def conv(i: str = "c1", tenant: str = "t", visitor: str = "v1", group: str = "g") -> Conversation:
+    return Conversation(id=i, tenant=tenant, visitor=visitor, group=group)
+
+
+async def test_append_allocates_gap_free_seq_and_dedups_client_ids(coord):
+    await coord.create_conversation(conv())
+    seqs = [await coord.append("t", "c1", {"t": "msg", "text": str(i)}, f"id{i}") for i in range(3)]
+    assert seqs == [(1, False), (2, False), (3, False)]
+    assert await coord.append("t", "c1", {"t": "msg", "text": "again"}, "id1") == (2, True)
+    assert await coord.append("t", "c1", {"t": "event"}) == (4, False)
+    assert await coord.last_seq("t", "c1") == 4
+
+
+async def test_log_retention_is_bounded_and_reports_first(coord):
+    await coord.create_conversation(conv())
+    for i in range(8):
+        await coord.append("t", "c1", {"n": i}, f"id{i}")
+    entries, first = await coord.read_after("t", "c1", 0, 100)
+    assert first == 4 and [e["seq"] for e in entries] == [4, 5, 6, 7, 8]
+    entries, first = await coord.read_after("t", "c1", 6, 100)
+    assert [e["seq"] for e in entries] == [7, 8]
+    page, first = await coord.read_before("t", "c1", 7, 2)
+    assert [e["seq"] for e in page] == [5, 6]
+    # A client id whose entry was trimmed is no longer known (the log is the record).
+    assert (await coord.append("t", "c1", {"n": 0}, "id0"))[1] is False
+
+
+async def test_tenants_are_isolated(coord):
+    await coord.create_conversation(conv("c1", tenant="a"))
+    assert await coord.get_conversation("b", "c1") is None
+    assert (await coord.read_after("b", "c1", 0, 10))[0] == []
+    assert await coord.open_conversation_of("b", "v1") is None
+    assert await coord.open_conversation_of("a", "v1") == "c1"
+
+
+async def test_reserve_respects_capacity_and_least_load(coord):
+    await coord.upsert_agent(Agent("t", "a1", ("g",), capacity=2, status="online", connected=True))
+    await coord.upsert_agent(Agent("t", "a2", ("g",), capacity=1, status="online", connected=True))
+    await coord.upsert_agent(Agent("t", "a3", ("g",), capacity=5, status="away", connected=True))
+    got = [await coord.reserve_agent("t", "g") for _ in range(4)]
+    assert got == ["a1", "a2", "a1", None]
+    assert (await coord.get_agent("t", "a1")).load == 2
+    await coord.release_agent("t", "a2")
+    assert await coord.reserve_agent("t", "g", prefer="a2") == "a2"
+    assert await coord.reserve_agent("t", "other-group") is None
+
+
+async def test_concurrent_reservations_never_exceed_capacity(coord):
+    await coord.upsert_agent(Agent("t", "a1", ("g",), capacity=3, status="online", connected=True))
+    got = await asyncio.gather(*[coord.reserve_agent("t", "g") for _ in range(20)])
+    assert got.count("a1") == 3 and (await coord.get_agent("t", "a1")).load == 3
+
+
+async def test_upsert_keeps_load_and_availability_follows_status(coord):
+    await coord.upsert_agent(Agent("t", "a1", ("g",), capacity=2, status="online", connected=True))
+    assert await coord.reserve_agent("t", "g") == "a1"
+    a = await coord.upsert_agent(Agent("t", "a1", ("g",), capacity=2, status="away", connected=True))
+    assert a.load == 1 and not a.available
+    assert await coord.reserve_agent("t", "g") is None
+
+
+async def test_queue_is_fifo_with_front_insert(coord):
+    for c in ("c1", "c2", "c3"):
+        await coord.enqueue("t", "g", c)
+    await coord.enqueue("t", "g", "c0", front=True)
+    await coord.enqueue("t", "g", "c2")  # already queued: no duplicate
+    assert await coord.queue_list("t", "g") == ["c0", "c1", "c2", "c3"]
+    assert await coord.queue_remove("t", "g", "c1") is True
+    assert await coord.queue_remove("t", "g", "c1") is False
+    assert await coord.queue_head("t", "g") == "c0"
+    assert await coord.groups_with_queue("t") == ["g"]
+
+
+async def test_conversation_state_and_agent_index(coord):
+    c = await coord.create_conversation(conv())
+    c.state, c.agent = "assigned", "a1"
+    await coord.save_conversation(c)
+    assert await coord.conversations_of_agent("t", "a1") == ["c1"]
+    c.state = "closed"
+    await coord.save_conversation(c)
+    assert await coord.conversations_of_agent("t", "a1") == []
+    assert await coord.open_conversation_of("t", "v1") is None
+    await coord.set_sticky_agent("t", "v1", "a1")
+    assert await coord.sticky_agent("t", "v1") == "a1"
+
+
+async def test_lock_serialises_holders_of_the_same_key(coord):
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder(name: str) -> None:
+        async with coord.lock("t", "c1"):
+            order.append(name + "+")
+            if name == "first":
+                await release.wait()
+            order.append(name + "-")
+
+    t1 = asyncio.create_task(holder("first"))
+    while not order:
+        await asyncio.sleep(0)
+    t2 = asyncio.create_task(holder("second"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == ["first+"]  # second is waiting on the lock
+    release.set()
+    await asyncio.gather(t1, t2)
+    assert order == ["first+", "first-", "second+", "second-"]

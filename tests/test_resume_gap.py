@@ -1,0 +1,26 @@
+"""Resume where the log no longer reaches back: an explicit gap, never a silent one."""
+
+from __future__ import annotations
+
+from .support import Client, uid
+
+
+async def test_resume_beyond_retention_reports_gap_then_continues(gateway_factory):
+    gw = gateway_factory(history_keep=5)
+    tenant = uid("t")
+    name = uid("v")
+    v = await Client.connect(gw, "visitor", name, tenant)
+    conv = (await v.request({"t": "open"}, "conv"))["conv"]
+    acks = [await v.msg(conv, f"m{i}") for i in range(10)]
+    await v.close()
+    v2 = await Client.connect(gw, "visitor", name, tenant)
+    await v2.send({"t": "resume", "conv": conv, "after": 1})
+    gap = await v2.next("gap")
+    done = await v2.next("resumed")
+    got = [e["seq"] for e in v2.entries(conv)]
+    assert gap["first"] == got[0] == done["seq"] - 4
+    assert got == list(range(gap["first"], done["seq"] + 1)) and done["seq"] == acks[-1]["seq"]
+    # Resuming from a point still in the log: no gap frame.
+    await v2.send({"t": "resume", "conv": conv, "after": done["seq"] - 2, "rid": "r2"})
+    await v2.next("resumed", lambda e: e.get("rid") == "r2")
+    assert not [e for e in v2.seen if e["t"] == "gap" and e is not gap]
