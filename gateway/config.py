@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import socket
 import tomllib
@@ -120,6 +121,8 @@ class Config:
             v = getattr(self, f.name)
             if f.name in ("jwt_secret", "admin_token") and v:
                 v = "<generated>" if f.name in self.generated else "<set>"
+            elif f.name == "redis_url":
+                v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
             out[f.name] = v
         return out
 

@@ -143,8 +143,10 @@ cdef class Connection(WSListener):
             self.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
         else:
             code = <int>frame.get_close_code()
+            reason = frame.get_close_message()
             try:
-                frame.get_close_message().decode("utf-8")
+                if reason:
+                    reason.decode("utf-8")
             except UnicodeDecodeError:
                 self.transport.send_close(WSCloseCode.INVALID_TEXT)
             else:

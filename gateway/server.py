@@ -114,6 +114,12 @@ class Node:
             lines.append("  jwt secret generated for this run (development only); set GATEWAY_JWT_SECRET to keep tokens valid")
         if "admin_token" in cfg.generated:
             lines.append(f"  admin token {cfg.admin_token}")
+        if cfg.demo:
+            for role, user in (("agent", "agent-1"), ("visitor", "visitor-1")):
+                tok = auth.mint(cfg.jwt_secret, tenant=cfg.default_tenant, user=user, role=role, issuer=cfg.jwt_issuer)
+                lines.append(f"  {role} token ({user}) {tok}")
+        shown = {k: v for k, v in cfg.describe().items() if k not in ("host", "http_port", "ws_port", "node_id", "env")}
+        lines.append("  settings   " + " ".join(f"{k}={v}" for k, v in shown.items()))
         return "\n".join(lines)
 
 
