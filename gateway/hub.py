@@ -131,8 +131,10 @@ class Hub:
             c = await self.coord.get_conversation(conn.tenant, conv_id) if conv_id else None
             if c:
                 convs.append(await self._conv_view(c))
+        status = {"status": agent.status, "capacity": agent.capacity} if conn.role == "agent" else {}
         conn.send_env(
             {
+                **status,
                 "t": "welcome",
                 "v": VERSION,
                 "node": self.coord.node_id,
@@ -301,6 +303,9 @@ class Hub:
         )
         await self.coord.create_conversation(conv)
         METRICS.conversations_opened.inc()
+        if conn.sent is None:
+            conn.sent = {}
+        conn.sent[conv.id] = 0  # the opener is subscribed from the first entry
         view = await self._conv_view(conv)
         view["rid"] = env.get("rid")
         conn.send_env(view)
@@ -446,7 +451,8 @@ class Hub:
         if conv.id in conn.syncing:
             return  # a replay of this conversation is already running on this connection
         conn.syncing[conv.id] = buffered = []
-        last = after
+        # Never below what this connection was already sent: each entry at most once per connection.
+        last = max(after, (conn.sent or {}).get(conv.id, 0))
         try:
             while not conn.closed:
                 entries, first = await self.coord.read_after(conv.tenant, conv.id, last, REPLAY_PAGE)

@@ -232,8 +232,10 @@ cdef class Connection(WSListener):
     cpdef int push_entry(self, str conv, long long seq, out):
         """Queue log entry `seq` of `conv`: at most once and in order per connection.
 
-        Returns 1 if queued or already sent, 0 if it is ahead of what this
-        connection has seen (the hub then catches up from the log).
+        Only conversations this connection is subscribed to (it opened, was
+        assigned or resumed them: a key in `sent`) are delivered live. Returns 1
+        if queued, already sent or not subscribed; 0 if the entry is ahead of
+        what this connection has seen (the hub then catches up from the log).
         """
         if self.closed:
             return 1
@@ -241,13 +243,14 @@ cdef class Connection(WSListener):
             self.syncing[conv].append((seq, out))
             return 1
         if self.sent is None:
-            self.sent = {}
+            return 1  # not subscribed to anything: this connection resumes when it wants the conversation
         last = self.sent.get(conv)
-        if last is not None:
-            if seq <= <long long>last:
-                return 1
-            if seq != <long long>last + 1:
-                return 0
+        if last is None:
+            return 1  # not subscribed to this conversation (opened, assigned or resumed elsewhere)
+        if seq <= <long long>last:
+            return 1
+        if seq != <long long>last + 1:
+            return 0
         self.sent[conv] = seq
         self.push(out)
         return 1

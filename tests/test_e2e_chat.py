@@ -262,3 +262,33 @@ async def test_http_side_health_metrics_config(gateway):
             assert (await r.json())["role"] == "agent"
         async with s.get(gateway.http_url + "/visitor") as r:
             assert r.status == 200 and "<html" in (await r.text()).lower()
+
+
+async def test_second_connection_gets_live_entries_only_after_resume(gateway):
+    # Regression: a connection that saw an entry live and then resumed from 0 got [4, 1, 2, 3, 4].
+    tenant = uid("t")
+    a = await agent_online(gateway, tenant)
+    name = uid("v")
+    v, c = await open_conv(gateway, tenant, name)
+    cid = c["conv"]
+    await a.next("assigned")
+    tab2 = await Client.connect(gateway, "visitor", name, tenant)
+    assert tab2.welcome["convs"][0]["conv"] == cid
+    before = await a.msg(cid, "before tab2 resumed")
+    await v.next("msg", lambda e: e["seq"] == before["seq"])
+    await tab2.send({"t": "resume", "conv": cid, "after": 0})
+    done = await tab2.next("resumed")
+    live = await a.msg(cid, "after tab2 resumed")
+    await tab2.next("msg", lambda e: e["seq"] == live["seq"])
+    seqs = [e["seq"] for e in tab2.entries(cid)]
+    assert seqs == list(range(1, live["seq"] + 1)) and done["seq"] == before["seq"]
+    # The opener's connection also saw every entry exactly once, in order.
+    assert [e["seq"] for e in v.entries(cid)] == list(range(1, live["seq"] + 1))
+
+
+async def test_agent_welcome_reports_status(gateway):
+    tenant = uid("t")
+    a = await agent_online(gateway, tenant, "a-status", capacity=4)
+    await a.close()
+    again = await Client.connect(gateway, "agent", "a-status", tenant)
+    assert again.welcome["status"] == "online" and again.welcome["capacity"] == 4
