@@ -64,6 +64,7 @@ class Config:
 
     coordinator: str = "embedded"  # embedded | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # the URL names one node of a Redis Cluster
 
     echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
     demo: bool = True  # serve the demo pages and /api/dev/token (never in production)

@@ -58,6 +58,7 @@ class Hub:
         self._t0 = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         coord.on_delivery(self._remote_delivery)
+        coord.on_node_lost(self._node_lost)
 
     # lifecycle
 
@@ -105,7 +106,7 @@ class Hub:
                 self._spawn(self._last_gone(conn))
 
     async def _welcome(self, conn: Connection, first: bool) -> None:
-        await self.coord.set_present(conn.tenant, conn.user, True)
+        await self.coord.set_present(conn.tenant, conn.user, True, conn.role)
         convs: list[dict[str, Any]] = []
         if conn.role == "agent":
             self._cancel_grace(conn.tenant, conn.user)
@@ -147,16 +148,27 @@ class Hub:
         )
 
     async def _last_gone(self, conn: Connection) -> None:
-        await self.coord.set_present(conn.tenant, conn.user, False)
-        if conn.role != "agent":
-            return
-        agent = await self.coord.get_agent(conn.tenant, conn.user)
-        if agent is None or (conn.tenant, conn.user) in self.users:
+        if (conn.tenant, conn.user) in self.users:
+            return  # reconnected here meanwhile
+        remaining = await self.coord.set_present(conn.tenant, conn.user, False, conn.role)
+        if conn.role == "agent" and not remaining:
+            await self._agent_gone(conn.tenant, conn.user)
+
+    async def _agent_gone(self, tenant: str, agent_id: str) -> None:
+        """No node holds the agent any more: no new work now, its conversations after the grace period."""
+        agent = await self.coord.get_agent(tenant, agent_id)
+        if agent is None or (tenant, agent_id) in self.users:
             return
         agent.connected = False
         await self.coord.upsert_agent(agent)
-        if await self.coord.conversations_of_agent(conn.tenant, conn.user):
-            self._start_grace(conn.tenant, conn.user)
+        if await self.coord.conversations_of_agent(tenant, agent_id):
+            self._start_grace(tenant, agent_id)
+
+    async def _node_lost(self, lost: list[tuple[str, str, str]]) -> None:
+        """Another node died holding these users; its agents get their grace period here."""
+        for tenant, user, role in lost:
+            if role == "agent" and not await self.coord.is_present(tenant, user):
+                await self._agent_gone(tenant, user)
 
     # agent grace periods
 
@@ -174,7 +186,7 @@ class Hub:
             self._wheel.cancel(key)
 
     async def _grace_expired(self, tenant: str, agent: str) -> None:
-        if (tenant, agent) in self.users:
+        if (tenant, agent) in self.users or await self.coord.is_present(tenant, agent):
             return
         moved = await self.router.requeue_agent(tenant, agent)
         METRICS.requeued.inc(len(moved))
@@ -230,13 +242,6 @@ class Hub:
     def slow_reader(self, conn: Connection) -> None:
         METRICS.slow_readers.inc()
         log.info("dropping slow reader %s/%s: write buffer over %d bytes", conn.tenant, conn.user, self.cfg.max_write_buffer)
-
-    def _send_user(self, tenant: str, user: str, env: dict[str, Any] | Outgoing) -> None:
-        peers = self.users.get((tenant, user))
-        if peers:
-            out = env if isinstance(env, Outgoing) else Outgoing(env)
-            for conn in peers:
-                conn.push(out)
 
     # incoming
 
@@ -359,7 +364,7 @@ class Hub:
 
     async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
-        await self._replay(conn, conv, env["after"], rid=env.get("rid"), tell_gap=True)
+        await self._replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
 
     async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
@@ -401,64 +406,69 @@ class Hub:
 
     # delivery
 
+    def _apply(self, tenant: str, user: str, out: Outgoing) -> bool:
+        """Hand an envelope to this node's connections of `user`; False if it holds none.
+
+        Log entries go through the per-connection order check; `assigned` and
+        `unassigned` subscribe and unsubscribe the agent's connections.
+        """
+        peers = self.users.get((tenant, user))
+        if not peers:
+            return False
+        env = out.env
+        kind = env["t"]
+        for conn in list(peers):
+            if kind == "msg" or kind == "event":
+                if not conn.push_entry(env["conv"], env["seq"], out):
+                    self._spawn(self._catch_up(conn, tenant, env["conv"]))
+                continue
+            conn.push(out)
+            if kind == "assigned":
+                if conn.sent is None:
+                    conn.sent = {}
+                conn.sent[env["conv"]] = max(env["seq"], conn.sent.get(env["conv"], 0))
+            elif kind == "unassigned" and conn.sent is not None:
+                conn.sent.pop(env["conv"], None)
+        return True
+
+    async def _send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Outgoing) -> None:
+        """Deliver to local connections directly and to the nodes holding the rest."""
+        out = env if isinstance(env, Outgoing) else Outgoing(env)
+        remote = [u for u in users if not self._apply(tenant, u, out)]
+        if remote:
+            await self.coord.deliver_remote(tenant, remote, out.env)
+
     async def _deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
         """Send a log entry to every connection of every participant, at most once and in order."""
-        out = Outgoing(entry)
-        remote: list[str] = []
-        seq = entry["seq"]
-        for user in conv.participants():
-            peers = self.users.get((conv.tenant, user))
-            if not peers:
-                remote.append(user)
-                continue
-            for conn in list(peers):
-                if not conn.push_entry(conv.id, seq, out):
-                    self._spawn(self._catch_up(conn, conv))
-        if remote:
-            await self.coord.deliver_remote(conv.tenant, remote, entry)
+        await self._send_to(conv.tenant, conv.participants(), entry)
 
     async def _remote_delivery(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
-        conv = await self.coord.get_conversation(tenant, env["conv"]) if "seq" in env else None
         out = Outgoing(env)
         for user in users:
-            for conn in list(self.users.get((tenant, user), ())):
-                if conv is None:
-                    conn.push(out)
-                elif not conn.push_entry(conv.id, env["seq"], out):
-                    self._spawn(self._catch_up(conn, conv))
+            self._apply(tenant, user, out)
 
     async def _relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
-        out = Outgoing(env)
-        remote = []
-        for user in conv.participants():
-            if user == sender:
-                continue
-            if (conv.tenant, user) in self.users:
-                self._send_user(conv.tenant, user, out)
-            else:
-                remote.append(user)
-        if remote:
-            await self.coord.deliver_remote(conv.tenant, remote, env)
+        await self._send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
 
-    async def _catch_up(self, conn: Connection, conv: Conversation) -> None:
-        after = (conn.sent or {}).get(conv.id, 0)
-        await self._replay(conn, conv, after, rid=None, tell_gap=False)
+    async def _catch_up(self, conn: Connection, tenant: str, conv_id: str) -> None:
+        after = (conn.sent or {}).get(conv_id, 0)
+        await self._replay(conn, tenant, conv_id, after, rid=None, tell_gap=False)
 
-    async def _replay(self, conn: Connection, conv: Conversation, after: int, rid: Any, tell_gap: bool) -> None:
+    async def _replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
         """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
         if conn.syncing is None:
             conn.syncing = {}
-        if conv.id in conn.syncing:
+        if conv_id in conn.syncing:
             return  # a replay of this conversation is already running on this connection
-        conn.syncing[conv.id] = buffered = []
+        conn.syncing[conv_id] = buffered = []
         # Never below what this connection was already sent: each entry at most once per connection.
-        last = max(after, (conn.sent or {}).get(conv.id, 0))
+        last = max(after, (conn.sent or {}).get(conv_id, 0))
         try:
             while not conn.closed:
-                entries, first = await self.coord.read_after(conv.tenant, conv.id, last, REPLAY_PAGE)
+                entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
                 if first > last + 1:
                     if tell_gap:
-                        conn.send_env({"t": "gap", "conv": conv.id, "first": first})
+                        conn.send_env({"t": "gap", "conv": conv_id, "first": first})
                     last = first - 1
                 for e in entries:
                     conn.push(Outgoing(e))
@@ -474,7 +484,7 @@ class Hub:
                         conn.push(out)
                         last = seq
                     elif seq > last + 1:  # still a hole: read it from the log
-                        entries, _ = await self.coord.read_after(conv.tenant, conv.id, last, seq - last)
+                        entries, _ = await self.coord.read_after(tenant, conv_id, last, seq - last)
                         for e in entries:
                             conn.push(Outgoing(e))
                             last = e["seq"]
@@ -482,14 +492,14 @@ class Hub:
                             conn.push(out)
                             last = seq
         finally:
-            conn.syncing.pop(conv.id, None)
+            conn.syncing.pop(conv_id, None)
             if not conn.syncing:
                 conn.syncing = None
         if conn.sent is None:
             conn.sent = {}
-        conn.sent[conv.id] = max(last, conn.sent.get(conv.id, 0))
+        conn.sent[conv_id] = max(last, conn.sent.get(conv_id, 0))
         if tell_gap:
-            conn.send_env({"t": "resumed", "conv": conv.id, "seq": last, "rid": rid})
+            conn.send_env({"t": "resumed", "conv": conv_id, "seq": last, "rid": rid})
 
     # routing sink
 
@@ -518,24 +528,12 @@ class Hub:
                 "history": history,
             }
         )
-        for conn in list(self.users.get((conv.tenant, conv.agent), ())):
-            conn.push(assigned)
-            if conn.sent is None:
-                conn.sent = {}
-            conn.sent[conv.id] = max(last, conn.sent.get(conv.id, 0))
-        if (conv.tenant, conv.agent) not in self.users:
-            await self.coord.deliver_remote(conv.tenant, [conv.agent], assigned.env)
+        await self._send_to(conv.tenant, [conv.agent], assigned)
         METRICS.assignments.inc()
         await self._deliver(conv, entry)
 
     async def on_unassigned(self, conv: Conversation, agent: str) -> None:
-        env = {"t": "unassigned", "conv": conv.id}
-        for conn in list(self.users.get((conv.tenant, agent), ())):
-            conn.push(Outgoing(env))
-            if conn.sent is not None:
-                conn.sent.pop(conv.id, None)
-        if (conv.tenant, agent) not in self.users:
-            await self.coord.deliver_remote(conv.tenant, [agent], env)
+        await self._send_to(conv.tenant, [agent], {"t": "unassigned", "conv": conv.id})
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         for pos, conv_id in enumerate(await self.coord.queue_list(tenant, group), 1):
@@ -545,11 +543,7 @@ class Hub:
             conv = await self.coord.get_conversation(tenant, conv_id)
             if conv is None:
                 continue
-            env = {"t": "queue", "conv": conv_id, "position": pos}
-            if (tenant, conv.visitor) in self.users:
-                self._send_user(tenant, conv.visitor, env)
-            else:
-                await self.coord.deliver_remote(tenant, [conv.visitor], env)
+            await self._send_to(tenant, [conv.visitor], {"t": "queue", "conv": conv_id, "position": pos})
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)

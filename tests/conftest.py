@@ -26,3 +26,23 @@ def gateway_factory():
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server of our own on a free port (never a shared one)."""
+    from .redis_support import start_redis
+
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real three-master Redis Cluster on free local ports."""
+    from .redis_support import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()

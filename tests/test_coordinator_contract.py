@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from gateway.coordinator import Agent, Conversation
 from gateway.coordinator.embedded import EmbeddedCoordinator
+from gateway.coordinator.redis_coordinator import RedisCoordinator
 
-IMPLEMENTATIONS = ["embedded"]
+IMPLEMENTATIONS = ["embedded", "redis", "redis-cluster"]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 async def coord(request):
     if request.param == "embedded":
         c = EmbeddedCoordinator("n1", history_keep=5, lock_segments=8)
+    else:
+        server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+        # A fresh key prefix per test keeps tests apart on the shared server.
+        c = RedisCoordinator(f"n-{uuid.uuid4().hex[:6]}", server.url, cluster=request.param == "redis-cluster",
+                             history_keep=5, lock_segments=8, prefix=f"t{uuid.uuid4().hex[:8]}")
     await c.start()
     yield c
     await c.close()

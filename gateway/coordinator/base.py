@@ -166,8 +166,18 @@ class Coordinator(ABC):
 
     # presence
     @abstractmethod
-    async def set_present(self, tenant: str, user: str, present: bool) -> None:
-        """Record that this node holds (or no longer holds) a connection of `user`."""
+    async def set_present(self, tenant: str, user: str, present: bool, role: str = "") -> int:
+        """Record that this node holds (or no longer holds) a connection of `user`.
+
+        Returns how many live nodes hold the user afterwards (this one included).
+        """
+
+    @abstractmethod
+    async def is_present(self, tenant: str, user: str) -> bool:
+        """Does any live node hold a connection of `user`?"""
+
+    def on_node_lost(self, handler: Callable[[list[tuple[str, str, str]]], Awaitable[None]]) -> None:  # noqa: B027
+        """Register the handler told about (tenant, user, role) of a node that died; single-node: never."""
 
     async def health(self) -> dict[str, Any]:
         return {"ok": True}

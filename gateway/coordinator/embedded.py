@@ -42,6 +42,7 @@ class EmbeddedCoordinator(Coordinator):
         self._agent_convs: dict[tuple[str, str], set[str]] = {}
         self._index = make_load_index()
         self._queues: dict[tuple[str, str], deque[str]] = {}
+        self._present: set[tuple[str, str]] = set()
 
     @asynccontextmanager
     async def lock(self, tenant: str, key: str):
@@ -203,5 +204,12 @@ class EmbeddedCoordinator(Coordinator):
     def on_delivery(self, handler: DeliveryHandler) -> None:
         self._handler = handler
 
-    async def set_present(self, tenant: str, user: str, present: bool) -> None:
-        return None
+    async def set_present(self, tenant: str, user: str, present: bool, role: str = "") -> int:
+        if present:
+            self._present.add((tenant, user))
+        else:
+            self._present.discard((tenant, user))
+        return int((tenant, user) in self._present)
+
+    async def is_present(self, tenant: str, user: str) -> bool:
+        return (tenant, user) in self._present
