@@ -65,6 +65,8 @@ class Config:
     coordinator: str = "embedded"  # embedded | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration
+    node_ttl_s: float = 5.0  # cluster: a node silent this long is dead; others clean up after it
 
     echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
     demo: bool = True  # serve the demo pages and /api/dev/token (never in production)

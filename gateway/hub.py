@@ -345,6 +345,11 @@ class Hub:
         conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": dup})
         if dup:
             METRICS.duplicates.inc()
+            # The log knew it but this node did not: the node that appended it may have died
+            # before delivering. Deliver again; connections drop what they already have.
+            first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
+            if first and first[0]["seq"] == seq:
+                await self._deliver(conv, first[0])
             return
         METRICS.messages.inc()
         await self._deliver(conv, entry)
@@ -579,7 +584,8 @@ class Hub:
         _log_failure(task)
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup), "timers": len(self._wheel)}
+        return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup),
+                "timers": len(self._wheel), "coordinator": dict(getattr(self.coord, "stats", {}))}
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

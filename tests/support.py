@@ -66,7 +66,7 @@ class Gateway:
 
 def start_gateway(**settings: Any) -> Gateway:
     """Start `python -m gateway serve` on free ports with the given GATEWAY_* settings."""
-    secret = secrets.token_urlsafe(32)
+    secret = str(settings.pop("jwt_secret", None) or secrets.token_urlsafe(32))
     admin = secrets.token_urlsafe(32)
     env = dict(os.environ)
     env.update(

@@ -20,4 +20,5 @@ def make_coordinator(cfg: Config) -> Coordinator:
     from .redis_coordinator import RedisCoordinator
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,
-                            history_keep=cfg.history_keep, lock_segments=cfg.lock_segments)
+                            history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
+                            heartbeat_s=cfg.node_heartbeat_s, node_ttl_s=cfg.node_ttl_s)

@@ -207,11 +207,12 @@ class RedisCoordinator(Coordinator):
         self._outbox: dict[str, list[Any]] = {}
         self._outbox_ready = asyncio.Event()
         self._live_nodes: set[str] = set()
+        self._dead_nodes: dict[str, float] = {}  # node -> when we learnt it died
         self._tasks: list[asyncio.Task[Any]] = []
         self._probe_waiters: dict[str, asyncio.Future[None]] = {}
         self._subscribed = asyncio.Event()
         self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
-        self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0}
+        self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0}
         self.r: Any = None
 
     # keys
@@ -259,6 +260,7 @@ class RedisCoordinator(Coordinator):
         self._tasks.append(asyncio.create_task(self._subscriber()))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._flusher()))
+        self._tasks.append(asyncio.create_task(self._probe_loop()))
         await asyncio.wait_for(self._subscribed.wait(), 10)
         await self._probe()
 
@@ -469,7 +471,7 @@ class RedisCoordinator(Coordinator):
 
     async def _nodes_of(self, tenant: str, user: str) -> list[str]:
         nodes = [n.decode() for n in await self.r.hkeys(self._pk(tenant, user))]
-        return [n for n in nodes if n == self.node_id or n in self._live_nodes]
+        return [n for n in nodes if n not in self._dead_nodes]
 
     @_available_errors
     async def is_present(self, tenant: str, user: str) -> bool:
@@ -493,9 +495,13 @@ class RedisCoordinator(Coordinator):
                     p.hkeys(self._pk(tenant, u))
                 holders = await p.execute()
         for user, nodes in zip(users, holders, strict=True):
+            if not nodes:
+                self.stats["no_holder"] += 1
             for n in nodes:
                 n = n.decode()
-                if n != self.node_id and n in self._live_nodes:
+                # Skip only nodes known to be dead: a node that just joined may not be in our
+                # view yet, and a publish to a dead node's channel is merely unheard.
+                if n != self.node_id and n not in self._dead_nodes:
                     by_node.setdefault(n, []).append(user)
         for node, us in by_node.items():
             self._outbox.setdefault(node, []).append((tenant, us, env))
@@ -509,7 +515,10 @@ class RedisCoordinator(Coordinator):
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             if self._outbox:
-                await self._flush()
+                try:
+                    await self._flush()
+                except Exception:
+                    log.exception("delivery flush failed")
 
     async def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -539,7 +548,12 @@ class RedisCoordinator(Coordinator):
                         if hasattr(pubsub, "get_sharded_message") else await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None or msg.get("type") not in ("smessage", "message"):
                         continue
-                    await self._on_message(msg["data"])
+                    try:
+                        await self._on_message(msg["data"])
+                    except (RedisError, OSError):
+                        raise
+                    except Exception:
+                        log.exception("bad delivery message dropped")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:
@@ -556,6 +570,7 @@ class RedisCoordinator(Coordinator):
 
     async def _on_message(self, data: bytes) -> None:
         items = msgpack.unpackb(data, raw=False)
+        self.stats["received_items"] += len(items)
         for tenant, users, env in items:
             if isinstance(env, dict) and env.get("t") == "_probe":
                 fut = self._probe_waiters.pop(env.get("nonce"), None)
@@ -574,9 +589,15 @@ class RedisCoordinator(Coordinator):
         await self.r.zadd(nodes_key, {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
         live = await self.r.zrangebyscore(nodes_key, now_ms, "+inf")
         self._live_nodes = {n.decode() for n in live}
-        dead = await self.r.zrangebyscore(nodes_key, "-inf", now_ms - 1)
+        dead = [n.decode() for n in await self.r.zrangebyscore(nodes_key, "-inf", now_ms - 1)]
+        now = time.monotonic()
         for n in dead:
-            await self._reap(n.decode())
+            self._dead_nodes[n] = now
+        for n, since in list(self._dead_nodes.items()):
+            if now - since > 600 or n in self._live_nodes:  # long reaped, or back (same id restarted)
+                del self._dead_nodes[n]
+        for n in dead:
+            await self._reap(n)
 
     async def _reap(self, node: str) -> None:
         """Clean up after a dead node; one surviving node does it (a lock per dead node)."""
@@ -599,11 +620,20 @@ class RedisCoordinator(Coordinator):
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
+                self.health_state = {"ok": False, "reason": f"heartbeat: {type(e).__name__}: {e}"}
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
                 await self._probe()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError, Unavailable) as e:
-                self.health_state = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
+            except Exception as e:  # noqa: BLE001
+                self.health_state = {"ok": False, "reason": f"probe: {type(e).__name__}: {e}"}
 
     async def _probe(self) -> None:
         """Prove end to end delivery: publish to our own channel and receive it."""

@@ -1,0 +1,169 @@
+"""Cluster mode end to end: several real gateway processes on one real Redis (and a real Redis Cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+
+import aiohttp
+import pytest
+
+from .redis_support import RedisServer, free_port
+from .support import Client, uid, wait_for
+
+CLUSTER_KINDS = ["redis", "redis-cluster"]
+
+
+def redis_settings(server, kind: str, **extra) -> dict:
+    return dict(coordinator="redis", redis_url=server.url, redis_cluster=str(kind == "redis-cluster").lower(),
+                node_heartbeat_s=0.2, node_ttl_s=1.0, **extra)
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def nodes(request, gateway_factory):
+    """Two gateway processes sharing one Redis (standalone or cluster) and one secret."""
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    secret = secrets.token_urlsafe(32)
+
+    def make(n: int = 2, **extra):
+        return [gateway_factory(jwt_secret=secret, **redis_settings(server, request.param, **extra)) for _ in range(n)]
+
+    return make
+
+
+async def online(gw, tenant, name, capacity=2):
+    a = await Client.connect(gw, "agent", name, tenant)
+    await a.request({"t": "status", "status": "online", "capacity": capacity}, "status")
+    return a
+
+
+async def test_visitor_and_agent_on_different_nodes_chat_in_order(nodes):
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    agent = await online(b_node, tenant, "agent-b")
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    assigned = await agent.next("assigned", lambda e: e["conv"] == conv)
+    assert assigned["visitor"] == visitor.welcome["user"]
+    await visitor.next("event", lambda e: e["ev"] == "assigned")
+    for i in range(10):
+        await visitor.send({"t": "msg", "conv": conv, "id": f"v{i}", "text": f"from visitor {i}"})
+        await agent.send({"t": "msg", "conv": conv, "id": f"a{i}", "text": f"from agent {i}"})
+    await agent.next("msg", lambda e: e["id"] == "v9")
+    await visitor.next("msg", lambda e: e["id"] == "a9")
+    await wait_for(lambda: len([e for e in visitor.entries(conv) if e["t"] == "msg"]) == 20, what="visitor sees all 20")
+    await wait_for(lambda: len([e for e in agent.entries(conv) if e["t"] == "msg"]) == 20, what="agent sees all 20")
+    for c in (visitor, agent):
+        seqs = [e["seq"] for e in c.entries(conv)]
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs  # in order, no gap, no repeat
+    assert visitor.welcome["node"] != agent.welcome["node"]
+
+
+async def test_two_nodes_racing_never_double_assign_or_exceed_capacity(nodes):
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    agents = [await online(a_node, tenant, "r-a1", 2), await online(b_node, tenant, "r-b1", 2)]
+    visitors = [await Client.connect((a_node, b_node)[i % 2], "visitor", uid("v"), tenant) for i in range(12)]
+    await asyncio.gather(*[v.send({"t": "open"}) for v in visitors])
+    await wait_for(lambda: sum(len([e for e in a.seen if e["t"] == "assigned"]) for a in agents) >= 4, what="4 assignments")
+    for v in visitors:
+        await v.next("conv")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {a_node.admin_token}"}) as s:
+        held = []
+        for name in ("r-a1", "r-b1"):
+            async with s.get(f"{a_node.http_url}/admin/tenants/{tenant}/agents/{name}") as r:
+                info = await r.json()
+            assert info["load"] == 2 == len(info["conversations"]), info
+            held += info["conversations"]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {b_node.admin_token}"}) as s:
+        async with s.get(f"{b_node.http_url}/admin/tenants/{tenant}/queues/default") as r:
+            queue = (await r.json())["queue"]
+    assert len(set(held)) == 4 and not set(held) & set(queue) and len(queue) == 8
+    for v in visitors:
+        assert len([e for e in v.seen if e.get("ev") == "assigned"]) <= 1
+
+
+async def test_sigkill_mid_conversation_loses_and_duplicates_nothing(nodes):
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    name = uid("v")
+    agent = await online(b_node, tenant, "k-agent")
+    visitor = await Client.connect(a_node, "visitor", name, tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await agent.next("assigned")
+    ids = [f"k{i}" for i in range(30)]
+    for i, cid in enumerate(ids):
+        await visitor.send({"t": "msg", "conv": conv, "id": cid, "text": f"message {i}"})
+        if i == 12:
+            await visitor.next("ack", lambda e: e["id"] == "k5")
+            a_node.proc.send_signal(signal.SIGKILL)  # mid-stream, acks still in flight
+            break
+    await asyncio.wait_for(visitor.closed, 10)
+    acked = {e["id"]: e["seq"] for e in visitor.seen if e["t"] == "ack"}
+    last_seen = max([e["seq"] for e in visitor.entries(conv)], default=0)
+    # The visitor comes back on the surviving node, resumes, and resends everything not acked.
+    back = await Client.connect(b_node, "visitor", name, tenant)
+    await back.send({"t": "resume", "conv": conv, "after": last_seen})
+    await back.next("resumed")
+    for i, cid in enumerate(ids):
+        if cid not in acked:
+            ack = await back.msg(conv, f"message {i}", cid=cid)
+            acked[cid] = ack["seq"]
+    assert len(acked) == 30 and len(set(acked.values())) == 30  # every message has exactly one seq
+    await wait_for(lambda: {e["id"] for e in agent.entries(conv) if e["t"] == "msg"} >= set(ids), what="agent has all 30")
+    got = [e for e in agent.entries(conv) if e["t"] == "msg"]
+    assert sorted(e["id"] for e in got) == sorted(ids)  # nothing lost, nothing twice
+    seqs = [e["seq"] for e in agent.entries(conv)]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    assert {e["id"]: e["seq"] for e in got} == acked  # what the visitor was told is what the agent saw
+
+
+async def test_agents_conversations_requeue_after_their_node_dies(nodes):
+    a_node, b_node = nodes(agent_grace_s=1.0)
+    tenant = uid("t")
+    lost_agent = await online(a_node, tenant, "d-agent-1", 1)
+    visitor = await Client.connect(b_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await lost_agent.next("assigned")
+    a_node.proc.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(lost_agent.closed, 10)
+    rescuer = await online(b_node, tenant, "d-agent-2", 1)
+    got = await rescuer.next("assigned", lambda e: e["conv"] == conv, timeout=20)
+    assert any(h.get("ev") == "requeued" for h in got["history"])
+    ev = await visitor.next("event", lambda e: e["ev"] == "assigned" and e["agent"] == "d-agent-2", timeout=20)
+    assert ev["conv"] == conv
+
+
+async def test_redis_restart_is_survived(gateway_factory, tmp_path):
+    # Persistence on, so what was acked before the restart is still there after it.
+    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        secret = secrets.token_urlsafe(32)
+        a_node, b_node = [gateway_factory(jwt_secret=secret, **redis_settings(server, "redis")) for _ in range(2)]
+        tenant = uid("t")
+        agent = await online(b_node, tenant, "rr-agent")
+        visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+        conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+        await agent.next("assigned")
+        before = await visitor.msg(conv, "before the restart")
+        server.stop()
+        # While Redis is away the node refuses work with a clear error instead of accepting it.
+        err = await visitor.request({"t": "msg", "conv": conv, "id": "during", "text": "during"}, "error")
+        assert err["code"] == "unavailable"
+        server.start()
+
+        async def ready(gw) -> bool:
+            async with aiohttp.ClientSession() as s, s.get(gw.http_url + "/readyz") as r:
+                return r.status == 200
+
+        for gw in (a_node, b_node):
+            await wait_for(lambda gw=gw: ready(gw), timeout=30, what="readyz after the restart")
+        again = await visitor.msg(conv, "during", cid="during")
+        assert again["seq"] == before["seq"] + 1
+        m = await agent.next("msg", lambda e: e["id"] == "during", timeout=20)  # delivery re-subscribed
+        assert m["seq"] == again["seq"]
+        hist = await visitor.request({"t": "history", "conv": conv}, "history")
+        assert [e["text"] for e in hist["msgs"] if e["t"] == "msg"] == ["before the restart", "during"]
+    finally:
+        server.stop()
