@@ -69,16 +69,23 @@ async def test_two_nodes_racing_never_double_assign_or_exceed_capacity(nodes):
     await wait_for(lambda: sum(len([e for e in a.seen if e["t"] == "assigned"]) for a in agents) >= 4, what="4 assignments")
     for v in visitors:
         await v.next("conv")
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {a_node.admin_token}"}) as s:
-        held = []
-        for name in ("r-a1", "r-b1"):
-            async with s.get(f"{a_node.http_url}/admin/tenants/{tenant}/agents/{name}") as r:
-                info = await r.json()
-            assert info["load"] == 2 == len(info["conversations"]), info
-            held += info["conversations"]
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {b_node.admin_token}"}) as s:
-        async with s.get(f"{b_node.http_url}/admin/tenants/{tenant}/queues/default") as r:
-            queue = (await r.json())["queue"]
+
+    async def admin(gw, path):
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gw.admin_token}"}) as s, \
+                s.get(f"{gw.http_url}/admin/tenants/{tenant}/{path}") as r:
+            return await r.json()
+
+    async def settled() -> bool:  # every open has been queued or assigned
+        held = [c for name in ("r-a1", "r-b1") for c in (await admin(a_node, f"agents/{name}"))["conversations"]]
+        return len(held) + len((await admin(b_node, "queues/default"))["queue"]) == 12
+
+    await wait_for(settled, what="all 12 conversations queued or assigned")
+    held = []
+    for name in ("r-a1", "r-b1"):
+        info = await admin(a_node, f"agents/{name}")
+        assert info["load"] == 2 == len(info["conversations"]), info
+        held += info["conversations"]
+    queue = (await admin(b_node, "queues/default"))["queue"]
     assert len(set(held)) == 4 and not set(held) & set(queue) and len(queue) == 8
     for v in visitors:
         assert len([e for e in v.seen if e.get("ev") == "assigned"]) <= 1
