@@ -29,9 +29,47 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"chatgw: configuration refused: {e}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return _workers(args, cfg)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvloop.run(serve(cfg))
     return 0
+
+
+def _workers(args: argparse.Namespace, cfg) -> int:
+    """N nodes on the same ports (SO_REUSEPORT: the kernel spreads connections), one per core."""
+    import os
+    import signal
+    import subprocess
+
+    if cfg.coordinator != "redis":
+        print("chatgw: --workers > 1 needs --coordinator redis (nodes must share state)", file=sys.stderr)
+        return 2
+    if not cfg.ws_port or not cfg.http_port:
+        print("chatgw: --workers > 1 needs fixed ports (every worker listens on the same ones)", file=sys.stderr)
+        return 2
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            argv.append(a)
+    procs = []
+    for i in range(args.workers):
+        env = dict(os.environ, GATEWAY_NODE_ID=f"{cfg.node_id}-w{i}")
+        procs.append(subprocess.Popen([sys.executable, "-m", "gateway", *argv], env=env))
+
+    def forward(sig, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -60,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--coordinator", choices=["embedded", "redis"])
     s.add_argument("--redis-url")
     s.add_argument("--echo", action="store_true", help="enable the /echo diagnostic endpoint")
+    s.add_argument("--workers", type=int, default=1, help="run N nodes on the same ports (SO_REUSEPORT); needs redis")
     s.set_defaults(fn=_serve)
     t = sub.add_parser("token", help="mint a token with the configured secret")
     t.add_argument("--config")

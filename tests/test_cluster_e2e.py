@@ -174,3 +174,49 @@ async def test_redis_restart_is_survived(gateway_factory, tmp_path):
         assert [e["text"] for e in hist["msgs"] if e["t"] == "msg"] == ["before the restart", "during"]
     finally:
         server.stop()
+
+
+async def test_workers_share_ports_and_chat_across_workers(redis_server, tmp_path):
+    import subprocess
+    import sys
+
+    from gateway import auth
+
+    from .redis_support import free_port as port
+    from .support import ROOT
+
+    secret = secrets.token_urlsafe(32)
+    ws_port, http_port = port(), port()
+    env = dict(__import__("os").environ, GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="warning",
+               GATEWAY_COORDINATOR="redis", GATEWAY_REDIS_URL=redis_server.url, GATEWAY_NODE_TTL_S="1",
+               GATEWAY_NODE_HEARTBEAT_S="0.2")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "2", "--ws-port", str(ws_port),
+                             "--http-port", str(http_port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        class GW:  # enough of support.Gateway for Client.connect
+            ws_url = f"ws://127.0.0.1:{ws_port}/ws"
+
+            def token(self, role, sub, tenant, **kw):
+                return auth.mint(secret, tenant=tenant, user=sub, role=role, **kw)
+
+        gw = GW()
+
+        async def connect(role, name, tenant):
+            try:
+                return await Client.connect(gw, role, name, tenant)
+            except OSError:
+                return None
+
+        tenant = uid("t")
+        agent = await wait_for(lambda: connect("agent", "w-agent", tenant), timeout=30, what="workers listening")
+        await agent.request({"t": "status", "status": "online", "capacity": 50}, "status")
+        # Connections spread over both workers; whichever a visitor lands on, it reaches the agent.
+        visitors = [await Client.connect(gw, "visitor", uid("v"), tenant) for _ in range(16)]
+        assert len({v.welcome["node"] for v in visitors} | {agent.welcome["node"]}) == 2
+        for v in visitors:
+            conv = (await v.request({"t": "open"}, "conv"))["conv"]
+            ack = await v.msg(conv, "hello across workers")
+            await agent.next("msg", lambda e, c=conv, s=ack["seq"]: e["conv"] == c and e["seq"] == s)
+    finally:
+        proc.terminate()
+        proc.wait(20)
