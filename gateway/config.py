@@ -68,6 +68,11 @@ class Config:
     node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration
     node_ttl_s: float = 5.0  # cluster: a node silent this long is dead; others clean up after it
 
+    # Bots answer first where configured ([bots] table of the config file, docs/bots.md);
+    # an empty table means the built-in FAQ bot for every tenant and group.
+    bots_enabled: bool = True
+    bots: dict[str, Any] = field(default_factory=dict)
+
     echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
     demo: bool = True  # serve the demo pages and /api/dev/token (never in production)
     log_level: str = "info"
@@ -126,8 +131,22 @@ class Config:
                 v = "<generated>" if f.name in self.generated else "<set>"
             elif f.name == "redis_url":
                 v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
+            elif f.name == "bots":
+                v = _mask(v)
             out[f.name] = v
         return out
+
+
+_SECRET_KEY = re.compile(r"(key|secret|token|password)", re.I)
+
+
+def _mask(value: Any) -> Any:
+    """A copy of a config table with secret-looking values (api_key, secret, token...) masked."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else _mask(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
 
 
 def _coerce(kind: type | str, raw: str) -> Any:
@@ -156,7 +175,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
             values[k] = v
     for name, f in known.items():
         raw = env.get(f"GATEWAY_{name.upper()}")
-        if raw is not None:
+        if raw is not None and name != "bots":  # tables come from the file only
             try:
                 values[name] = _coerce(f.type, raw)
             except (ValueError, TypeError) as e:

@@ -94,6 +94,15 @@ async def admin_stats(request: web.Request) -> web.Response:
     return web.json_response({"node": node.cfg.node_id, "hub": node.hub.stats(), "config": node.cfg.describe()})
 
 
+async def admin_bots(request: web.Request) -> web.Response:
+    if _admin_scope(request) is not None:
+        raise web.HTTPForbidden(text="bot statistics need the admin token")
+    bots = _node(request).hub.bots
+    if bots is None:
+        return web.json_response({"enabled": False})
+    return web.json_response({"enabled": True, "breakers": bots.breaker_states(), "stats": bots.stats()})
+
+
 async def admin_conversation(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     node = _node(request)
@@ -144,6 +153,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/api/config", api_config)
     app.router.add_get("/api/dev/token", dev_token)
     app.router.add_get("/admin/stats", admin_stats)
+    app.router.add_get("/admin/bots", admin_bots)
     app.router.add_get("/admin/tenants/{tenant}/conversations/{conv}", admin_conversation)
     app.router.add_get("/admin/tenants/{tenant}/agents/{agent}", admin_agent)
     app.router.add_get("/admin/tenants/{tenant}/queues/{group}", admin_queue)

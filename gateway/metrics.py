@@ -18,6 +18,9 @@ class _Metrics:
         self.requeued = Counter("chatgw_requeued_total", "Conversations returned to the queue after agent loss", registry=r)
         self.heartbeat_timeouts = Counter("chatgw_heartbeat_timeouts_total", "Connections dropped for not answering pings", registry=r)
         self.slow_readers = Counter("chatgw_slow_readers_total", "Connections dropped for not reading", registry=r)
+        self.bot_answers = Counter("chatgw_bot_answers_total", "Bot turns by backend and outcome", ["backend", "outcome"], registry=r)
+        self.bot_handoffs = Counter("chatgw_bot_handoffs_total", "Conversations handed from a bot to people", ["reason"], registry=r)
+        self.bot_cancelled = Counter("chatgw_bot_cancelled_total", "Bot calls cancelled (visitor left, agent took over)", registry=r)
         self.auth_failures = Counter("chatgw_auth_failures_total", "Upgrades refused with 401", registry=r)
 
 

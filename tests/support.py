@@ -77,8 +77,10 @@ def start_gateway(**settings: Any) -> Gateway:
         GATEWAY_LOG_LEVEL="warning",
         PYTHONUNBUFFERED="1",
     )
+    # Bots answer first by default; most tests are about people, so they opt in (bots_enabled=true).
+    env["GATEWAY_BOTS_ENABLED"] = "false"
     for k, v in settings.items():
-        env[f"GATEWAY_{k.upper()}"] = str(v)
+        env["GATEWAY_CONFIG" if k == "config" else f"GATEWAY_{k.upper()}"] = str(v)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
         env=env,

@@ -245,3 +245,12 @@ def test_production_refuses_default_secret(tmp_path):
     env["GATEWAY_JWT_SECRET"] = ""
     p = subprocess.run([sys.executable, "-m", "gateway", "serve"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 2 and "jwt_secret" in p.stderr
+
+
+def test_secrets_in_config_tables_are_never_printed(tmp_path):
+    from gateway.config import load
+
+    cfg = load(None, env={}, bots={"backends": {"llm": {"type": "openai", "api_key": "sk-live-123", "base_url": "http://x"}}},
+               redis_url="redis://user:hunter2@127.0.0.1:6379/0")
+    shown = str(cfg.describe())
+    assert "sk-live-123" not in shown and "hunter2" not in shown and "http://x" in shown

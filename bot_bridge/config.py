@@ -1,0 +1,235 @@
+"""Bridge configuration: the ``[bots]`` table of the gateway's TOML file (schema in docs/bots.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_HOLDING = {
+    "en": "Thanks for your message! One moment please, we'll get back to you shortly.",
+    "zh": "感谢您的留言！请稍候，我们马上为您处理。",
+}
+DEFAULT_HANDOFF = {
+    "en": "I'm connecting you with a member of our team now.",
+    "zh": "正在为您转接人工客服，请稍候。",
+}
+
+# Keys of a [bots.backends.NAME] table that the bridge reads; every other key goes to the backend.
+BRIDGE_KEYS = frozenset(
+    {"type", "secondary", "max_concurrency", "queue_wait_s", "max_queue", "first_chunk_timeout_s", "total_timeout_s", "cache"}
+)
+
+
+class ConfigError(ValueError):
+    """The [bots] table is malformed; the message names the offending key."""
+
+
+Localised = str | dict[str, str]
+
+
+@dataclass
+class BackendSpec:
+    name: str
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    secondary: str = ""
+    max_concurrency: int | None = None
+    queue_wait_s: float | None = None
+    max_queue: int | None = None
+    first_chunk_timeout_s: float | None = None
+    total_timeout_s: float | None = None
+    cache: bool = True
+
+
+@dataclass
+class TenantRule:
+    backend: str | None = None  # None: the global default; "": no bot
+    groups: dict[str, str] = field(default_factory=dict)  # group -> backend name ("" = no bot)
+    confidence_threshold: float | None = None
+    holding_message: Localised | None = None
+    handoff_message: Localised | None = None
+
+
+@dataclass
+class BridgeConfig:
+    enabled: bool = True
+    default: str = "faq"
+    backends: dict[str, BackendSpec] = field(default_factory=lambda: {"faq": BackendSpec("faq", "faq")})
+    tenants: dict[str, TenantRule] = field(default_factory=dict)
+    confidence_threshold: float = 0.4
+    first_chunk_timeout_s: float = 8.0
+    total_timeout_s: float = 60.0
+    cancel_timeout_s: float = 5.0
+    coalesce_ms: float = 50.0
+    coalesce_chars: int = 64
+    holding_message: Localised = field(default_factory=lambda: dict(DEFAULT_HOLDING))
+    handoff_message: Localised = field(default_factory=lambda: dict(DEFAULT_HANDOFF))
+    fallback_faq: str | None = None  # None: the first backend of type "faq"; "": none
+    fallback_faq_threshold: float = 0.5
+    handoff_on_fallback: bool = True  # a holding-message fallback also asks for a human
+    handoff_phrases: list[str] = field(default_factory=list)
+    handoff_phrases_replace: bool = False
+    cache_enabled: bool = True
+    cache_ttl_s: float = 600.0
+    cache_max_entries: int = 10_000
+    rate_per_s: float = 0.0  # per-tenant token bucket; 0 = unlimited
+    rate_burst: float = 20.0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    breaker_half_open_probes: int = 1
+    max_concurrency: int = 16
+    queue_wait_s: float = 0.5
+    max_queue: int = 64
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> BridgeConfig:
+        """Build from the ``[bots]`` table (a dict as tomllib gives it); absent keys keep their defaults."""
+        data = dict(data or {})
+        cfg = cls()
+        simple = {
+            "enabled": bool,
+            "default": str,
+            "confidence_threshold": float,
+            "first_chunk_timeout_s": float,
+            "total_timeout_s": float,
+            "cancel_timeout_s": float,
+            "coalesce_ms": float,
+            "coalesce_chars": int,
+            "fallback_faq_threshold": float,
+            "handoff_on_fallback": bool,
+            "handoff_phrases_replace": bool,
+        }
+        for key, typ in simple.items():
+            if key in data:
+                setattr(cfg, key, _typed(data.pop(key), typ, key))
+        if "fallback_faq" in data:
+            cfg.fallback_faq = _typed(data.pop("fallback_faq"), str, "fallback_faq")
+        for key in ("holding_message", "handoff_message"):
+            if key in data:
+                setattr(cfg, key, _localised(data.pop(key), key))
+        if "handoff_phrases" in data:
+            phrases = data.pop("handoff_phrases")
+            if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+                raise ConfigError("bots.handoff_phrases: expected a list of strings")
+            cfg.handoff_phrases = phrases
+        sections = {
+            "cache": {"enabled": ("cache_enabled", bool), "ttl_s": ("cache_ttl_s", float), "max_entries": ("cache_max_entries", int)},
+            "rate": {"per_s": ("rate_per_s", float), "burst": ("rate_burst", float)},
+            "breaker": {
+                "failures": ("breaker_failures", int),
+                "cooldown_s": ("breaker_cooldown_s", float),
+                "half_open_probes": ("breaker_half_open_probes", int),
+            },
+            "concurrency": {"limit": ("max_concurrency", int), "queue_wait_s": ("queue_wait_s", float), "max_queue": ("max_queue", int)},
+        }
+        for sec, fields in sections.items():
+            table = data.pop(sec, None)
+            if table is None:
+                continue
+            if not isinstance(table, dict):
+                raise ConfigError(f"bots.{sec}: expected a table")
+            for key, value in table.items():
+                if key not in fields:
+                    raise ConfigError(f"bots.{sec}.{key}: unknown setting (known: {', '.join(fields)})")
+                attr, typ = fields[key]
+                setattr(cfg, attr, _typed(value, typ, f"bots.{sec}.{key}"))
+        backends = data.pop("backends", None)
+        if backends is not None:
+            if not isinstance(backends, dict):
+                raise ConfigError("bots.backends: expected a table of backends")
+            cfg.backends = {name: _backend(name, table) for name, table in backends.items()}
+        tenants = data.pop("tenants", None)
+        if tenants is not None:
+            if not isinstance(tenants, dict):
+                raise ConfigError("bots.tenants: expected a table of tenants")
+            cfg.tenants = {t: _tenant(t, table) for t, table in tenants.items()}
+        if data:
+            raise ConfigError(f"bots: unknown setting(s): {', '.join(sorted(data))}")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Every name used must be a configured backend; secondary chains must not loop."""
+        names = set(self.backends)
+
+        def check(ref: str, where: str) -> None:
+            if ref and ref not in names:
+                raise ConfigError(f"{where}: unknown backend {ref!r} (configured: {', '.join(sorted(names)) or 'none'})")
+
+        check(self.default, "bots.default")
+        for t, rule in self.tenants.items():
+            if rule.backend is not None:
+                check(rule.backend, f"bots.tenants.{t}.backend")
+            for g, ref in rule.groups.items():
+                check(ref, f"bots.tenants.{t}.groups.{g}")
+        for spec in self.backends.values():
+            check(spec.secondary, f"bots.backends.{spec.name}.secondary")
+        if self.fallback_faq:
+            check(self.fallback_faq, "bots.fallback_faq")
+        if self.coalesce_chars < 1 or self.coalesce_ms < 0:
+            raise ConfigError("bots.coalesce_chars must be >= 1 and bots.coalesce_ms >= 0")
+        if self.first_chunk_timeout_s <= 0 or self.total_timeout_s <= 0:
+            raise ConfigError("bots: timeouts must be > 0")
+
+
+def _typed(value: Any, typ: type, where: str) -> Any:
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ in (str, bool) and isinstance(value, typ):
+        return value
+    raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+def _localised(value: Any, where: str) -> Localised:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and value and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return dict(value)
+    raise ConfigError(f"{where}: expected a string or a table of language -> string (en, zh)")
+
+
+def _backend(name: str, table: Any) -> BackendSpec:
+    where = f"bots.backends.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    table = dict(table)
+    if "type" not in table:
+        raise ConfigError(f"{where}.type: missing (openai, dify, coze, webhook, faq, an entry point name or 'module:factory')")
+    spec = BackendSpec(name=name, type=_typed(table.pop("type"), str, f"{where}.type"))
+    for key, typ in (
+        ("secondary", str),
+        ("max_concurrency", int),
+        ("queue_wait_s", float),
+        ("max_queue", int),
+        ("first_chunk_timeout_s", float),
+        ("total_timeout_s", float),
+        ("cache", bool),
+    ):
+        if key in table:
+            setattr(spec, key, _typed(table.pop(key), typ, f"{where}.{key}"))
+    spec.options = table
+    return spec
+
+
+def _tenant(tenant: str, table: Any) -> TenantRule:
+    where = f"bots.tenants.{tenant}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    table = dict(table)
+    rule = TenantRule()
+    if "backend" in table:
+        rule.backend = _typed(table.pop("backend"), str, f"{where}.backend")
+    groups = table.pop("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
+        raise ConfigError(f"{where}.groups: expected a table of group = backend name")
+    rule.groups = dict(groups)
+    if "confidence_threshold" in table:
+        rule.confidence_threshold = _typed(table.pop("confidence_threshold"), float, f"{where}.confidence_threshold")
+    for key in ("holding_message", "handoff_message"):
+        if key in table:
+            setattr(rule, key, _localised(table.pop(key), f"{where}.{key}"))
+    if table:
+        raise ConfigError(f"{where}: unknown setting(s): {', '.join(sorted(table))}")
+    return rule
