@@ -4,10 +4,8 @@ speak the vendors' documented wire formats (tests/bot_servers) in place of servi
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
-from .bot_servers import State, serve
-from .bot_servers import dify_server, openai_server
+from .bot_servers import State, dify_server, openai_server, serve
 from .support import Client, uid, wait_for
 
 

@@ -47,7 +47,7 @@ async def test_text_binary_and_fragmented_messages_echo(echo_gw):
     assert await next_data(ws) == (0x1, "héllo ✓".encode())
     ws.send_frame(0x2, bytes(range(256)))
     assert await next_data(ws) == (0x2, bytes(range(256)))
-    ws.send_frame(0x1, "frag".encode(), fin=False)
+    ws.send_frame(0x1, b"frag", fin=False)
     ws.send_frame(0x9, b"interleaved ping")
     ws.send_frame(0x0, "mented ✓".encode(), fin=True)
     assert await next_data(ws) == (0xA, b"interleaved ping")
