@@ -48,7 +48,7 @@ class Hub:
         self._next_id = 0
         self._dirty: list[Connection] = []
         self._flush_pending = False
-        self._queue_pos: dict[tuple[str, str], int] = {}  # (tenant, conv) -> last position told
+        self._queue_pos: dict[tuple[str, str], tuple[int, str]] = {}  # (tenant, conv) -> (position told, visitor)
         self._dedup = make_dedup(cfg.dedup_capacity, int(cfg.dedup_window_s * 1000))
         # One wheel for every deadline: heartbeats (even keys) and agent grace periods (odd keys).
         self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
@@ -565,14 +565,19 @@ class Hub:
         await self._send_to(conv.tenant, [agent], {"t": "unassigned", "conv": conv.id})
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
+        """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
         for pos, conv_id in enumerate(await self.coord.queue_list(tenant, group), 1):
-            if self._queue_pos.get((tenant, conv_id)) == pos:
+            known = self._queue_pos.get((tenant, conv_id))
+            if known is not None and known[0] == pos:
                 continue
-            self._queue_pos[(tenant, conv_id)] = pos
-            conv = await self.coord.get_conversation(tenant, conv_id)
-            if conv is None:
-                continue
-            await self._send_to(tenant, [conv.visitor], {"t": "queue", "conv": conv_id, "position": pos})
+            visitor = known[1] if known is not None else None
+            if visitor is None:
+                conv = await self.coord.get_conversation(tenant, conv_id)
+                if conv is None:
+                    continue
+                visitor = conv.visitor
+            self._queue_pos[(tenant, conv_id)] = (pos, visitor)
+            await self._send_to(tenant, [visitor], {"t": "queue", "conv": conv_id, "position": pos})
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
