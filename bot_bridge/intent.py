@@ -26,6 +26,10 @@ EN_PHRASES: tuple[str, ...] = (
     "talk to someone",
     "speak to someone",
     "speak with someone",
+    "a person",
+    "talk to a person",
+    "speak to a person",
+    "talk to a human",
 )
 # Chinese: substrings (no word boundaries in CJK text).
 ZH_PHRASES: tuple[str, ...] = (

@@ -44,7 +44,8 @@ async def api_config(request: web.Request) -> web.Response:
     cfg = node.cfg
     host = request.url.host or "127.0.0.1"
     ws_url = cfg.public_ws_url or f"ws://{host}:{node.ws_port}/ws"
-    return web.json_response({"ws_url": ws_url, "version": VERSION, "tenant": cfg.default_tenant, "dev_tokens": cfg.demo})
+    return web.json_response({"ws_url": ws_url, "version": VERSION, "tenant": cfg.default_tenant, "dev_tokens": cfg.demo,
+                              "bots": node.hub.bots is not None})
 
 
 async def dev_token(request: web.Request) -> web.Response:

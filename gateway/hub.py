@@ -628,8 +628,7 @@ class Hub:
                 return  # an agent took over or the visitor closed meanwhile
             if result.handoff:
                 current.state = "queued"
-                current.meta["bot"] = {"text": result.draft or result.text, "confidence": result.confidence,
-                                       "reason": result.reason, "backend": result.backend}
+                current.meta["bot"] = {**self._last_bot_answer(result, earlier), "reason": result.reason}
                 await self.coord.save_conversation(current)
         if result.text:
             entry = {"t": "msg", "conv": conv.id, "seq": 0, "id": f"bot-{question['seq']}", "from": "bot",
@@ -637,6 +636,8 @@ class Hub:
                      "conf": result.confidence, "reply_to": question["seq"]}
             if result.fallback:
                 entry["fallback"] = result.reason
+            if result.handoff:
+                entry["handoff"] = result.reason
             # The client id makes the answer idempotent: a retried turn can't log it twice.
             seq, dup = await self.coord.append(conv.tenant, conv.id, entry, f"bot:{question['seq']}")
             if not dup:
@@ -645,6 +646,16 @@ class Hub:
             METRICS.bot_handoffs.labels(result.reason or "backend").inc()
             await self._deliver(current, await self._event(current, "handoff", reason=result.reason))
             await self.router.enqueue_new(current)
+
+    @staticmethod
+    def _last_bot_answer(result: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the agent should see of the bot: its last real answer, not the handoff line."""
+        if result.draft:  # a low-confidence answer the handoff message replaced
+            return {"text": result.draft, "confidence": result.confidence, "backend": result.backend}
+        for e in reversed(earlier):
+            if e.get("t") == "msg" and e.get("role") == "bot" and not e.get("handoff"):
+                return {"text": e["text"], "confidence": e.get("conf"), "backend": e.get("backend")}
+        return {"text": None, "confidence": None, "backend": result.backend}
 
     # helpers
 

@@ -114,7 +114,9 @@ async def test_low_confidence_hands_off_to_an_agent_who_sees_the_history(gateway
     got = await agent.next("assigned", lambda e: e["conv"] == conv)
     texts = [e.get("text") for e in got["history"] if e["t"] == "msg"]
     assert "Can I return a gift without a receipt?" in texts
-    assert got["bot"]["reason"] == "low_confidence" and got["bot"]["confidence"] < 0.9 and got["bot"]["text"]
+    assert got["bot"]["reason"] == "low_confidence" and got["bot"]["confidence"] < 0.9
+    handoff_line = [e for e in got["history"] if e.get("handoff")]
+    assert handoff_line and got["bot"]["text"] and got["bot"]["text"] != handoff_line[0]["text"]  # the answer, not the line
     # From now on people talk: the agent's reply reaches the visitor, the bot stays quiet.
     reply = await agent.msg(conv, "Hi, I can help with that.")
     await v.next("msg", lambda e: e["seq"] == reply["seq"])

@@ -22,6 +22,10 @@
  *     conversation are dropped (belt and braces: the server already promises
  *     at-most-once, in order);
  *   - typing notifications are throttled; read markers only move forward.
+ *
+ * Bots (docs/protocol.md): `bot_chunk` frames are emitted as 'bot_chunk'
+ * (pieces of a streaming answer, keyed by `reply_to`); `ChatGW.BotStreams`
+ * renders them as a growing bubble that the final `msg` replaces.
  */
 (function (global) {
   'use strict';
@@ -471,6 +475,8 @@
   Client.prototype._applyEvent = function (env) {
     var info = this.convs.get(env.conv) || { conv: env.conv };
     switch (env.ev) {
+      case 'bot': info.state = 'bot'; break;
+      case 'handoff': info.state = 'queued'; break;
       case 'queued': info.state = 'queued'; break;
       case 'requeued': info.state = 'queued'; info.agent = null; break;
       case 'assigned': info.state = 'assigned'; if (env.agent) info.agent = env.agent; break;
@@ -543,6 +549,11 @@
       }
       case 'unassigned':
         this.emit('unassigned', env);
+        return;
+      case 'bot_chunk':
+        // A bot's answer while it streams: not logged, no seq; the finished
+        // answer follows as a `msg` with the same `reply_to`.
+        if (env.conv && typeof env.text === 'string') this.emit('bot_chunk', env);
         return;
       case 'typing':
         if (env.from !== this.sub) this.emit('typing', env);
@@ -936,6 +947,133 @@
     if (ref) ref.after(node); else c.prepend(node);
   };
 
+  // ------------------------------------------------------------ bot helpers
+
+  var SVG_NS = 'http://www.w3.org/2000/svg';
+
+  /* A small robot head (inline SVG: no icon fonts, no CDN). */
+  function botIcon() {
+    var svg = document.createElementNS(SVG_NS, 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('class', 'bot-icon');
+    svg.setAttribute('aria-hidden', 'true');
+    var parts = [
+      ['rect', { x: 4, y: 8, width: 16, height: 12, rx: 3.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 2 }],
+      ['line', { x1: 12, y1: 4.5, x2: 12, y2: 8, stroke: 'currentColor', 'stroke-width': 2, 'stroke-linecap': 'round' }],
+      ['circle', { cx: 12, cy: 3.5, r: 1.6, fill: 'currentColor' }],
+      ['circle', { cx: 9, cy: 13.5, r: 1.6, fill: 'currentColor' }],
+      ['circle', { cx: 15, cy: 13.5, r: 1.6, fill: 'currentColor' }],
+      ['line', { x1: 9.5, y1: 17, x2: 14.5, y2: 17, stroke: 'currentColor', 'stroke-width': 1.6, 'stroke-linecap': 'round' }],
+      ['line', { x1: 2, y1: 12, x2: 2, y2: 16, stroke: 'currentColor', 'stroke-width': 2, 'stroke-linecap': 'round' }],
+      ['line', { x1: 22, y1: 12, x2: 22, y2: 16, stroke: 'currentColor', 'stroke-width': 2, 'stroke-linecap': 'round' }],
+    ];
+    parts.forEach(function (p) {
+      var n = document.createElementNS(SVG_NS, p[0]);
+      Object.keys(p[1]).forEach(function (k) { n.setAttribute(k, String(p[1][k])); });
+      svg.appendChild(n);
+    });
+    return svg;
+  }
+
+  /* 0..1 -> "87%"; null/undefined -> null. */
+  function percent(conf) {
+    if (typeof conf !== 'number' || !isFinite(conf)) return null;
+    return Math.round(Math.max(0, Math.min(1, conf)) * 100) + '%';
+  }
+
+  var HANDOFF_REASONS = {
+    low_confidence: 'the bot was not confident enough',
+    visitor_asked: 'the visitor asked for a person',
+    backend_error: 'the bot backend failed',
+    first_chunk_timeout: 'the bot did not answer in time',
+    total_timeout: 'the bot answer took too long',
+    rate_limited: 'bot rate limit reached',
+    busy: 'the bot was busy',
+    no_bot: 'no bot is configured',
+  };
+
+  function handoffReason(reason) {
+    if (!reason) return 'unknown reason';
+    return HANDOFF_REASONS[reason] || String(reason).replace(/_/g, ' ');
+  }
+
+  /* A bot message (`msg` with role "bot", or a streaming preview).
+   * opts: {name, detail (small text after the name), streaming}. */
+  function renderBotMsg(e, opts) {
+    opts = opts || {};
+    var streaming = !!opts.streaming;
+    var meta = streaming ? 'typing\u2026' : timeOf(e.ts);
+    return el('div', {
+      class: 'msg them bot' + (streaming ? ' streaming' : '') + (e.fallback ? ' fallback' : ''),
+      dataset: { from: e.from || 'bot', replyTo: e.reply_to !== undefined && e.reply_to !== null ? String(e.reply_to) : '' },
+    }, [
+      el('div', { class: 'bot-avatar', title: 'Automated answer' }, [botIcon()]),
+      el('div', { class: 'bot-body' }, [
+        el('div', { class: 'who' }, [
+          opts.name || 'Assistant',
+          el('span', { class: 'bot-tag', text: 'Bot' }),
+          opts.detail ? el('span', { class: 'bot-detail', text: opts.detail }) : null,
+        ]),
+        el('div', { class: 'bubble', text: e.text || '' }),
+        el('div', { class: 'meta', text: meta }),
+      ]),
+    ]);
+  }
+
+  /* Streaming bot answers of one conversation: `bot_chunk` pieces grow a
+   * "bot is typing" bubble per `reply_to` (kept at the end of the list), which
+   * the final `msg` with the same `reply_to` replaces. */
+  function BotStreams(list, render) {
+    this.list = list;
+    this.render = render;        // ({reply_to, text}) -> node, with a .bubble inside
+    this.nodes = new Map();      // reply_to -> {text, node}
+    this.answered = 0;           // highest reply_to whose final msg arrived
+  }
+
+  BotStreams.prototype.chunk = function (env) {
+    var key = env.reply_to;
+    if (typeof key === 'number' && key <= this.answered) return null; // late piece of a finished answer
+    var s = this.nodes.get(key);
+    if (!s) {
+      s = { text: '', node: this.render({ reply_to: key, text: '' }) };
+      this.nodes.set(key, s);
+    }
+    s.text += env.text || '';
+    var bubble = s.node.querySelector('.bubble');
+    if (bubble) bubble.textContent = s.text;
+    if (!s.node.isConnected || s.node !== this.list.container.lastElementChild) {
+      this.list.container.appendChild(s.node); // previews stay below the log entries
+    }
+    return s.node;
+  };
+
+  /* The final answer to `replyTo` arrived: drop its preview (and older ones). */
+  BotStreams.prototype.finish = function (replyTo) {
+    if (typeof replyTo === 'number' && replyTo > this.answered) this.answered = replyTo;
+    this._drop(function (key) { return key === replyTo || (typeof key === 'number' && key <= replyTo); });
+  };
+
+  /* A newer question (seq) supersedes answers still streaming to older ones. */
+  BotStreams.prototype.supersede = function (seq) {
+    this._drop(function (key) { return typeof key === 'number' && key < seq; });
+  };
+
+  BotStreams.prototype.clear = function () {
+    this._drop(function () { return true; });
+  };
+
+  BotStreams.prototype.active = function () { return this.nodes.size > 0; };
+
+  BotStreams.prototype._drop = function (test) {
+    var self = this;
+    Array.from(this.nodes.keys()).forEach(function (key) {
+      if (!test(key)) return;
+      var s = self.nodes.get(key);
+      self.nodes.delete(key);
+      if (s.node) s.node.remove();
+    });
+  };
+
   global.ChatGW = {
     version: PROTOCOL_VERSION,
     uuid: uuid,
@@ -948,5 +1086,10 @@
     el: el,
     timeOf: timeOf,
     MessageList: MessageList,
+    botIcon: botIcon,
+    percent: percent,
+    handoffReason: handoffReason,
+    renderBotMsg: renderBotMsg,
+    BotStreams: BotStreams,
   };
 })(typeof window !== 'undefined' ? window : this);
