@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
@@ -49,7 +50,10 @@ class Hub:
         self._dirty: list[Connection] = []
         self._flush_pending = False
         self._queue_pos: dict[tuple[str, str], tuple[int, str]] = {}  # (tenant, conv) -> (position told, visitor)
-        self._dedup = make_dedup(cfg.dedup_capacity, int(cfg.dedup_window_s * 1000))
+        # The cache is this node's alone (the log is the shared record), so a random seed is right:
+        # client-chosen ids can't be crafted to collide in a hash nobody outside knows.
+        self._dedup = make_dedup(cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
+
         # One wheel for every deadline: heartbeats (even keys) and agent grace periods (odd keys).
         self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
         self._grace: dict[int, tuple[str, str]] = {}

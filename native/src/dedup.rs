@@ -140,10 +140,18 @@ macro_rules! dispatch {
 impl Bloom {
     fn new(bits: usize, generations: u32) -> PyResult<Self> {
         Ok(match generations {
-            0..=8 => Bloom::W8(Sliced { words: try_zeroed(bits)? }),
-            9..=16 => Bloom::W16(Sliced { words: try_zeroed(bits)? }),
-            17..=32 => Bloom::W32(Sliced { words: try_zeroed(bits)? }),
-            _ => Bloom::W64(Sliced { words: try_zeroed(bits)? }),
+            0..=8 => Bloom::W8(Sliced {
+                words: try_zeroed(bits)?,
+            }),
+            9..=16 => Bloom::W16(Sliced {
+                words: try_zeroed(bits)?,
+            }),
+            17..=32 => Bloom::W32(Sliced {
+                words: try_zeroed(bits)?,
+            }),
+            _ => Bloom::W64(Sliced {
+                words: try_zeroed(bits)?,
+            }),
         })
     }
     fn maybe(&self, idx: &[usize; PROBES as usize]) -> bool {
@@ -191,8 +199,15 @@ struct Hashed {
 }
 
 impl DedupCore {
-    fn new(capacity: usize, window_ms: u64, generations: u64, bits: u64, seed: u64) -> PyResult<Self> {
-        let bits_usize = usize::try_from(bits).map_err(|_| PyMemoryError::new_err("bloom too large"))?;
+    fn new(
+        capacity: usize,
+        window_ms: u64,
+        generations: u64,
+        bits: u64,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let bits_usize =
+            usize::try_from(bits).map_err(|_| PyMemoryError::new_err("bloom too large"))?;
         Ok(DedupCore {
             capacity,
             generations,
@@ -218,7 +233,10 @@ impl DedupCore {
             // Lemire's multiply-shift range reduction into [0, bits).
             *p = ((x as u128 * self.bits as u128) >> 64) as usize;
         }
-        Hashed { table_hash: h1, probes }
+        Hashed {
+            table_hash: h1,
+            probes,
+        }
     }
 
     /// Move the current generation forward to the one containing `now_ms`,
@@ -230,7 +248,11 @@ impl DedupCore {
         }
         let g = self.generations;
         let mask = if gen - self.cur_gen >= g {
-            if g == 64 { u64::MAX } else { (1u64 << g) - 1 }
+            if g == 64 {
+                u64::MAX
+            } else {
+                (1u64 << g) - 1
+            }
         } else {
             let mut m = 0u64;
             for x in self.cur_gen + 1..=gen {
@@ -248,7 +270,9 @@ impl DedupCore {
 
     fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
         let nodes = &self.nodes;
-        self.table.find(hash, |&i| &*nodes[i as usize].key == key).copied()
+        self.table
+            .find(hash, |&i| &*nodes[i as usize].key == key)
+            .copied()
     }
 
     fn unlink(&mut self, i: u32) {
@@ -256,8 +280,16 @@ impl DedupCore {
             let n = &self.nodes[i as usize];
             (n.prev, n.next)
         };
-        if prev == NIL { self.head = next } else { self.nodes[prev as usize].next = next }
-        if next == NIL { self.tail = prev } else { self.nodes[next as usize].prev = prev }
+        if prev == NIL {
+            self.head = next
+        } else {
+            self.nodes[prev as usize].next = next
+        }
+        if next == NIL {
+            self.tail = prev
+        } else {
+            self.nodes[next as usize].prev = prev
+        }
     }
 
     fn push_front(&mut self, i: u32) {
@@ -267,7 +299,11 @@ impl DedupCore {
             n.prev = NIL;
             n.next = old;
         }
-        if old == NIL { self.tail = i } else { self.nodes[old as usize].prev = i }
+        if old == NIL {
+            self.tail = i
+        } else {
+            self.nodes[old as usize].prev = i
+        }
         self.head = i;
     }
 
@@ -313,7 +349,14 @@ impl DedupCore {
             self.touch(i);
             return Ok(());
         }
-        let node = Node { key: key.into(), hash: h.table_hash, seq, gen, prev: NIL, next: NIL };
+        let node = Node {
+            key: key.into(),
+            hash: h.table_hash,
+            seq,
+            gen,
+            prev: NIL,
+            next: NIL,
+        };
         let i = if self.nodes.len() >= self.capacity {
             // Full: recycle the least recently used node (D3).
             let victim = self.tail;
@@ -336,7 +379,8 @@ impl DedupCore {
             .try_reserve(1, |&j| nodes[j as usize].hash)
             .map_err(|_| PyMemoryError::new_err("cannot grow dedup table"))?;
         let nodes = &self.nodes;
-        self.table.insert_unique(h.table_hash, i, |&j| nodes[j as usize].hash);
+        self.table
+            .insert_unique(h.table_hash, i, |&j| nodes[j as usize].hash);
         self.push_front(i);
         Ok(())
     }
@@ -353,7 +397,9 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Seed {
     type Error = PyErr;
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         // SAFETY: `obj` is a live object; NULL + exception -> PyErr.
-        let idx = unsafe { Bound::from_owned_ptr_or_err(obj.py(), pyo3::ffi::PyNumber_Index(obj.as_ptr()))? };
+        let idx = unsafe {
+            Bound::from_owned_ptr_or_err(obj.py(), pyo3::ffi::PyNumber_Index(obj.as_ptr()))?
+        };
         Ok(Seed(idx.bitand(u64::MAX)?.extract::<u64>()?))
     }
 }
@@ -370,17 +416,27 @@ pub struct Dedup {
 impl Dedup {
     #[new]
     #[pyo3(signature = (capacity, window_ms, generations = 4, bits_per_generation = 1 << 20, seed = Seed(0)))]
-    fn new(capacity: i64, window_ms: i64, generations: i64, bits_per_generation: i64, seed: Seed) -> PyResult<Self> {
+    fn new(
+        capacity: i64,
+        window_ms: i64,
+        generations: i64,
+        bits_per_generation: i64,
+        seed: Seed,
+    ) -> PyResult<Self> {
         let bits = bits_per_generation;
         let seed = seed.0;
         if !(1..=MAX_CAPACITY).contains(&capacity) {
-            return Err(PyValueError::new_err(format!("capacity must be in 1..={MAX_CAPACITY}")));
+            return Err(PyValueError::new_err(format!(
+                "capacity must be in 1..={MAX_CAPACITY}"
+            )));
         }
         if window_ms < 1 {
             return Err(PyValueError::new_err("window_ms must be > 0"));
         }
         if !(1..=MAX_GENERATIONS).contains(&generations) {
-            return Err(PyValueError::new_err(format!("generations must be in 1..={MAX_GENERATIONS}")));
+            return Err(PyValueError::new_err(format!(
+                "generations must be in 1..={MAX_GENERATIONS}"
+            )));
         }
         if generations > window_ms {
             return Err(PyValueError::new_err("generations must be <= window_ms"));

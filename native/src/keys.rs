@@ -43,8 +43,8 @@ fn encode_surrogatepass<'py>(s: &Bound<'py, PyString>) -> PyResult<Bound<'py, Py
 /// `b.decode("utf-8", "surrogatepass")` for bytes produced by
 /// [`encode_surrogatepass`].
 pub fn decode_surrogatepass<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyString>> {
-    let len = ffi::Py_ssize_t::try_from(b.len())
-        .map_err(|_| PyValueError::new_err("id too long"))?;
+    let len =
+        ffi::Py_ssize_t::try_from(b.len()).map_err(|_| PyValueError::new_err("id too long"))?;
     // SAFETY: pointer/length describe a live slice; errors become PyErr.
     unsafe {
         let raw = ffi::PyUnicode_DecodeUTF8(b.as_ptr().cast(), len, SURROGATEPASS.as_ptr().cast());
@@ -121,7 +121,10 @@ pub fn dedup_key(conv: &Bound<'_, PyAny>, cid: &Bound<'_, PyAny>) -> PyResult<De
     if lower(&a)?.saturating_add(lower(&b)?) > MAX_KEY_BYTES {
         return Err(too_long());
     }
-    let mut key = DedupKey { buf: [0u8; MAX_KEY_BYTES + 2], len: 2 };
+    let mut key = DedupKey {
+        buf: [0u8; MAX_KEY_BYTES + 2],
+        len: 2,
+    };
     let push = |p: &Part<'_, '_>, key: &mut DedupKey| -> PyResult<usize> {
         let owned;
         let bytes: &[u8] = match p {
@@ -147,24 +150,24 @@ pub fn dedup_key(conv: &Bound<'_, PyAny>, cid: &Bound<'_, PyAny>) -> PyResult<De
 }
 
 /// A text id (agent or group): `str` only, UTF-8/surrogatepass, at most
-/// [`MAX_KEY_BYTES`] bytes.
-pub fn str_id(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Box<[u8]>> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("{what} must be str, not {}", type_name(obj)))
-    })?;
+/// [`MAX_KEY_BYTES`] bytes. Returns the encoded bytes object (borrow its
+/// bytes for lookups; copy them only to store a new id).
+pub fn str_id<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let s = obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("{what} must be str, not {}", type_name(obj))))?;
     if code_points(s)? > MAX_KEY_BYTES {
         return Err(too_long());
     }
     let b = encode_surrogatepass(s)?;
-    let bytes = b.as_bytes();
-    if bytes.len() > MAX_KEY_BYTES {
+    if b.as_bytes().len() > MAX_KEY_BYTES {
         return Err(too_long());
     }
-    Ok(bytes.into())
+    Ok(b)
 }
 
 /// Like [`str_id`] but answers `None` instead of raising (for `__contains__`).
-pub fn str_id_lenient(obj: &Bound<'_, PyAny>) -> Option<Box<[u8]>> {
+pub fn str_id_lenient<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyBytes>> {
     str_id(obj, "id").ok()
 }
 

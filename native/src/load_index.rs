@@ -82,7 +82,11 @@ impl Groups {
             }
             return g;
         }
-        let grp = Group { name: name.into(), members: 1, eligible: BTreeSet::new() };
+        let grp = Group {
+            name: name.into(),
+            members: 1,
+            eligible: BTreeSet::new(),
+        };
         let g = match self.free.pop() {
             Some(g) => {
                 self.slots[g as usize] = Some(grp);
@@ -114,7 +118,10 @@ impl Groups {
     }
 
     fn set(&mut self, g: u32) -> Option<&mut BTreeSet<(u64, IdRef)>> {
-        self.slots.get_mut(g as usize)?.as_mut().map(|grp| &mut grp.eligible)
+        self.slots
+            .get_mut(g as usize)?
+            .as_mut()
+            .map(|grp| &mut grp.eligible)
     }
 
     /// Remove the agent's entries from its groups (if it was eligible).
@@ -154,11 +161,13 @@ fn key_error(agent: &Bound<'_, PyAny>) -> PyErr {
 
 fn group_list(groups: &Bound<'_, PyAny>) -> PyResult<Vec<Box<[u8]>>> {
     if groups.is_instance_of::<PyString>() || groups.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err("groups must be an iterable of str, not a str/bytes"));
+        return Err(PyTypeError::new_err(
+            "groups must be an iterable of str, not a str/bytes",
+        ));
     }
     let mut out = Vec::new();
     for item in groups.try_iter()? {
-        out.push(str_id(&item?, "group")?);
+        out.push(str_id(&item?, "group")?.as_bytes().into());
     }
     out.sort_unstable();
     out.dedup();
@@ -191,7 +200,7 @@ impl LoadIndex {
         capacity: &Bound<'_, PyAny>,
         available: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let id = str_id(agent, "agent")?;
+        let id: Box<[u8]> = str_id(agent, "agent")?.as_bytes().into();
         let names = group_list(groups)?;
         let capacity = i64_arg(capacity)?;
         if capacity < 0 {
@@ -213,7 +222,10 @@ impl LoadIndex {
             this.groups.attach(a);
         } else {
             let a = Agent {
-                id: IdRef(Arc::new(Id { bytes: id.clone(), py: py_id })),
+                id: IdRef(Arc::new(Id {
+                    bytes: id.clone(),
+                    py: py_id,
+                })),
                 groups: new_groups,
                 capacity: capacity as u64,
                 load: 0,
@@ -228,9 +240,10 @@ impl LoadIndex {
     /// Forget an agent (no-op if absent).
     fn remove(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<()> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let mut guard = slf.try_borrow_mut()?;
         let this = &mut *guard;
-        if let Some(a) = this.agents.remove(&id) {
+        if let Some(a) = this.agents.remove(id) {
             this.groups.detach(&a);
             for &g in &a.groups {
                 this.groups.release(g);
@@ -246,9 +259,11 @@ impl LoadIndex {
         available: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let available = bool_arg(available, "available")?;
         let mut this = slf.try_borrow_mut()?;
-        this.update(&id, |a| a.available = available).ok_or_else(|| key_error(agent))
+        this.update(id, |a| a.available = available)
+            .ok_or_else(|| key_error(agent))
     }
 
     /// Least-loaded eligible agent of the group (ties: id ascending), or None.
@@ -256,7 +271,7 @@ impl LoadIndex {
         let name = str_id(group, "group")?;
         let py = slf.py();
         let this = slf.try_borrow()?;
-        let Some(&g) = this.groups.ids.get(&*name) else {
+        let Some(&g) = this.groups.ids.get(name.as_bytes()) else {
             return Ok(None);
         };
         let best = this.groups.slots[g as usize]
@@ -269,13 +284,14 @@ impl LoadIndex {
     /// Take one unit of load if the agent is available and has room.
     fn acquire(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<bool> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let mut this = slf.try_borrow_mut()?;
-        let ok = match this.agents.get(&id) {
+        let ok = match this.agents.get(id) {
             Some(a) => a.eligible(),
             None => false,
         };
         if ok {
-            if let Some(a) = this.agents.get_mut(&id) { a.load += 1; }
+            this.update(id, |a| a.load += 1);
         }
         Ok(ok)
     }
@@ -283,34 +299,49 @@ impl LoadIndex {
     /// Take one unit of load unconditionally (state restore); KeyError if absent.
     fn force_acquire(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<()> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let mut this = slf.try_borrow_mut()?;
-        this.update(&id, |a| a.load = a.load.saturating_add(1)).ok_or_else(|| key_error(agent))
+        this.update(id, |a| a.load = a.load.saturating_add(1))
+            .ok_or_else(|| key_error(agent))
     }
 
     /// Give back one unit of load (never below 0; no-op if absent).
     fn release(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<()> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let mut this = slf.try_borrow_mut()?;
-        this.update(&id, |a| a.load = a.load.saturating_sub(1));
+        this.update(id, |a| a.load = a.load.saturating_sub(1));
         Ok(())
     }
 
     fn load(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<u64> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let this = slf.try_borrow()?;
-        this.agents.get(&id).map(|a| a.load).ok_or_else(|| key_error(agent))
+        this.agents
+            .get(id)
+            .map(|a| a.load)
+            .ok_or_else(|| key_error(agent))
     }
 
     fn capacity(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<u64> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let this = slf.try_borrow()?;
-        this.agents.get(&id).map(|a| a.capacity).ok_or_else(|| key_error(agent))
+        this.agents
+            .get(id)
+            .map(|a| a.capacity)
+            .ok_or_else(|| key_error(agent))
     }
 
     fn is_available(slf: &Bound<'_, Self>, agent: &Bound<'_, PyAny>) -> PyResult<bool> {
         let id = str_id(agent, "agent")?;
+        let id = id.as_bytes();
         let this = slf.try_borrow()?;
-        this.agents.get(&id).map(|a| a.available).ok_or_else(|| key_error(agent))
+        this.agents
+            .get(id)
+            .map(|a| a.available)
+            .ok_or_else(|| key_error(agent))
     }
 
     fn __len__(&self) -> usize {
@@ -321,7 +352,7 @@ impl LoadIndex {
         let Some(id) = str_id_lenient(agent) else {
             return Ok(false);
         };
-        Ok(slf.try_borrow()?.agents.contains_key(&id))
+        Ok(slf.try_borrow()?.agents.contains_key(id.as_bytes()))
     }
 
     /// Test hook: number of live group records (L4).
@@ -330,6 +361,10 @@ impl LoadIndex {
     }
 
     fn __repr__(&self) -> String {
-        format!("chatgw_native.LoadIndex(agents={}, groups={})", self.agents.len(), self.groups.ids.len())
+        format!(
+            "chatgw_native.LoadIndex(agents={}, groups={})",
+            self.agents.len(),
+            self.groups.ids.len()
+        )
     }
 }

@@ -33,18 +33,30 @@ const OVERFLOW: u32 = u32::MAX;
 
 #[inline]
 fn shr(x: u64, n: u32) -> u64 {
-    if n >= 64 { 0 } else { x >> n }
+    if n >= 64 {
+        0
+    } else {
+        x >> n
+    }
 }
 
 #[inline]
 fn shl(x: u64, n: u32) -> u64 {
-    if n >= 64 { 0 } else { x << n }
+    if n >= 64 {
+        0
+    } else {
+        x << n
+    }
 }
 
 /// Mask of the low `n` bits.
 #[inline]
 fn low_mask(n: u32) -> u64 {
-    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -81,7 +93,9 @@ impl WheelCore {
             slots,
             elapsed: 0,
             last_now: 0,
-            buckets: (0..(slots as usize) * (levels as usize)).map(|_| Vec::new()).collect(),
+            buckets: (0..(slots as usize) * (levels as usize))
+                .map(|_| Vec::new())
+                .collect(),
             occupied: vec![0; words_per_level * levels as usize],
             words_per_level,
             overflow: Vec::new(),
@@ -91,7 +105,11 @@ impl WheelCore {
 
     fn level_slot(&self, p: u64) -> Option<(u32, u32)> {
         let x = p ^ self.elapsed;
-        let level = if x == 0 { 0 } else { (63 - x.leading_zeros()) / self.bits };
+        let level = if x == 0 {
+            0
+        } else {
+            (63 - x.leading_zeros()) / self.bits
+        };
         if level >= self.levels {
             return None;
         }
@@ -129,7 +147,11 @@ impl WheelCore {
 
     /// Remove `key` from its slot (T3); the caller removes it from `entries`.
     fn unslot(&mut self, e: Entry) {
-        let vec = if e.loc == OVERFLOW { &mut self.overflow } else { &mut self.buckets[e.loc as usize] };
+        let vec = if e.loc == OVERFLOW {
+            &mut self.overflow
+        } else {
+            &mut self.buckets[e.loc as usize]
+        };
         let pos = e.pos as usize;
         vec.swap_remove(pos);
         let moved = vec.get(pos).copied();
@@ -221,7 +243,9 @@ impl WheelCore {
                         // The current tick: only deadlines <= now fire.
                         let mut rest = Vec::new();
                         for k in keys {
-                            let Some(e) = self.entries.get_mut(&k) else { continue };
+                            let Some(e) = self.entries.get_mut(&k) else {
+                                continue;
+                            };
                             if e.deadline <= now_ms {
                                 fired.push((e.deadline, k));
                                 self.entries.remove(&k);
@@ -310,9 +334,13 @@ impl TimingWheel {
             )));
         }
         if !(1..=MAX_LEVELS).contains(&levels) {
-            return Err(PyValueError::new_err(format!("levels must be in 1..={MAX_LEVELS}")));
+            return Err(PyValueError::new_err(format!(
+                "levels must be in 1..={MAX_LEVELS}"
+            )));
         }
-        Ok(TimingWheel { core: WheelCore::new(tick_ms as u64, slots as u32, levels as u32) })
+        Ok(TimingWheel {
+            core: WheelCore::new(tick_ms as u64, slots as u32, levels as u32),
+        })
     }
 
     /// Set or replace the deadline of `key`.
@@ -334,7 +362,10 @@ impl TimingWheel {
     }
 
     /// Keys with deadline <= now_ms, sorted by (deadline, key); they are removed.
-    fn advance<'py>(slf: &Bound<'py, Self>, now_ms: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn advance<'py>(
+        slf: &Bound<'py, Self>,
+        now_ms: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let now = u64_arg(now_ms)?;
         let keys = slf.try_borrow_mut()?.core.advance(now);
         PyList::new(slf.py(), keys)
