@@ -1,0 +1,391 @@
+"""Results -> results.json, summary.md and PNG plots.
+
+Every comparison is a ratio "gateway / peer" from the same run on the same
+machine; the machine's noise during each window is printed with the figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "idle_kb_per_conn": 4.0,
+    "relay_vs_picows": 0.75,
+    "relay_vs_node": 1.5,
+    "connections": 100_000,
+    "p99_half_peak_ms": 5.0,
+}
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _noise(d: dict[str, Any]) -> str:
+    """Other processes' CPU: share of the whole machine (share of the server's own CPU)."""
+    whole, srv = d.get("noise_pct"), d.get("noise_server_cpu_pct")
+    return f"{_fmt(whole)} ({_fmt(srv)})" if srv is not None else _fmt(whole)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        return round(a / b, 3)
+    return None
+
+
+def _ok(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("PASS" if flag else "FAIL")
+
+
+def _servers(results: dict[str, Any], scen: str) -> list[tuple[str, dict[str, Any]]]:
+    data = results.get("scenarios", {}).get(scen, {})
+    return [(n, r) for n, r in data.items() if isinstance(r, dict)]
+
+
+def _label(results: dict[str, Any], name: str) -> str:
+    return results.get("servers", {}).get(name, {}).get("label", name)
+
+
+def _status(r: dict[str, Any]) -> str | None:
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"
+    if "error" in r:
+        return f"error: {r['error']}"
+    return None
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+def idle_at(r: dict[str, Any], n: int | None = None) -> dict[str, Any] | None:
+    """The idle step at `n` connections (default: the largest)."""
+    steps = [s for s in r.get("steps", []) if s.get("connections")]
+    if not steps:
+        return None
+    if n is None:
+        return steps[-1]
+    return min(steps, key=lambda s: abs(s["connections"] - n))
+
+
+def relay_at(r: dict[str, Any], frac: float) -> dict[str, Any] | None:
+    steps = [s for s in r.get("steps", []) if s.get("fraction_of_peak") is not None]
+    if not steps:
+        return None
+    return min(steps, key=lambda s: abs(s["fraction_of_peak"] - frac))
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the project's targets are stated in, with ratios against the peers of the same run."""
+    sc = results.get("scenarios", {})
+    out: dict[str, Any] = {}
+    idle = sc.get("idle", {})
+    gw_idle = idle.get("gateway", {})
+    big = idle_at(gw_idle) if isinstance(gw_idle, dict) else None
+    if big:
+        n = big["connections"]
+        out["idle"] = {"connections": n, "gateway_kb": big.get("rss_per_conn_kb"), "peers": {}}
+        for name, r in idle.items():
+            if name != "gateway" and isinstance(r, dict) and (s := idle_at(r, n)):
+                out["idle"]["peers"][name] = {"kb": s.get("rss_per_conn_kb"), "at": s["connections"],
+                                              "ratio": _ratio(big.get("rss_per_conn_kb"), s.get("rss_per_conn_kb"))}
+    relay = sc.get("relay", {})
+    gw = relay.get("gateway", {})
+    if isinstance(gw, dict) and gw.get("peak"):
+        eff = gw["peak"].get("msgs_per_cpu_s")
+        out["relay"] = {"gateway_msgs_per_cpu_s": eff, "gateway_peak_msgs_per_s": gw["peak"].get("msgs_per_s"), "peers": {}}
+        half = relay_at(gw, 0.5)
+        out["relay"]["gateway_p99_half_peak_ms"] = half["latency"]["p99_ms"] if half and half.get("fraction_of_peak") == 0.5 else None
+        for name, r in relay.items():
+            if name != "gateway" and isinstance(r, dict) and r.get("peak"):
+                peer = r["peak"].get("msgs_per_cpu_s")
+                out["relay"]["peers"][name] = {"msgs_per_cpu_s": peer, "ratio": _ratio(eff, peer),
+                                               "peak_msgs_per_s": r["peak"].get("msgs_per_s")}
+    return out
+
+
+# --- markdown -----------------------------------------------------------------------------------
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    h = headline(results)
+    meta = results.get("meta", {})
+    rows = ["| target | gateway | reference (same run) | ratio ours/theirs | verdict |", "|---|---|---|---|---|"]
+    idle = h.get("idle")
+    if idle:
+        refs = ", ".join(f"{n} {_fmt(p['kb'], 2)} KB" for n, p in idle["peers"].items())
+        kb = idle["gateway_kb"]
+        node = idle["peers"].get("node", {}).get("ratio")
+        rows.append(f"| idle memory <= {TARGETS['idle_kb_per_conn']:g} KB/connection | {_fmt(kb, 2)} KB at {idle['connections']:,} | "
+                    f"{refs or '-'} | vs node {_fmt(node, 2)} | {_ok(kb <= TARGETS['idle_kb_per_conn'] if kb is not None else None)} |")
+        reached = idle["connections"]
+        cap = meta.get("max_connections")
+        why = "" if reached >= TARGETS["connections"] else f" (this machine: max {cap:,}, {meta.get('max_connections_reason', '')})"
+        rows.append(f"| {TARGETS['connections']:,} connections on one node | {reached:,} held{why} | - | - | "
+                    f"{'PASS' if reached >= TARGETS['connections'] else 'not reached here'} |")
+    relay = h.get("relay")
+    if relay:
+        eff = relay["gateway_msgs_per_cpu_s"]
+        for peer, tgt in (("picows", TARGETS["relay_vs_picows"]), ("node", TARGETS["relay_vs_node"])):
+            p = relay["peers"].get(peer)
+            ratio = p["ratio"] if p else None
+            rows.append(f"| relay msgs per server CPU-s >= {tgt:g}x {peer} | {_fmt(eff)} | {peer} {_fmt(p['msgs_per_cpu_s']) if p else '-'} | "
+                        f"{_fmt(ratio, 2)}x | {_ok(ratio >= tgt if ratio is not None else None)} |")
+        p99 = relay.get("gateway_p99_half_peak_ms")
+        rows.append(f"| relay p99 < {TARGETS['p99_half_peak_ms']:g} ms at half of peak | {_fmt(p99, 2)} ms "
+                    f"(peak {_fmt(relay['gateway_peak_msgs_per_s'])} msg/s) | - | - | {_ok(p99 < TARGETS['p99_half_peak_ms'] if p99 is not None else None)} |")
+    return rows
+
+
+def idle_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| server | connections | RSS KB/conn | marginal KB/conn | open rate conn/s | CPU at rest % | clean closes | "
+            "noise % (server CPU) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in _servers(results, "idle"):
+        if (st := _status(r)) is not None:
+            rows.append(f"| {_label(results, name)} | {st} |||||||")
+            continue
+        for s in r.get("steps", []):
+            close = r.get("close", {})
+            cl = f"{close.get('clean', 0):,}/{close.get('closed', 0):,}" if s is r["steps"][-1] and close else ""
+            rows.append(f"| {_label(results, name)} | {s['connections']:,} | {_fmt(s['rss_per_conn_kb'], 2)} | "
+                        f"{_fmt(s.get('rss_marginal_kb'), 2)} | {_fmt(s['open']['rate_per_s'])} | "
+                        f"{_fmt(s['cpu_at_rest_pct'], 2)} | {cl} | {_noise(s)} |")
+    return rows
+
+
+def relay_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| server | peak msg/s | msgs per server CPU-s | gateway / this | p50 / p99 / p99.9 ms at 50% of peak | "
+            "p99 ms at peak | server / loadgen CPU % at peak | noise % (server CPU) at peak |", "|---|---|---|---|---|---|---|---|"]
+    gw = results.get("scenarios", {}).get("relay", {}).get("gateway", {})
+    gw_eff = (gw.get("peak") or {}).get("msgs_per_cpu_s") if isinstance(gw, dict) else None
+    for name, r in _servers(results, "relay"):
+        if (st := _status(r)) is not None or not r.get("peak"):
+            rows.append(f"| {_label(results, name)} | {st or r.get('error', 'no result')} |||||||")
+            continue
+        pk = r["peak"]
+        half = relay_at(r, 0.5) or {}
+        lat = half.get("latency", {})
+        rows.append(f"| {_label(results, name)} | {_fmt(pk['msgs_per_s'])} | {_fmt(pk['msgs_per_cpu_s'])} | "
+                    f"{_fmt(_ratio(gw_eff, pk['msgs_per_cpu_s']), 2)} | {_fmt(lat.get('p50_ms'), 2)} / {_fmt(lat.get('p99_ms'), 2)} / "
+                    f"{_fmt(lat.get('p99_9_ms'), 2)} | {_fmt(pk['latency']['p99_ms'], 2)} | "
+                    f"{_fmt(pk['server_cpu_pct'])} / {_fmt(pk['loadgen_cpu_pct'])} | {_noise(pk)} |")
+    return rows
+
+
+def fanout_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| server | kind | recipients x rounds | delivered | deliveries per server CPU-s | gateway / this | "
+            "completion p50 / max ms | noise % (server CPU) |", "|---|---|---|---|---|---|---|---|"]
+    gw = results.get("scenarios", {}).get("fanout", {}).get("gateway", {})
+    gw_eff = ((gw.get("broadcast") or {}).get("deliveries_per_cpu_s")) if isinstance(gw, dict) else None
+    for name, r in _servers(results, "fanout"):
+        if (st := _status(r)) is not None:
+            rows.append(f"| {_label(results, name)} | {st} |||||||")
+            continue
+        for kind in ("broadcast", "queue"):
+            b = r.get(kind)
+            if not b:
+                continue
+            n = b.get("recipients", b.get("waiting"))
+            comp = b.get("completion_ms") or {}
+            ratio = _ratio(gw_eff, b.get("deliveries_per_cpu_s")) if kind == "broadcast" else None
+            label = "multi-connection participant" if (name == "gateway" and kind == "broadcast") else (
+                "queue positions" if kind == "queue" else "broadcast")
+            rows.append(f"| {_label(results, name)} | {label} | {_fmt(n)} x {b.get('rounds')} | {_fmt(b.get('delivered'))}/"
+                        f"{_fmt(b.get('expected'))} | {_fmt(b.get('deliveries_per_cpu_s'))} | {_fmt(ratio, 2)} | "
+                        f"{_fmt(comp.get('p50'), 2)} / {_fmt(comp.get('max'), 2)} | {_noise(b)} |")
+    return rows
+
+
+def churn_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| server | cycles/s | cycles per server CPU-s | gateway / this | clean | cycle p50 / p99 ms | noise % (server CPU) |",
+            "|---|---|---|---|---|---|---|"]
+    gw = results.get("scenarios", {}).get("churn", {}).get("gateway", {})
+    gw_eff = gw.get("cycles_per_cpu_s") if isinstance(gw, dict) else None
+    for name, r in _servers(results, "churn"):
+        if (st := _status(r)) is not None:
+            rows.append(f"| {_label(results, name)} | {st} ||||||")
+            continue
+        lat = r.get("cycle_latency", {})
+        rows.append(f"| {_label(results, name)} | {_fmt(r['cycles_per_s'])} | {_fmt(r['cycles_per_cpu_s'])} | "
+                    f"{_fmt(_ratio(gw_eff, r['cycles_per_cpu_s']), 2)} | {r['clean']:,}/{r['cycles']:,} | "
+                    f"{_fmt(lat.get('p50_ms'), 2)} / {_fmt(lat.get('p99_ms'), 2)} | {_noise(r)} |")
+    return rows
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    meta = results.get("meta", {})
+    m = meta.get("machine", {})
+    v = m.get("versions", {})
+    pin = meta.get("pinning", {})
+    pins = (f"server pinned to CPU {pin['server_cpus']}, load generator to CPU {pin['loadgen_cpus']}"
+            if pin.get("server_cpus") else "no CPU pinning")
+    return [
+        f"- machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_total_gib')} GiB RAM, Linux {m.get('kernel')}, "
+        f"open files {m.get('nofile_limit')}",
+        f"- software: Python {m.get('python')}, picows {v.get('picows')}, uvloop {v.get('uvloop')}, websockets {v.get('websockets')}, "
+        f"aiohttp {v.get('aiohttp')}, Node {v.get('node') or '-'} with ws {v.get('ws') or '-'}; gateway at {m.get('git', '?')}",
+        f"- {pins}; load generator: {meta.get('loadgen', {}).get('workers')} process(es) of picows clients on uvloop",
+        f"- profile `{meta.get('profile')}`, started {meta.get('started')}, took {meta.get('duration_s')} s: `{meta.get('command')}`",
+    ]
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    lines = ["## Summary", "", *machine_lines(results), "", "### Targets", "", *targets_table(results)]
+    sc = results.get("scenarios", {})
+    for scen, title, fn in (("idle", "Idle connections", idle_table), ("relay", "Relay", relay_table),
+                            ("fanout", "Fan-out", fanout_table), ("churn", "Churn", churn_table)):
+        if scen in sc:
+            lines += ["", f"### {title}", "", *fn(results)]
+    stubs = [f"- {s}: {r['status']}" for s, r in sc.items() if isinstance(r, dict) and "status" in r]
+    if stubs:
+        lines += ["", "### Not measured yet", "", *stubs]
+    notes = []
+    idle_g = sc.get("idle", {}).get("gateway", {})
+    if isinstance(idle_g, dict) and idle_g.get("note"):
+        notes.append(f"- idle: {idle_g['note']}")
+    for name, srv in results.get("servers", {}).items():
+        if srv.get("unavailable"):
+            notes.append(f"- {name}: unavailable ({srv['unavailable']})")
+    relay_g = sc.get("relay", {}).get("gateway", {})
+    if isinstance(relay_g, dict) and (relay_g.get("setup") or {}).get("unpaired"):
+        notes.append(f"- relay: {relay_g['setup']['unpaired']} gateway conversations never reached an agent (see results.json)")
+    if notes:
+        lines += ["", "### Notes", "", *notes]
+    lines += ["", "Ratios are gateway / peer from the same run. Noise % = CPU used by other processes during the "
+              "measurement window, as a share of the whole machine (in parentheses: of the server's pinned CPU). "
+              "See bench/README.md for what each figure counts."]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+def make_plots(out: Path, results: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    relay = _servers(results, "relay")
+    if any(r.get("steps") for _, r in relay):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+        for ax, key, title in zip(axes, ("p50_ms", "p99_ms", "p99_9_ms"), ("p50", "p99", "p99.9"), strict=True):
+            for name, r in relay:
+                steps = sorted((s for s in r.get("steps", []) if s.get("msgs_per_s")), key=lambda s: s["msgs_per_s"])
+                xs = [s["msgs_per_s"] for s in steps if s["latency"].get(key)]
+                ys = [s["latency"][key] for s in steps if s["latency"].get(key)]
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=_label(results, name))
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"relay latency {title}")
+            ax.set_xlabel("delivered messages / s")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("ms (gateway: one way; peers: echo round trip)")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "relay_latency.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    idle = _servers(results, "idle")
+    if any(r.get("steps") for _, r in idle):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for name, r in idle:
+            steps = r.get("steps", [])
+            if not steps:
+                continue
+            xs = [0] + [s["connections"] for s in steps]
+            a1.plot(xs, [r["base_rss_mb"]] + [s["rss_mb"] for s in steps], marker="o", label=_label(results, name))
+            a2.plot(xs[1:], [s["rss_per_conn_kb"] for s in steps], marker="o", label=_label(results, name))
+        a1.set_title("server RSS against idle connections")
+        a1.set_xlabel("connections")
+        a1.set_ylabel("RSS MiB")
+        a2.set_title("RSS per connection ((RSS - RSS before) / N)")
+        a2.set_xlabel("connections")
+        a2.set_ylabel("KB per connection")
+        a2.axhline(TARGETS["idle_kb_per_conn"], color="grey", linestyle="--", linewidth=1, label="target 4 KB")
+        for ax in (a1, a2):
+            ax.grid(True, alpha=0.3)
+        handles, labels = a2.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        paths.append(out / "idle_memory.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    bars = []
+    for scen, title, get in (("relay", "relay: messages per server CPU-s", lambda r: (r.get("peak") or {}).get("msgs_per_cpu_s")),
+                             ("fanout", "fan-out: deliveries per server CPU-s",
+                              lambda r: (r.get("broadcast") or {}).get("deliveries_per_cpu_s")),
+                             ("churn", "churn: cycles per server CPU-s", lambda r: r.get("cycles_per_cpu_s"))):
+        vals = [(_label(results, n), get(r)) for n, r in _servers(results, scen)]
+        vals = [(n, v) for n, v in vals if v]
+        if vals:
+            bars.append((title, vals))
+    if bars:
+        fig, axes = plt.subplots(1, len(bars), figsize=(5 * len(bars), 4.5), squeeze=False)
+        from matplotlib.ticker import FuncFormatter
+
+        for ax, (title, vals) in zip(axes[0], bars, strict=True):
+            vals = vals[::-1]  # barh draws bottom-up: keep the gateway on top
+            ax.barh([n for n, _ in vals], [v for _, v in vals], color=["tab:red" if n.startswith("gateway") else "tab:blue"
+                                                                      for n, _ in vals])
+            for i, (_, v) in enumerate(vals):
+                ax.text(v, i, f" {v / 1000:.1f}k", va="center", fontsize=8)
+            ax.set_title(title, fontsize=10)
+            ax.tick_params(axis="y", labelsize=8)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:.0f}k"))
+            ax.margins(x=0.2)
+            ax.grid(True, axis="x", alpha=0.3)
+        fig.tight_layout()
+        paths.append(out / "efficiency.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write(out: Path, results: dict[str, Any], plots: bool = True) -> list[Path]:
+    """results.json + summary.md (+ PNGs) in `out`; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    results["headline"] = headline(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "summary.md").write_text(summary_markdown(results))
+    paths = [out / "results.json", out / "summary.md"]
+    if plots:
+        try:
+            paths += make_plots(out, results)
+        except ImportError as e:
+            print(f"plots skipped: {e}")
+    return paths
+
+
+LATEST_START = "<!-- latest-summary:start -->"
+LATEST_END = "<!-- latest-summary:end -->"
+
+
+def write_latest(results_dir: Path, out: Path, results: dict[str, Any], readme: Path) -> list[Path]:
+    """bench/results/LATEST.md and the summary block of bench/README.md, from a complete run."""
+    rel = out.relative_to(results_dir.parent.parent) if out.is_relative_to(results_dir.parent.parent) else out
+    body = summary_markdown(results).replace("## Summary", f"## Latest results ({rel})", 1)
+    plots = "".join(f"\n![{p.stem}]({p.relative_to(results_dir).as_posix()})" for p in sorted(out.glob("*.png"))
+                    if p.is_relative_to(results_dir))
+    latest = results_dir / "LATEST.md"
+    latest.write_text(body + (f"\n{plots}\n" if plots else ""))
+    paths = [latest]
+    if readme.exists():
+        text = readme.read_text()
+        if LATEST_START in text and LATEST_END in text:
+            head, rest = text.split(LATEST_START, 1)
+            _, tail = rest.split(LATEST_END, 1)
+            block = body.replace("## Latest results", "### Latest results", 1).replace("\n### ", "\n#### ")
+            block = block.replace("#### Latest results", "### Latest results", 1)
+            plots_readme = plots.replace("](", "](results/")
+            readme.write_text(f"{head}{LATEST_START}\n{block}{plots_readme}\n{LATEST_END}{tail}")
+            paths.append(readme)
+    return paths
