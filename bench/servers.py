@@ -152,9 +152,13 @@ class Running:
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if os.environ.get("CHATGW_PYSPY") and self.spec.protocol == "gateway":
+                # py-spy writes its profile on SIGINT; the gateway in its group stops on it too.
+                os.killpg(self.proc.pid, signal.SIGINT)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -173,6 +177,11 @@ def start(name: str, opts: dict[str, Any], cpus: set[int] | None) -> Running:
         secret, admin = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         env.update(GATEWAY_JWT_SECRET=secret, GATEWAY_ADMIN_TOKEN=admin)
     launcher = [sys.executable, "-m", "bench.pinned", "--cpus", ",".join(map(str, sorted(cpus or ()))), "--"]
+    if spec.protocol == "gateway" and os.environ.get("CHATGW_PYSPY"):
+        # Sample the gateway under the very load being measured: collapsed stacks for bench/profile_summary.py.
+        out = Path(os.environ["CHATGW_PYSPY"]) / f"{name}-{time.strftime('%H%M%S')}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        launcher += ["py-spy", "record", "--native", "--rate", "250", "--format", "raw", "-o", str(out), "--"]
     proc = subprocess.Popen(launcher + spec.argv(opts), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

@@ -61,6 +61,9 @@ class Hub:
         self._ticker: asyncio.TimerHandle | None = None
         self._t0 = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
+        # current task): the embedded one. Redis clients time out their reads that way.
+        self._eager = bool(getattr(coord, "eager_safe", False))
         self._bot_calls: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.bots: Any = None
         if cfg.bots_enabled and cfg.bots.get("enabled", True):
@@ -239,9 +242,6 @@ class Hub:
 
     # outgoing
 
-    def outgoing(self, env: dict[str, Any]) -> Outgoing:
-        return Outgoing(env)
-
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self._flush_pending:
@@ -265,41 +265,63 @@ class Hub:
     # incoming
 
     def submit(self, conn: Connection, env: dict[str, Any]) -> None:
-        METRICS.envelopes_in.inc()
-        if conn.inbox is None:
-            conn.inbox = deque((env,))
-            conn.worker = task = self.loop.create_task(self._work(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+        """Run `env` for `conn` after the envelopes before it (per-connection order).
+
+        An idle connection's envelope starts at once, inline (no task), when the coordinator
+        allows it: with the embedded one most handlers finish without ever suspending. One that
+        does suspend is finished by a task, and later envelopes queue behind it.
+        """
+        METRICS.hot.envelopes_in += 1
+        if conn.inbox is not None:
+            conn.inbox.append(env)
+            return
+        conn.inbox = deque()
+        if self._eager:
+            coro = self._handle_safe(conn, env)
+            try:
+                fut = coro.send(None)
+            except StopIteration:
+                conn.inbox = None
+                return
+            task = self.loop.create_task(self._finish_then_drain(conn, coro, fut))
         else:
             conn.inbox.append(env)
+            task = self.loop.create_task(self._drain(conn))
+        conn.worker = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
-    async def _work(self, conn: Connection) -> None:
+    async def _finish_then_drain(self, conn: Connection, coro: Any, fut: Any) -> None:
+        try:
+            await _resume(coro, fut)
+        finally:
+            await self._drain(conn)
+
+    async def _drain(self, conn: Connection) -> None:
         inbox = conn.inbox
         try:
             while inbox:
-                env = inbox.popleft()
-                try:
-                    await self._handle(conn, env)
-                except ProtocolError as e:
-                    conn.send_env(e.envelope())
-                except RoutingError as e:
-                    conn.send_env(ProtocolError(e.code, str(e), rid=env.get("rid")).envelope())
-                except Unavailable as e:
-                    conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.get("rid")).envelope())
-                except Exception:
-                    log.exception("handling %s from %s/%s", env.get("t"), conn.tenant, conn.user)
-                    conn.send_env(ProtocolError("internal", "internal error", rid=env.get("rid")).envelope())
+                await self._handle_safe(conn, inbox.popleft())
         finally:
             conn.inbox = None
             conn.worker = None
 
-    async def _handle(self, conn: Connection, env: dict[str, Any]) -> None:
-        handler = _HANDLERS[env["t"]]
-        await handler(self, conn, env)
+    async def _handle_safe(self, conn: Connection, env: dict[str, Any]) -> None:
+        try:
+            await _HANDLERS[env["t"]](self, conn, env)
+        except ProtocolError as e:
+            conn.send_env(e.envelope())
+        except RoutingError as e:
+            conn.send_env(ProtocolError(e.code, str(e), rid=env.get("rid")).envelope())
+        except Unavailable as e:
+            conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.get("rid")).envelope())
+        except Exception:
+            log.exception("handling %s from %s/%s", env.get("t"), conn.tenant, conn.user)
+            conn.send_env(ProtocolError("internal", "internal error", rid=env.get("rid")).envelope())
 
     async def _participant(self, conn: Connection, env: dict[str, Any]) -> Conversation:
-        conv = await self.coord.get_conversation(conn.tenant, env["conv"])
+        """The conversation, read-only, if this connection's user takes part in it."""
+        conv = await self.coord.peek_conversation(conn.tenant, env["conv"])
         if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
             # A conversation of another tenant or another visitor looks exactly like a missing one.
             raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
@@ -343,11 +365,12 @@ class Hub:
     async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         cid = env["id"]
-        dkey = f"{conv.tenant}\0{conv.id}"
+        # Conversation ids are random and unique across tenants, and the tenant was checked above.
+        dkey = conv.id
         now = _now_ms()
         seq = self._dedup.get(dkey, cid, now)
         if seq is not None:
-            METRICS.duplicates.inc()
+            METRICS.hot.duplicates += 1
             conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": True})
             return
         if conv.state == "closed":
@@ -368,14 +391,14 @@ class Hub:
         self._dedup.put(dkey, cid, seq, now)
         conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": dup})
         if dup:
-            METRICS.duplicates.inc()
+            METRICS.hot.duplicates += 1
             # The log knew it but this node did not: the node that appended it may have died
             # before delivering. Deliver again; connections drop what they already have.
             first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
             if first and first[0]["seq"] == seq:
                 await self._deliver(conv, first[0])
             return
-        METRICS.messages.inc()
+        METRICS.hot.messages += 1
         await self._deliver(conv, entry)
         if conv.state == "bot" and conn.role == "visitor":
             self._start_bot(conv, entry)
@@ -692,6 +715,39 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup),
                 "timers": len(self._wheel), "coordinator": dict(getattr(self.coord, "stats", {}))}
+
+
+class _Yield:
+    """Hand a future a coroutine is blocked on to the task now driving that coroutine."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Any):
+        self.fut = fut
+
+    def __await__(self):
+        return (yield self.fut)
+
+
+async def _resume(coro: Any, fut: Any) -> Any:
+    """Finish, inside a task, a coroutine that was started inline and suspended on `fut`.
+
+    The task waits on the very object the coroutine yielded (a future, or None for a bare
+    yield), then steps the coroutine again; a cancellation of the task is thrown into it.
+    """
+    while True:
+        try:
+            await _Yield(fut)
+        except BaseException as e:  # noqa: BLE001 - cancellation and the like belong to the coroutine
+            try:
+                fut = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -15,7 +15,7 @@ from libc.math cimport fmin
 
 import time
 
-from gateway.protocol import ProtocolError, decode_binary, decode_text, msgpack_array_header, validate
+from gateway.protocol import Outgoing, ProtocolError, decode_binary, decode_text, msgpack_array_header, validate
 
 cdef object _monotonic = time.monotonic
 
@@ -84,6 +84,10 @@ cdef class Connection(WSListener):
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
+        # picows keeps the parsed upgrade request and our response (header multidicts, ~1-2 KB)
+        # for the connection's lifetime; the identity is all we need from them.
+        transport.request = None
+        transport.response = None
         self.hub.connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
@@ -218,7 +222,7 @@ cdef class Connection(WSListener):
         self.hub.closing(self)
 
     cpdef send_env(self, dict env):
-        self.push(self.hub.outgoing(env))
+        self.push(Outgoing(env))
 
     cpdef push(self, out):
         if self.closed:

@@ -48,6 +48,13 @@ class Conversation:
     def from_dict(cls, d: dict[str, Any]) -> Conversation:
         return cls(**d)
 
+    def copy(self) -> Conversation:
+        """A private copy (meta included); far cheaper than dataclasses.replace on the hot path."""
+        c = object.__new__(Conversation)
+        c.__dict__.update(self.__dict__)
+        c.meta = dict(self.meta)
+        return c
+
     def participants(self) -> tuple[str, ...]:
         return (self.visitor, self.agent) if self.agent else (self.visitor,)
 
@@ -90,6 +97,10 @@ class Coordinator(ABC):
 
     @abstractmethod
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None: ...
+
+    async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
+        """Like get_conversation, for callers that only read: the result must not be mutated."""
+        return await self.get_conversation(tenant, conv_id)
 
     @abstractmethod
     async def save_conversation(self, conv: Conversation) -> None:
