@@ -275,17 +275,18 @@ class Hub:
         if conn.inbox is not None:
             conn.inbox.append(env)
             return
-        conn.inbox = deque()
         if self._eager:
+            # Nothing else of this connection can run until this returns (frames are handled one
+            # at a time), so the inbox is only needed once the handler suspends.
             coro = self._handle_safe(conn, env)
             try:
                 fut = coro.send(None)
             except StopIteration:
-                conn.inbox = None
                 return
+            conn.inbox = deque()
             task = self.loop.create_task(self._finish_then_drain(conn, coro, fut))
         else:
-            conn.inbox.append(env)
+            conn.inbox = deque((env,))
             task = self.loop.create_task(self._drain(conn))
         conn.worker = task
         self._tasks.add(task)
