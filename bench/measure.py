@@ -5,15 +5,16 @@
 - Server RSS: VmRSS of the process tree (/proc/PID/status).
 - Noise: over a measurement window, the busy time of the whole machine
   (/proc/stat: user+nice+system+irq, steal and softirq reported apart) minus
-  the CPU of the server, the load generator and this bench process. What is
-  left is other people's work sharing the machine.
+  the CPU of the server, the load generator, this bench process and the
+  scenario's helpers (`others`: the stand-in LLM server, redis-server, each
+  reported apart). What is left is other people's work sharing the machine.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -118,26 +119,40 @@ class WindowResult:
     softirq_pct: float
     steal_pct: float
     server_rss_bytes: int
+    server_cpu_each_s: list[float] = field(default_factory=list)  # per server process, when there are several
+    others_cpu_s: dict[str, float] = field(default_factory=dict)  # the scenario's helpers, by name
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        def r(v: Any) -> Any:
+            if isinstance(v, float):
+                return round(v, 4)
+            if isinstance(v, list):
+                return [r(x) for x in v]
+            if isinstance(v, dict):
+                return {k: r(x) for k, x in v.items()}
+            return v
+
+        return {k: r(v) for k, v in asdict(self).items()}
 
 
 class Window:
     """Measure one interval: start() ... stop() -> WindowResult."""
 
-    def __init__(self, server_pid: int, loadgen_pids: list[int], server_cpus: set[int] | None = None) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pid: int | list[int], loadgen_pids: list[int], server_cpus: set[int] | None = None,
+                 others: dict[str, int] | None = None) -> None:
+        self.server_pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
         self.loadgen_pids = loadgen_pids
         self.server_cpus = server_cpus
+        self.others = dict(others or {})
 
-    def _sample(self) -> tuple[float, float, float, float, dict[str, list[int]]]:
+    def _sample(self) -> tuple[float, list[float], float, float, dict[str, list[int]], dict[str, float]]:
         return (
             time.monotonic(),
-            cpu_seconds(self.server_pid),
+            [cpu_seconds(p) for p in self.server_pids],
             sum(cpu_seconds(p, tree=False) for p in self.loadgen_pids),
             cpu_seconds(os.getpid(), tree=False),
             _proc_stat(),
+            {k: cpu_seconds(p) for k, p in self.others.items()},
         )
 
     def start(self) -> Window:
@@ -148,12 +163,14 @@ class Window:
         b = self._sample()
         a = self._a
         wall = b[0] - a[0]
-        server, loadgen, bench = b[1] - a[1], b[2] - a[2], b[3] - a[3]
+        each = [y - x for x, y in zip(a[1], b[1], strict=True)]
+        server, loadgen, bench = sum(each), b[2] - a[2], b[3] - a[3]
+        others = {k: b[5][k] - a[5][k] for k in self.others}
         busy_a, sirq_a, steal_a, tot_a = _busy(a[4]["cpu"])
         busy_b, sirq_b, steal_b, tot_b = _busy(b[4]["cpu"])
         ticks = max(1, tot_b - tot_a)
         busy_s = (busy_b - busy_a) / CLK_TCK
-        noise = max(0.0, busy_s - server - loadgen - bench)
+        noise = max(0.0, busy_s - server - loadgen - bench - sum(others.values()))
         capacity_s = ticks / CLK_TCK  # all CPUs together
         srv_noise = None
         if self.server_cpus:
@@ -172,7 +189,9 @@ class Window:
             noise_server_cpu_pct=srv_noise,
             softirq_pct=(sirq_b - sirq_a) / ticks * 100,
             steal_pct=(steal_b - steal_a) / ticks * 100,
-            server_rss_bytes=rss_bytes(self.server_pid),
+            server_rss_bytes=sum(rss_bytes(p) for p in self.server_pids),
+            server_cpu_each_s=each if len(each) > 1 else [],
+            others_cpu_s=others,
         )
 
 

@@ -18,6 +18,11 @@ QUICK: dict[str, Any] = {
               "drain_s": 2.0},
     "fanout": {"recipients": 1_000, "rounds": 10, "queue_visitors": 300, "queue_rounds": 5, "round_timeout_s": 10},
     "churn": {"conc": 16, "duration_s": 2.5},
+    "bot": {"human_pairs": 50, "human_rate": 2_000, "window": 2, "drain_s": 1.0, "bot_convs": 20, "bot_levels": [5, 20],
+            "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 1.0, "ramp_s": 0.5, "step_s": 3.0,
+            "bot_drain_s": 3.0},
+    "cluster": {"pairs": 100, "window": 4, "warmup_s": 1.0, "probe_s": 2.5, "fractions": [0.25, 0.5, 0.75], "step_s": 2.0,
+                "drain_s": 1.0},
     # memory-only comparisons in a quick run: the read buffer, the transport, the gateway's bare listener
     "only": {"picows_1k": ["idle"], "picows_uv": ["idle"], "gateway_echo": ["idle"]},
 }
@@ -31,6 +36,11 @@ FULL: dict[str, Any] = {
               "step_s": 8.0, "drain_s": 3.0},
     "fanout": {"recipients": 10_000, "rounds": 20, "queue_visitors": 2_000, "queue_rounds": 10, "round_timeout_s": 30},
     "churn": {"conc": 32, "duration_s": 15.0},
+    "bot": {"human_pairs": 200, "human_rate": 5_000, "window": 2, "drain_s": 2.0, "bot_convs": 100,
+            "bot_levels": [10, 30, 100], "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 3.0,
+            "ramp_s": 1.0, "step_s": 10.0, "bot_drain_s": 5.0},
+    "cluster": {"pairs": 500, "window": 4, "warmup_s": 2.0, "probe_s": 10.0, "fractions": [0.1, 0.25, 0.5, 0.75, 0.9],
+                "step_s": 8.0, "drain_s": 3.0},
     "only": {},
 }
 
@@ -43,6 +53,10 @@ TINY: dict[str, Any] = {
     "relay": {"pairs": 10, "window": 2, "warmup_s": 0.3, "probe_s": 1.0, "fractions": [0.5], "step_s": 1.0, "drain_s": 1.0},
     "fanout": {"recipients": 20, "rounds": 3, "queue_visitors": 10, "queue_rounds": 2, "round_timeout_s": 5},
     "churn": {"conc": 2, "duration_s": 1.0},
+    "bot": {"human_pairs": 10, "human_rate": 200, "window": 2, "drain_s": 1.0, "bot_convs": 4, "bot_levels": [4],
+            "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 0.5, "ramp_s": 0.3, "step_s": 1.0,
+            "bot_drain_s": 2.0},
+    "cluster": {"pairs": 10, "window": 2, "warmup_s": 0.3, "probe_s": 1.0, "fractions": [0.5], "step_s": 1.0, "drain_s": 1.0},
     "only": {},
 }
 

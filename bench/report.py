@@ -53,6 +53,8 @@ def _servers(results: dict[str, Any], scen: str) -> list[tuple[str, dict[str, An
 
 
 def _label(results: dict[str, Any], name: str) -> str:
+    if name == "gateway_cluster":
+        return "gateway cluster (2 nodes + Redis)"
     return results.get("servers", {}).get(name, {}).get("label", name)
 
 
@@ -109,6 +111,22 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                 peer = r["peak"].get("msgs_per_cpu_s")
                 out["relay"]["peers"][name] = {"msgs_per_cpu_s": peer, "ratio": _ratio(eff, peer),
                                                "peak_msgs_per_s": r["peak"].get("msgs_per_s")}
+    bot = sc.get("bot", {}).get("gateway")
+    if isinstance(bot, dict) and bot.get("with_bots"):
+        top = bot["with_bots"][-1]  # the largest bot load
+        out["bot"] = {"bot_conversations": top["bots"].get("conversations"), "human_p99_ratio": top.get("human_p99_ratio"),
+                      "human_p99_without_ms": bot.get("human_p99_without_ms"), "human_p99_with_ms": top["latency"].get("p99_ms"),
+                      "bot_answers_per_s": top["bots"].get("answers_per_s"),
+                      "bot_answer_p99_ms": top["bots"]["answer_latency"].get("p99_ms"),
+                      "chunks_per_answer": top["bots"].get("chunks_per_answer"),
+                      "server_cpu_ms_per_bot_answer": top.get("server_cpu_ms_per_bot_answer")}
+    cl = sc.get("cluster", {}).get("gateway")
+    if isinstance(cl, dict) and cl.get("peak"):
+        pk = cl["peak"]
+        half = relay_at(cl, 0.5)
+        out["cluster"] = {"peak_msgs_per_s": pk.get("msgs_per_s"), "msgs_per_gateway_cpu_s": pk.get("msgs_per_cpu_s"),
+                          "redis_cpu_us_per_msg": pk.get("redis_cpu_us_per_msg"), "items_per_publish": pk.get("items_per_publish"),
+                          "p99_half_peak_ms": half["latency"]["p99_ms"] if half and half.get("fraction_of_peak") == 0.5 else None}
     return out
 
 
@@ -219,6 +237,78 @@ def churn_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _lat(lat: dict[str, Any] | None, keys: tuple[str, ...] = ("p50_ms", "p99_ms", "p99_9_ms")) -> str:
+    lat = lat or {}
+    return " / ".join(_fmt(lat.get(k), 2) for k in keys)
+
+
+def _hosted(results: dict[str, Any], scen: str) -> tuple[dict[str, Any] | None, str | None]:
+    r = results.get("scenarios", {}).get(scen, {}).get("gateway")
+    if not isinstance(r, dict):
+        return None, None
+    return r, _status(r)
+
+
+def bot_table(results: dict[str, Any]) -> list[str]:
+    r, st = _hosted(results, "bot")
+    if r is None:
+        return []
+    if st is not None:
+        return [f"- bot: {st}"]
+    b = r.get("backend", {})
+    loaded = r.get("with_bots") or []
+    rows = [f"Backend: {b.get('kind')}; {b.get('tokens_per_answer')} tokens per answer, {b.get('token_delay_ms')} ms apart; "
+            f"`coalesce_ms` {b.get('coalesce_ms')}. Humans: {_fmt(r['setup'].get('pairs'))} conversations in a group "
+            f"without a bot at {_fmt(r.get('human_rate'))} msg/s (open loop) throughout.", "",
+            "| bot load | human msg/s | human p50 / p99 / p99.9 ms | human p99 vs without | server CPU % | loadgen CPU % | "
+            "noise % (server CPU) |", "|---|---|---|---|---|---|---|"]
+    steps = [("none", r.get("without"))] + [(f"{_fmt(s['bots']['conversations'])} bot conversations", s) for s in loaded] + [
+        ("none, again", r.get("without_after"))]
+    for label, s in steps:
+        if s:
+            rows.append(f"| {label} | {_fmt(s['msgs_per_s'])} | {_lat(s['latency'])} | "
+                        f"{_fmt(s.get('human_p99_ratio'), 2) + 'x' if s.get('human_p99_ratio') else '-'} | "
+                        f"{_fmt(s['server_cpu_pct'])} | {_fmt(s['loadgen_cpu_pct'])} | {_noise(s)} |")
+    rows += ["", "| bot conversations | answers/s | answer p50 / p99 ms | first chunk p50 / p99 ms | bot_chunk frames per answer "
+             "| server CPU ms per answer | fallbacks, handoffs | stand-in LLM CPU % |", "|---|---|---|---|---|---|---|---|"]
+    for s in loaded:
+        bots = s["bots"]
+        fb = ", ".join(f"{k} {v}" for k, v in {**bots.get("fallbacks", {}), **bots.get("handoffs", {})}.items()) or "none"
+        rows.append(f"| {_fmt(bots.get('conversations'))} | {_fmt(bots.get('answers_per_s'))} | "
+                    f"{_lat(bots.get('answer_latency'), ('p50_ms', 'p99_ms'))} | {_lat(bots.get('first_chunk_latency'), ('p50_ms', 'p99_ms'))} | "
+                    f"{_fmt(bots.get('chunks_per_answer'), 2)} (of {b.get('tokens_per_answer')} tokens) | "
+                    f"{_fmt(s.get('server_cpu_ms_per_bot_answer'), 2)} | {fb} | {_fmt(s.get('fake_llm_cpu_pct'))} |")
+    return rows
+
+
+def cluster_table(results: dict[str, Any]) -> list[str]:
+    r, st = _hosted(results, "cluster")
+    if r is None:
+        return []
+    if st is not None:
+        return [f"- cluster: {st}"]
+    relay = results.get("scenarios", {}).get("relay", {}).get("gateway", {})
+    one = (relay.get("peak") or {}).get("msgs_per_cpu_s") if isinstance(relay, dict) else None
+    rows = [f"2 nodes + 1 redis-server, every message crosses nodes; {r.get('pinning')}; "
+            f"{_fmt(r['setup'].get('pairs'))} conversations.", "",
+            "| load | msg/s | p50 / p99 / p99.9 ms | gateway CPU % (A + B) | gateway us/msg | msgs per gateway CPU-s | "
+            "Redis CPU % | Redis us/msg | Redis commands/msg | items per publish | noise % (server CPU) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sorted(r.get("steps", []), key=lambda s: s.get("fraction_of_peak") or 0):
+        frac = s.get("fraction_of_peak")
+        label = "peak (closed loop)" if frac == 1.0 else f"{frac:.0%} of peak"
+        each = " + ".join(_fmt(c / s["wall_s"] * 100) for c in s.get("server_cpu_each_s", [])) if s.get("wall_s") else ""
+        rows.append(f"| {label} | {_fmt(s['msgs_per_s'])} | {_lat(s['latency'])} | {_fmt(s['server_cpu_pct'])}"
+                    f"{f' ({each})' if each else ''} | {_fmt(s.get('gateway_cpu_us_per_msg'))} | {_fmt(s.get('msgs_per_cpu_s'))} | "
+                    f"{_fmt(s.get('redis_cpu_pct'))} | {_fmt(s.get('redis_cpu_us_per_msg'))} | {_fmt(s.get('redis_calls_per_msg'), 2)} | "
+                    f"{_fmt(s.get('items_per_publish'), 2)} | {_noise(s)} |")
+    pk = r.get("peak") or {}
+    if one and pk.get("msgs_per_cpu_s"):
+        rows += ["", f"Msgs per gateway CPU-s at peak: cluster {_fmt(pk['msgs_per_cpu_s'])} vs one node with the embedded "
+                 f"coordinator {_fmt(one)} (relay, same run): {_fmt(_ratio(pk['msgs_per_cpu_s'], one), 3)}x."]
+    return rows
+
+
 def machine_lines(results: dict[str, Any]) -> list[str]:
     meta = results.get("meta", {})
     m = meta.get("machine", {})
@@ -240,9 +330,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines = ["## Summary", "", *machine_lines(results), "", "### Targets", "", *targets_table(results)]
     sc = results.get("scenarios", {})
     for scen, title, fn in (("idle", "Idle connections", idle_table), ("relay", "Relay", relay_table),
-                            ("fanout", "Fan-out", fanout_table), ("churn", "Churn", churn_table)):
-        if scen in sc:
-            lines += ["", f"### {title}", "", *fn(results)]
+                            ("fanout", "Fan-out", fanout_table), ("churn", "Churn", churn_table),
+                            ("bot", "Bots (gateway only)", bot_table), ("cluster", "Cluster (gateway only)", cluster_table)):
+        if scen in sc and (rows := fn(results)):
+            lines += ["", f"### {title}", "", *rows]
     stubs = [f"- {s}: {r['status']}" for s, r in sc.items() if isinstance(r, dict) and "status" in r]
     if stubs:
         lines += ["", "### Not measured yet", "", *stubs]
@@ -256,6 +347,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     relay_g = sc.get("relay", {}).get("gateway", {})
     if isinstance(relay_g, dict) and (relay_g.get("setup") or {}).get("unpaired"):
         notes.append(f"- relay: {relay_g['setup']['unpaired']} gateway conversations never reached an agent (see results.json)")
+    for scen in ("bot", "cluster"):
+        g = sc.get(scen, {}).get("gateway", {})
+        if isinstance(g, dict) and (g.get("setup") or {}).get("unpaired"):
+            notes.append(f"- {scen}: {g['setup']['unpaired']} conversations never reached an agent (see results.json)")
     if notes:
         lines += ["", "### Notes", "", *notes]
     lines += ["", "Ratios are gateway / peer from the same run. Noise % = CPU used by other processes during the "
@@ -274,6 +369,9 @@ def make_plots(out: Path, results: dict[str, Any]) -> list[Path]:
 
     paths: list[Path] = []
     relay = _servers(results, "relay")
+    cl = results.get("scenarios", {}).get("cluster", {}).get("gateway")
+    if isinstance(cl, dict) and cl.get("steps"):
+        relay = relay + [("gateway_cluster", cl)]
     if any(r.get("steps") for _, r in relay):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
         for ax, key, title in zip(axes, ("p50_ms", "p99_ms", "p99_9_ms"), ("p50", "p99", "p99.9"), strict=True):

@@ -130,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{scen}: {STUBS[scen]}")
                 continue
             results["scenarios"][scen] = {}
+            hosted = getattr(SCENARIOS[scen], "HOSTED", False)
             for name in srv_names:
                 res = results["scenarios"][scen]
+                if hosted and name != "gateway":
+                    continue  # gateway-only scenarios: no row for the peers
                 if name in unavailable or name not in servers.SERVERS:
                     res[name] = {"skipped": unavailable.get(name, "unknown server")}
                     continue
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{scen}/{name}: skipped (overall deadline)")
                     continue
                 log(f"{scen}/{name}: starting")
-                res[name], lg = _one(scen, name, prof, lg, workers, server_cpus, lg_cpus, deadline, cap, log, lifetime)
+                res[name], lg = _one(scen, name, prof, lg, workers, server_cpus, lg_cpus, deadline, cap, log, lifetime, out)
+            if hosted and "gateway" not in srv_names:
+                results["scenarios"][scen] = {"gateway": {"skipped": "gateway only (not in --servers)"}}
     except KeyboardInterrupt:
         log("interrupted: writing what was measured")
         results["meta"]["interrupted"] = True
@@ -163,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one(scen: str, name: str, prof: dict[str, Any], lg: LoadGen, workers: int, server_cpus: set[int] | None,
-         lg_cpus: set[int] | None, deadline: float, cap: int, log: Any, lifetime: float) -> tuple[dict[str, Any], LoadGen]:
-    try:
-        srv = servers.start(name, {"heartbeat_s": prof["heartbeat_s"]}, server_cpus)
-    except Exception as e:  # noqa: BLE001 - a server that won't start is a result, not a crash
-        log(f"{scen}/{name}: did not start: {e}")
-        return {"error": f"did not start: {e}"}, lg
-    ctx = Context(lg, srv, prof[scen], prof, server_cpus, deadline, cap, log, tag=f"{scen}{int(time.time() * 1000) % 10**8}")
+         lg_cpus: set[int] | None, deadline: float, cap: int, log: Any, lifetime: float,
+         out: Path) -> tuple[dict[str, Any], LoadGen]:
+    # HOSTED scenarios (bot, cluster) start and stop their own servers (a config file, Redis, two nodes).
+    hosted = getattr(SCENARIOS[scen], "HOSTED", False)
+    srv = None
+    if not hosted:
+        try:
+            srv = servers.start(name, {"heartbeat_s": prof["heartbeat_s"]}, server_cpus)
+        except Exception as e:  # noqa: BLE001 - a server that won't start is a result, not a crash
+            log(f"{scen}/{name}: did not start: {e}")
+            return {"error": f"did not start: {e}"}, lg
+    ctx = Context(lg, srv, prof[scen], prof, server_cpus, deadline, cap, log, tag=f"{scen}{int(time.time() * 1000) % 10**8}",
+                  out=out)
     try:
         res = SCENARIOS[scen].run(ctx)
     except Skipped as e:
@@ -179,13 +190,15 @@ def _one(scen: str, name: str, prof: dict[str, Any], lg: LoadGen, workers: int, 
     except Exception as e:  # noqa: BLE001
         res = {"error": f"{type(e).__name__}: {e}"}
         log(f"{scen}/{name}: failed: {e}\n{traceback.format_exc(limit=4)}")
-        if not srv.alive():
-            res["server_output"] = "".join(srv.output[-15:])
+        dead = [s for s in ([ctx.server] if ctx.server else []) + ctx.more_servers if not s.alive()]
+        if dead:
+            res["server_output"] = "".join(dead[0].output[-15:])
         lg = _restart(lg, workers, lg_cpus, lifetime)  # a worker may be stuck or hold connections
     finally:
-        code = srv.stop()
-        if code not in (0, None, -15):
-            log(f"{scen}/{name}: server exit code {code}")
+        if srv is not None:
+            code = srv.stop()
+            if code not in (0, None, -15):
+                log(f"{scen}/{name}: server exit code {code}")
     return res, lg
 
 

@@ -165,17 +165,20 @@ class Running:
         return self.proc.returncode
 
 
-def start(name: str, opts: dict[str, Any], cpus: set[int] | None) -> Running:
-    """Start server `name`; return once it printed its port."""
+def start(name: str, opts: dict[str, Any], cpus: set[int] | None, env_extra: dict[str, str] | None = None) -> Running:
+    """Start server `name`; return once it printed its port.
+
+    `env_extra` wins over everything else (the bot and cluster scenarios: a config file, Redis, a shared secret).
+    """
     spec = SERVERS[name]
-    env = dict(os.environ)
+    env = _env()
     env.update(spec.env(opts))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     secret = admin = ""
     if spec.protocol == "gateway":
-        secret, admin = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        env.update(GATEWAY_JWT_SECRET=secret, GATEWAY_ADMIN_TOKEN=admin)
+        env.update(GATEWAY_JWT_SECRET=secrets.token_urlsafe(32), GATEWAY_ADMIN_TOKEN=secrets.token_urlsafe(32))
+    env.update(env_extra or {})
+    if spec.protocol == "gateway":
+        secret, admin = env["GATEWAY_JWT_SECRET"], env["GATEWAY_ADMIN_TOKEN"]
     launcher = [sys.executable, "-m", "bench.pinned", "--cpus", ",".join(map(str, sorted(cpus or ()))), "--"]
     if spec.protocol == "gateway" and os.environ.get("CHATGW_PYSPY"):
         # Sample the gateway under the very load being measured: collapsed stacks for bench/profile_summary.py.
@@ -214,3 +217,83 @@ def start(name: str, opts: dict[str, Any], cpus: set[int] | None) -> Running:
 
     threading.Thread(target=drain, daemon=True).start()
     return run
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@dataclass
+class Aux:
+    """A helper process of a scenario (the stand-in LLM server, redis-server): not a server under test."""
+
+    name: str
+    proc: subprocess.Popen
+    port: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_aux(name: str, argv: list[str], cpus: set[int] | None, ready: str, port: int = 0,
+              deadline_s: float = 30.0) -> Aux:
+    """Start a helper under bench.pinned (pinned, dies with the bench); wait for a line matching `ready`.
+
+    A `(\\d+)` group in `ready` is the port it listens on (else `port`).
+    """
+    launcher = [sys.executable, "-m", "bench.pinned", "--cpus", ",".join(map(str, sorted(cpus or ()))), "--"]
+    proc = subprocess.Popen(launcher + argv, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + deadline_s
+    found = False
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(ready, line):
+            found = True
+            if m.groups():
+                port = int(m.group(1))
+            break
+    if not found or not port:
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"{name} did not start:\n" + "".join(lines[-20:]))
+    aux = Aux(name, proc, port, lines)
+
+    def drain() -> None:
+        for out in proc.stdout:
+            aux.output.append(out)
+            del aux.output[:-200]
+
+    threading.Thread(target=drain, daemon=True).start()
+    return aux
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers that can't be told to pick one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]

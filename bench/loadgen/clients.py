@@ -7,11 +7,13 @@ by the server's close frame before the socket went away.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from .histogram import Histogram
 from .state import Flow, WorkerState, now_ns
 
 TEXT = WSMsgType.TEXT
@@ -222,3 +224,106 @@ class Pair:
         a.flows_in[self.conv] = v2a
         v.flows_in = {self.conv: a2v}
         return v2a, a2v
+
+
+class BotLoad:
+    """The bot scenario's visitors of one worker: each asks a question, waits for the bot's answer, asks again.
+
+    Per answer: latency question sent -> the bot's `msg` (role `bot`), question sent -> first `bot_chunk`,
+    and how many `bot_chunk` frames came before the answer (the gateway coalesces the backend's tokens).
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.answer = Histogram()
+        self.first_chunk = Histogram()
+        self.counts: Counter[str] = Counter()
+        self.chunks_per_answer: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.clients: list[BotClient] = []
+
+    def reset(self) -> None:
+        self.answer.reset()
+        self.first_chunk.reset()
+        self.counts.clear()
+        self.chunks_per_answer.clear()
+        self.errors.clear()
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for c in self.clients if c.asked_ns)
+
+
+class BotClient(ChatClient):
+    """A visitor in a conversation a bot answers (see BotLoad)."""
+
+    __slots__ = ("load", "asked_ns", "first_ns", "chunks", "n", "handed_off")
+
+    def __init__(self, state: WorkerState, user: str, role: str, load: BotLoad) -> None:
+        super().__init__(state, user, role)
+        self.load = load
+        self.asked_ns = 0  # when the question in flight was sent (0: none)
+        self.first_ns = 0
+        self.chunks = 0
+        self.n = 0
+        self.handed_off = False
+
+    def ask(self) -> None:
+        if self.handed_off or self.asked_ns or self.conv is None or self.done.done():
+            return
+        self.n += 1
+        self.chunks = 0
+        self.first_ns = 0
+        self.asked_ns = now_ns()
+        # Unique per question (no cache hit), no handoff phrase in it.
+        self.transport.send(TEXT, b'{"t":"msg","conv":"%s","id":"q%d","text":"Question %d from %s: when does my order '
+                                  b'ship and what does delivery to Berlin cost?"}' % (self.conv_b, self.n, self.n,
+                                                                                     self.user.encode()))
+        self.load.counts["asked"] += 1
+
+    def on_env(self, env: dict[str, Any]) -> None:
+        t = env.get("t")
+        load = self.load
+        if t == "bot_chunk":
+            self.chunks += 1
+            if not self.first_ns:
+                self.first_ns = now_ns()
+            return
+        if t == "msg":
+            if env.get("role") != "bot":
+                load.counts["own_copies" if env.get("from") == self.user else "other_msgs"] += 1
+                return
+            now = now_ns()
+            if self.asked_ns:
+                load.answer.record_ns(now - self.asked_ns)
+                if self.first_ns:
+                    load.first_chunk.record_ns(self.first_ns - self.asked_ns)
+                load.chunks_per_answer[self.chunks] += 1
+                load.counts["answers"] += 1
+                load.counts["chunks"] += self.chunks
+            else:
+                load.counts["late_answers"] += 1  # a question asked before the last reset
+            if env.get("fallback"):
+                load.counts["fallback:" + str(env["fallback"])] += 1
+            if env.get("handoff"):
+                load.counts["handoff:" + str(env["handoff"])] += 1
+                self.handed_off = True
+            self.asked_ns = 0
+            if load.active:
+                self.ask()
+            return
+        if t == "ack":
+            load.counts["acks"] += 1
+            return
+        if t == "error" and self.waiter is None:
+            load.errors[str(env.get("code"))] += 1
+            self.asked_ns = 0  # the question was refused: ask again a little later
+            if load.active:
+                asyncio.get_running_loop().call_later(0.05, self.ask)
+            return
+        if t == "event":
+            load.counts["event:" + str(env.get("ev"))] += 1
+            if env.get("ev") == "handoff":
+                self.handed_off = True
+            return
+        super().on_env(env)

@@ -19,7 +19,8 @@ from picows import ws_connect
 
 from gateway import auth
 
-from .clients import TEXT, ChatClient, Client, EchoClient, Pair
+from .clients import TEXT, BotClient, BotLoad, ChatClient, Client, EchoClient, Pair
+from .histogram import pack
 from .net import assert_loopback_url, ips_for, pin, raise_nofile
 from .state import Flow, WorkerState, now_ns
 
@@ -34,6 +35,7 @@ class Worker:
         self.groups: dict[str, list[Client]] = {}
         self._users = itertools.count()
         self.left: set[int] = set()  # ids of queue visitors that closed their conversation
+        self.bot = BotLoad()
 
     async def dispatch(self, cmd: dict[str, Any]) -> dict[str, Any]:
         fn = getattr(self, "op_" + cmd["op"], None)
@@ -53,7 +55,12 @@ class Worker:
         claims: dict[str, Any] = {}
         if cmd.get("capacity") is not None:
             claims["capacity"] = cmd["capacity"]
+        if cmd.get("groups"):
+            claims["groups"] = cmd["groups"]
         token = auth.mint(cmd["secret"], tenant=cmd["tenant"], user=user, role=role, **claims)
+        if cmd.get("client") == "bot":
+            bot = self.bot
+            return (lambda: BotClient(st, user, role, bot)), f"{url}?v=1&token={token}"
         return (lambda: ChatClient(st, user, role)), f"{url}?v=1&token={token}"
 
     async def _connect(self, cmd: dict[str, Any], ip: str, timeout: float) -> Client:
@@ -148,8 +155,11 @@ class Worker:
 
         async def one(c: ChatClient) -> None:
             async with sem:
+                req: dict[str, Any] = {"t": "open", "rid": "o"}
+                if cmd.get("conv_group"):
+                    req["group"] = cmd["conv_group"]
                 try:
-                    env = await c.request({"t": "open", "rid": "o"}, "conv", cmd["timeout"])
+                    env = await c.request(req, "conv", cmd["timeout"])
                 except Exception as e:  # noqa: BLE001
                     states["failed:" + type(e).__name__] += 1
                     return
@@ -351,6 +361,37 @@ class Worker:
         await asyncio.gather(*(loop_one(k) for k in range(cmd["conc"])))
         return {"counts": dict(counts), "elapsed_s": time.perf_counter() - t0, "hists": st.packed_hists(),
                 "errors": dict(st.errors)}
+
+    # bot scenario: visitors in bot conversations asking continuously (clients.BotLoad)
+
+    async def op_bot_start(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The group's first `limit` BotClients (all without it) ask; each answer triggers the next. Returns at once."""
+        b = self.bot
+        b.clients = [c for c in self.groups.get(cmd["group"], []) if isinstance(c, BotClient)][:cmd.get("limit")]
+        b.reset()
+        b.active = True
+        for c in b.clients:
+            c.ask()
+        return {"clients": len(b.clients)}
+
+    async def op_bot_reset(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Start counting afresh (questions in flight still count when answered)."""
+        self.bot.reset()
+        return {}
+
+    async def op_bot_stop(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Ask no more; `answers_at_stop` is the count at once, then wait up to `drain` s for the answers in flight."""
+        b = self.bot
+        b.active = False
+        at_stop = dict(b.counts)
+        deadline = time.monotonic() + cmd.get("drain", 5.0)
+        while b.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        hists = {k: pack(h) for k, h in (("bot_answer", b.answer), ("bot_first_chunk", b.first_chunk)) if h.n}
+        return {"at_stop": at_stop, "counts": dict(b.counts), "errors": dict(b.errors), "hists": hists,
+                "chunks_per_answer": {str(k): v for k, v in sorted(b.chunks_per_answer.items())},
+                "unanswered": b.pending, "handed_off": sum(1 for c in b.clients if c.handed_off),
+                "clients": len(b.clients)}
 
     async def op_ping(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"worker": self.index}

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadGen
@@ -21,7 +22,7 @@ class Skipped(Exception):
 @dataclass
 class Context:
     loadgen: LoadGen
-    server: Running
+    server: Running  # None until a HOSTED scenario started its own
     params: dict[str, Any]  # this scenario's section of the profile
     profile: dict[str, Any]
     server_cpus: set[int] | None
@@ -29,13 +30,18 @@ class Context:
     max_conns: int  # connections one server can hold here (open-file limit, memory)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     tag: str = ""  # unique per scenario run: tenants and user ids never collide
+    out: Path | None = None  # the run's results folder (the bot scenario writes the gateway's config file there)
+    # Scenarios that start their own servers (HOSTED: bot, cluster) set these once they run:
+    more_servers: list[Running] = field(default_factory=list)  # more servers under test (cluster: node B)
+    others: dict[str, int] = field(default_factory=dict)  # helper processes measured apart (name -> pid)
 
     @property
     def gateway(self) -> bool:
         return self.server.spec.protocol == "gateway"
 
     def window(self) -> Window:
-        return Window(self.server.pid, self.loadgen.pids, self.server_cpus).start()
+        pids = [self.server.pid] + [s.pid for s in self.more_servers]
+        return Window(pids if self.more_servers else self.server.pid, self.loadgen.pids, self.server_cpus, self.others).start()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -49,9 +55,10 @@ class Context:
         return max(1.0, min(seconds, self.left() + 10))
 
     def check_server(self) -> None:
-        if not self.server.alive():
-            raise RuntimeError(f"{self.server.spec.name} exited with {self.server.proc.returncode}: "
-                               + "".join(self.server.output[-10:]))
+        for srv in [self.server, *self.more_servers]:
+            if not srv.alive():
+                raise RuntimeError(f"{srv.spec.name} (pid {srv.pid}) exited with {srv.proc.returncode}: "
+                                   + "".join(srv.output[-10:]))
 
     def open_cmd(self, group: str, *, role: str = "visitor", tenant: str = "bench", user: str = "u",
                  **extra: Any) -> dict[str, Any]:

@@ -29,34 +29,51 @@ from .base import Context, ceil_div, latency, noise_fields, per_cpu
 CONVS_PER_AGENT = 50
 
 
-def _setup_gateway(ctx: Context, pairs: int) -> dict[str, Any]:
+def open_conversations(ctx: Context, pairs: int, prefix: str = "relay", tenant: str = "bench",
+                       agents_kw: dict[str, Any] | None = None, visitors_kw: dict[str, Any] | None = None,
+                       conv_group: str | None = None) -> dict[str, Any]:
+    """`pairs` conversations, each a bench visitor assigned to a bench agent (groups `{prefix}_agents`/`_visitors`).
+
+    One tenant per worker: its visitors are assigned to its own agents, so both ends of every conversation
+    live in one process and one-way latency needs no cross-process bookkeeping. `agents_kw`/`visitors_kw`
+    go into the `open` commands (e.g. `url`: another node; `groups`: the agents' groups claim);
+    `conv_group` is the group the visitors `open` in.
+    """
     lg = ctx.loadgen
     per_worker = lg.split(pairs)
     agents = [ceil_div(n, CONVS_PER_AGENT) for n in per_worker]
     capacity = min(1000, max((ceil_div(n, a) for n, a in zip(per_worker, agents, strict=True) if a), default=1))
     t = ctx.timeout(60)
-    # One tenant per worker: its visitors are assigned to its own agents, so both ends of every
-    # conversation live in one process and one-way latency needs no cross-process bookkeeping.
-    acmd = ctx.open_cmd("relay_agents", role="agent", user="agent", capacity=capacity, deadline_s=60)
+    acmd = ctx.open_cmd(f"{prefix}_agents", role="agent", user=f"{prefix}-agent", tenant=tenant, capacity=capacity,
+                        deadline_s=60, **(agents_kw or {}))
     lg.call([dict(acmd, n=a, tenant=f"{acmd['tenant']}-w{i}") if a else None for i, a in enumerate(agents)], t)
-    online = lg.all({"op": "agents_online", "group": "relay_agents", "capacity": capacity, "timeout": 10}, t)
-    base = ctx.open_cmd("relay_visitors", role="visitor", user="visitor", deadline_s=60)
+    online = lg.all({"op": "agents_online", "group": f"{prefix}_agents", "capacity": capacity, "timeout": 10}, t)
+    base = ctx.open_cmd(f"{prefix}_visitors", role="visitor", user=f"{prefix}-visitor", tenant=tenant, deadline_s=60,
+                        **(visitors_kw or {}))
     opened = lg.call([dict(base, n=n, tenant=f"{base['tenant']}-w{i}") if n else None for i, n in enumerate(per_worker)], t)
-    states = lg.all({"op": "visitors_open", "group": "relay_visitors", "timeout": 10, "conc": 50}, t)
-    flows = lg.all({"op": "pair_flows", "timeout": 20}, t)
-    out = {
-        "agents": sum(agents), "capacity": capacity,
-        "agents_online": sum(r["online"] for r in online),
-        "visitors": sum(r["opened"] for r in opened if r),
-        "conv_states": _sum_counts(r["states"] for r in states),
-        "pairs": sum(r["pairs"] for r in flows), "unpaired": sum(r["unpaired"] for r in flows),
-        "flows": sum(r["flows"] for r in flows),
-    }
+    states = lg.all({"op": "visitors_open", "group": f"{prefix}_visitors", "timeout": 10, "conc": 50,
+                     "conv_group": conv_group}, t)
+    return {"agents": sum(agents), "capacity": capacity, "agents_online": sum(r["online"] for r in online),
+            "visitors": sum(r["opened"] for r in opened if r), "conv_states": _sum_counts(r["states"] for r in states),
+            "tenant": base["tenant"], "agent_user": acmd["user"]}
+
+
+def pair_flows(ctx: Context) -> dict[str, Any]:
+    """Wait until every opened conversation reached its agent; two flows (v2a, a2v) per pair."""
+    flows = ctx.loadgen.all({"op": "pair_flows", "timeout": 20}, ctx.timeout(60))
+    return {"pairs": sum(r["pairs"] for r in flows), "unpaired": sum(r["unpaired"] for r in flows),
+            "flows": sum(r["flows"] for r in flows)}
+
+
+def _setup_gateway(ctx: Context, pairs: int) -> dict[str, Any]:
+    lg = ctx.loadgen
+    out = open_conversations(ctx, pairs)
+    tenant, agent = out.pop("tenant"), out.pop("agent_user")
+    out.update(pair_flows(ctx))
     if out["unpaired"]:
         # What the gateway itself says: still queued, or assigned but the agent never heard?
-        tenant = f"{base['tenant']}-w0"
-        out["diagnosis"] = {"queue": ctx.server.admin(f"tenants/{tenant}/queues/default"),
-                            "agent0": ctx.server.admin(f"tenants/{tenant}/agents/{acmd['user']}-w0-0"),
+        out["diagnosis"] = {"queue": ctx.server.admin(f"tenants/{tenant}-w0/queues/default"),
+                            "agent0": ctx.server.admin(f"tenants/{tenant}-w0/agents/{agent}-w0-0"),
                             "worker0": lg.call([{"op": "fan_wait", "expected": 0, "timeout": 0, "final": True}] + [None] * (lg.n - 1), 10)[0]}
         ctx.log(f"    relay: {out['unpaired']} conversations never reached an agent: {out['diagnosis']}")
     return out
@@ -76,7 +93,7 @@ def _sum_counts(parts: Any) -> dict[str, int]:
     return out
 
 
-def _step(ctx: Context, mode: str, duration: float, rate: float = 0.0) -> dict[str, Any]:
+def run_step(ctx: Context, mode: str, duration: float, rate: float = 0.0) -> dict[str, Any]:
     p, lg = ctx.params, ctx.loadgen
     cmd: dict[str, Any] = {"op": "run", "mode": mode, "duration": duration, "window": p["window"], "drain": p["drain_s"]}
     w = ctx.window()
@@ -87,6 +104,11 @@ def _step(ctx: Context, mode: str, duration: float, rate: float = 0.0) -> dict[s
         replies = lg.all(cmd, ctx.timeout(duration + p["drain_s"] + 30))
     win = w.stop()
     ctx.check_server()
+    return step_result(ctx, mode, rate, replies, win)
+
+
+def step_result(ctx: Context, mode: str, rate: float, replies: list[dict[str, Any]], win: Any) -> dict[str, Any]:
+    """One step's figures from the workers' replies and the measurement window."""
     sent = sum(r["sent"] for r in replies)
     delivered = sum(r["delivered"] for r in replies)
     keys = ("v2a", "a2v") if ctx.gateway else ("echo",)
@@ -114,6 +136,10 @@ def _step(ctx: Context, mode: str, duration: float, rate: float = 0.0) -> dict[s
     errors = _sum_counts(r["errors"] for r in replies)
     if errors:
         step["errors"] = errors
+    if win.server_cpu_each_s:
+        step["server_cpu_each_s"] = [round(c, 3) for c in win.server_cpu_each_s]
+    if win.others_cpu_s:
+        step["others_cpu_s"] = {k: round(v, 3) for k, v in win.others_cpu_s.items()}
     return step
 
 
@@ -126,16 +152,16 @@ def run(ctx: Context) -> dict[str, Any]:
     if not setup.get("flows"):
         out["error"] = "no flows could be set up"
         return out
-    _step(ctx, "closed", p["warmup_s"])  # warm-up, not reported
+    run_step(ctx, "closed", p["warmup_s"])  # warm-up, not reported
     ctx.need(p["probe_s"] + 5, "relay probe")
-    probe = _step(ctx, "closed", p["probe_s"])
+    probe = run_step(ctx, "closed", p["probe_s"])
     out["peak"] = probe
     ctx.log(f"    relay: peak {probe['msgs_per_s']} msg/s, {probe['msgs_per_cpu_s']} msg/CPU-s, "
             f"p99 {probe['latency']['p99_ms']} ms (server {probe['server_cpu_pct']}%, loadgen {probe['loadgen_cpu_pct']}%)")
     peak = probe["msgs_per_s"] or 0
     for frac in p["fractions"]:
         ctx.need(p["step_s"] + 5, f"relay step {frac}")
-        step = _step(ctx, "rate", p["step_s"], peak * frac)
+        step = run_step(ctx, "rate", p["step_s"], peak * frac)
         step["fraction_of_peak"] = frac
         out["steps"].append(step)
         ctx.log(f"    relay: {frac:.0%} of peak -> {step['msgs_per_s']} msg/s, p50 {step['latency']['p50_ms']} "
