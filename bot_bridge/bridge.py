@@ -324,7 +324,9 @@ class BotBridge:
                     try:
                         if timeout <= 0:
                             raise TimeoutError
-                        item = await asyncio.wait_for(queue.get(), timeout)
+                        # asyncio.timeout, not wait_for: wait_for makes a task per chunk (3.11).
+                        async with asyncio.timeout(timeout):
+                            item = await queue.get()
                     except TimeoutError:
                         now = loop.time()
                         if not got_first and now >= first_deadline:
@@ -355,7 +357,8 @@ class BotBridge:
                 out.parts.append(item)
                 buf.append(item)
                 buf_len += len(item)
-                if buf_len >= max_chars or loop.time() - last_flush >= coalesce_s:
+                # The first piece goes out at once (time to first visible text); later ones coalesce.
+                if not out.emitted or buf_len >= max_chars or loop.time() - last_flush >= coalesce_s:
                     await flush()
             await flush()
             return out

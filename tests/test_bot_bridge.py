@@ -124,7 +124,7 @@ async def test_chunks_are_coalesced_by_size():
     result = await bridge.answer(ctx(), calls.append)
     assert result.text == text and not result.fallback
     assert "".join(calls) == text
-    assert [len(c) for c in calls] == [64, 64, 64, 8]
+    assert [len(c) for c in calls] == [1, 64, 64, 64, 7]  # the first token at once, then by size
     await bridge.close()
 
 
