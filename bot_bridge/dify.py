@@ -17,10 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import httpx
-
 from .base import BackendError, BotContext, BotResult
-from .http import BoundedMap, HttpBackend
+from .http import BoundedMap, HttpBackend, Response
 from .sse import check_status, iter_sse
 
 
@@ -70,7 +68,7 @@ class DifyBackend(HttpBackend):
                         yield item
                 return
 
-    async def _events(self, ctx: BotContext, resp: httpx.Response) -> AsyncIterator[str | BotResult]:
+    async def _events(self, ctx: BotContext, resp: Response) -> AsyncIterator[str | BotResult]:
         key = (ctx.tenant, ctx.conv_id)
         text = ""
         ended = False

@@ -1,13 +1,12 @@
-"""Server-sent events over an httpx streaming response (the subset vendors use)."""
+"""Server-sent events over a streaming HTTP response (the subset vendors use)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
 from .base import BackendError
+from .http import HTTPError, Response
 
 
 @dataclass
@@ -17,7 +16,7 @@ class SSEEvent:
     id: str = ""
 
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+async def iter_sse(response: Response) -> AsyncIterator[SSEEvent]:
     """Yield the events of an ``text/event-stream`` body.
 
     Per the SSE rules: ``field: value`` lines (one optional space after the
@@ -46,18 +45,18 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             elif name == "id":
                 ev_id = value
             # "retry" and unknown fields are ignored
-    except httpx.HTTPError as exc:  # connection reset, incomplete chunked body
+    except HTTPError as exc:  # connection reset, incomplete chunked body
         raise BackendError(f"stream broken: {exc!r}") from exc
     if data or event:
         yield SSEEvent(event or "message", "\n".join(data), ev_id)
 
 
-async def check_status(response: httpx.Response, vendor: str) -> None:
+async def check_status(response: Response, vendor: str) -> None:
     """Raise BackendError for a non-2xx answer, with a short excerpt of its body."""
     if response.is_success:
         return
     try:
         body = (await response.aread())[:300].decode("utf-8", "replace")
-    except httpx.HTTPError:
+    except HTTPError:
         body = ""
     raise BackendError(f"{vendor}: HTTP {response.status_code}: {body}")

@@ -27,10 +27,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from .base import BackendError, BotContext, BotResult
-from .http import HttpBackend
+from .http import HttpBackend, HTTPError
 
 SIGNATURE_HEADER = "X-Chatgw-Signature"
 TIMESTAMP_HEADER = "X-Chatgw-Timestamp"
@@ -120,7 +118,7 @@ class WebhookBackend(HttpBackend):
                             done = True
                             yield _result(data)
                             break
-                except httpx.HTTPError as exc:
+                except HTTPError as exc:
                     raise BackendError(f"webhook: stream broken: {exc!r}") from exc
                 if not done:
                     raise BackendError("webhook: NDJSON stream ended before its done line")
