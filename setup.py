@@ -4,14 +4,15 @@ The Rust crate in native/ is built separately by maturin (see ./dev setup).
 """
 
 from Cython.Build import cythonize
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 extensions = [
     Extension("gateway.listener", ["gateway/listener.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(
-    packages=find_packages(include=["gateway*", "routing*", "dedup*", "bot_bridge*"]),
-    package_data={"gateway": ["static/*", "*.pyx"]},
+    # Namespace discovery, so data folders (demo pages, the FAQ) are packages with their files.
+    packages=find_namespace_packages(include=["gateway*", "routing*", "dedup*", "bot_bridge*"]),
+    package_data={"gateway": ["*.pyx"], "gateway.static": ["*"], "bot_bridge.data": ["*"]},
     ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}, quiet=True),
 )
