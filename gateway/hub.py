@@ -72,6 +72,7 @@ class Hub:
             self.bots = BotBridge.from_mapping(cfg.bots)
         coord.on_delivery(self._remote_delivery)
         coord.on_node_lost(self._node_lost)
+        coord.on_rejoin(self._rejoin)
 
     # lifecycle
 
@@ -185,6 +186,18 @@ class Hub:
         await self.coord.upsert_agent(agent)
         if await self.coord.conversations_of_agent(tenant, agent_id):
             self._start_grace(tenant, agent_id)
+
+    async def _rejoin(self) -> None:
+        """We were cut off from shared state and may have been reaped: register whom we hold again."""
+        for (tenant, user), peers in list(self.users.items()):
+            role = next(iter(peers)).role if peers else ""
+            await self.coord.set_present(tenant, user, True, role)
+            if role == "agent":
+                agent = await self.coord.get_agent(tenant, user)
+                if agent is not None and not agent.connected:
+                    agent.connected = True
+                    await self.coord.upsert_agent(agent)
+                    await self.router.agent_changed(agent)
 
     async def _node_lost(self, lost: list[tuple[str, str, str]]) -> None:
         """Another node died holding these users; its agents get their grace period here."""

@@ -101,14 +101,14 @@ class RedisCluster:
             s.stop()
 
 
-def start_cluster(masters: int = 3) -> RedisCluster:
+def start_cluster(masters: int = 3, extra: list[str] | None = None) -> RedisCluster:
     base = Path(tempfile.mkdtemp(prefix="chatgw-cluster-"))
     servers = []
     for i in range(masters):
         port = cluster_port()
         servers.append(
             RedisServer(port, base / str(i), ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                              "--cluster-node-timeout", "2000"]).start()
+                                              "--cluster-node-timeout", "2000", *(extra or [])]).start()
         )
     cli = shutil.which("redis-cli")
     subprocess.run(
@@ -121,4 +121,19 @@ def start_cluster(masters: int = 3) -> RedisCluster:
         return "cluster_state:ok" in out
 
     _wait(ok, "cluster_state:ok", 30)
-    return RedisCluster(servers)
+    cluster = RedisCluster(servers)
+    wait_cluster_ok(cluster)  # every master must agree, not only the first
+    return cluster
+
+
+def wait_cluster_ok(cluster: RedisCluster, timeout: float = 30) -> None:
+    cli = shutil.which("redis-cli")
+
+    def ok() -> bool:
+        for s in cluster.servers:
+            out = subprocess.run([cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
+            if "cluster_state:ok" not in out:
+                return False
+        return True
+
+    _wait(ok, "cluster_state:ok after restart", timeout)

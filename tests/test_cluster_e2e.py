@@ -9,7 +9,7 @@ import signal
 import aiohttp
 import pytest
 
-from .redis_support import RedisServer, free_port
+from .redis_support import RedisServer, free_port, start_cluster, wait_cluster_ok
 from .support import Client, uid, wait_for
 
 CLUSTER_KINDS = ["redis", "redis-cluster"]
@@ -142,12 +142,24 @@ async def test_agents_conversations_requeue_after_their_node_dies(nodes):
     assert ev["conv"] == conv
 
 
-async def test_redis_restart_is_survived(gateway_factory, tmp_path):
+@pytest.mark.parametrize("kind", CLUSTER_KINDS)
+async def test_redis_restart_is_survived(gateway_factory, tmp_path, kind):
     # Persistence on, so what was acked before the restart is still there after it.
-    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]
+    if kind == "redis":
+        server = RedisServer(free_port(), tmp_path / "redis", aof).start()
+    else:
+        server = start_cluster(extra=aof)
+
+    def restart_redis_stopped() -> None:  # every master of a cluster, or the one server
+        for s in getattr(server, "servers", [server]):
+            s.start()
+        if kind != "redis":
+            wait_cluster_ok(server)
+
     try:
         secret = secrets.token_urlsafe(32)
-        a_node, b_node = [gateway_factory(jwt_secret=secret, **redis_settings(server, "redis")) for _ in range(2)]
+        a_node, b_node = [gateway_factory(jwt_secret=secret, **redis_settings(server, kind)) for _ in range(2)]
         tenant = uid("t")
         agent = await online(b_node, tenant, "rr-agent")
         visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
@@ -158,7 +170,7 @@ async def test_redis_restart_is_survived(gateway_factory, tmp_path):
         # While Redis is away the node refuses work with a clear error instead of accepting it.
         err = await visitor.request({"t": "msg", "conv": conv, "id": "during", "text": "during"}, "error")
         assert err["code"] == "unavailable"
-        server.start()
+        restart_redis_stopped()
 
         async def ready(gw) -> bool:
             async with aiohttp.ClientSession() as s, s.get(gw.http_url + "/readyz") as r:

@@ -190,5 +190,8 @@ class Coordinator(ABC):
     def on_node_lost(self, handler: Callable[[list[tuple[str, str, str]]], Awaitable[None]]) -> None:  # noqa: B027
         """Register the handler told about (tenant, user, role) of a node that died; single-node: never."""
 
+    def on_rejoin(self, handler: Callable[[], Awaitable[None]]) -> None:  # noqa: B027
+        """Register the handler that re-registers this node's users after it was cut off; single-node: never."""
+
     async def health(self) -> dict[str, Any]:
         return {"ok": True}

@@ -36,8 +36,19 @@ import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MaxConnectionsError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Agent, Conversation, Coordinator, DeliveryHandler, Unavailable
@@ -178,13 +189,22 @@ def _q(s: str) -> str:
     return quote(s, safe="")
 
 
+# Redis (or part of a cluster) is away, starting up or failing over: refuse the work, keep nothing.
+# Script and data errors (ResponseError and the like) are bugs and stay loud.
+_UNREACHABLE = (
+    RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ClusterDownError, ClusterError,
+    MasterDownError, MaxConnectionsError, RedisClusterException, SlotNotCoveredError, TryAgainError,
+    ReadOnlyError,
+)
+
+
 def _available_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise Unavailable(f"redis unreachable: {e}") from None
+        except _UNREACHABLE as e:
+            raise Unavailable(f"redis unreachable: {type(e).__name__}: {e}") from None
 
     return wrapper
 
@@ -204,6 +224,8 @@ class RedisCoordinator(Coordinator):
         self._local_locks = [asyncio.Lock() for _ in range(min(lock_segments, 4096))]
         self._handler: DeliveryHandler | None = None
         self._node_lost: Callable[[list[tuple[str, str, str]]], Awaitable[None]] | None = None
+        self._rejoin: Callable[[], Awaitable[None]] | None = None
+        self._last_beat = time.monotonic()
         self._outbox: dict[str, list[Any]] = {}
         self._outbox_ready = asyncio.Event()
         self._live_nodes: set[str] = set()
@@ -237,13 +259,15 @@ class RedisCoordinator(Coordinator):
     def _channel(self, node: str) -> str:
         return f"{self._p}:ch:{_q(node)}"
 
-    # lifecycle
-    async def start(self) -> None:
+    def _client(self) -> Any:
         kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}
         if self._cluster:
-            self.r = RedisCluster.from_url(self._url, **kw)
-        else:
-            self.r = aioredis.Redis.from_url(self._url, **kw)
+            return RedisCluster.from_url(self._url, **kw)
+        return aioredis.Redis.from_url(self._url, **kw)
+
+    # lifecycle
+    async def start(self) -> None:
+        self.r = self._client()
         s = self.r.register_script
         self._append_s = s(_APPEND)
         self._read_s = s(_READ)
@@ -484,6 +508,9 @@ class RedisCoordinator(Coordinator):
     def on_node_lost(self, handler: Callable[[list[tuple[str, str, str]]], Awaitable[None]]) -> None:
         self._node_lost = handler
 
+    def on_rejoin(self, handler: Callable[[], Awaitable[None]]) -> None:
+        self._rejoin = handler
+
     @_available_errors
     async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
         by_node: dict[str, list[str]] = {}
@@ -538,8 +565,13 @@ class RedisCoordinator(Coordinator):
         channel = self._channel(self.node_id)
         delay = 0.05
         while True:
-            pubsub = self.r.pubsub()
+            # A client of its own, made afresh for every attempt: after a cluster restart a
+            # long-lived client can keep stale topology and never subscribe again.
+            client = self._client()
+            pubsub = client.pubsub()
             try:
+                if self._cluster:
+                    await client.initialize()  # learn the slots: ClusterPubSub doesn't on its own
                 await pubsub.ssubscribe(channel)
                 self._subscribed.set()
                 delay = 0.05
@@ -552,19 +584,20 @@ class RedisCoordinator(Coordinator):
                         await self._on_message(msg["data"])
                     except (RedisError, OSError):
                         raise
-                    except Exception:
+                    except Exception:  # a bad message must not end the subscription
                         log.exception("bad delivery message dropped")
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - any failure (cluster errors are no RedisError): resubscribe
                 self._subscribed.clear()
                 self.health_state = {"ok": False, "reason": f"subscription lost: {e}"}
-                log.warning("delivery subscription lost (%s); resubscribing", e)
+                log.warning("delivery subscription lost (%s: %s); resubscribing", type(e).__name__, e)
             finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
-                    pass
+                for closing in (pubsub, client):
+                    try:
+                        await closing.aclose()
+                    except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
+                        pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -587,6 +620,13 @@ class RedisCoordinator(Coordinator):
         now_ms = int(time.time() * 1000)
         nodes_key = f"{self._p}:nodes"
         await self.r.zadd(nodes_key, {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
+        gap = time.monotonic() - self._last_beat
+        self._last_beat = time.monotonic()
+        if gap > self._node_ttl_s and self._rejoin is not None:
+            # We were cut off longer than our TTL: another node may have reaped us (presence
+            # gone, agents marked away). We are alive, so say again whom we hold.
+            log.warning("heartbeat gap of %.1f s (ttl %.1f s): re-registering this node's users", gap, self._node_ttl_s)
+            await self._rejoin()
         live = await self.r.zrangebyscore(nodes_key, now_ms, "+inf")
         self._live_nodes = {n.decode() for n in live}
         dead = [n.decode() for n in await self.r.zrangebyscore(nodes_key, "-inf", now_ms - 1)]
