@@ -15,6 +15,13 @@ def write_config(tmp_path, toml: str) -> str:
     return str(path)
 
 
+def bot_node(gateway_factory, tmp_path, backend: str, bots: str = "", **backend_opts: str):
+    """A node whose default bot is backend `llm` of type `backend`, plus extra [bots] lines."""
+    opts = "".join(f'{k} = "{v}"\n' for k, v in backend_opts.items())
+    cfg = write_config(tmp_path, f'[bots]\ndefault = "llm"\n{bots}\n[bots.backends.llm]\ntype = "{backend}"\n{opts}')
+    return gateway_factory(config=cfg, bots_enabled="true")
+
+
 async def bot_conversation(gw, tenant: str):
     v = await Client.connect(gw, "visitor", uid("v"), tenant)
     conv = await v.request({"t": "open"}, "conv")
@@ -26,17 +33,8 @@ async def bot_conversation(gw, tenant: str):
 async def test_visitor_gets_a_streamed_bot_answer(gateway_factory, tmp_path):
     state = State(chunks=["Our ", "shop ", "ships ", "worldwide ", "within ", "three ", "days."])
     async with serve(openai_server.make_app(state), state) as url:
-        cfg = write_config(tmp_path, f"""
-[bots]
-default = "llm"
-coalesce_ms = 1
-coalesce_chars = 1
-[bots.backends.llm]
-type = "openai"
-base_url = "{url}/v1"
-model = "test-model"
-""")
-        gw = gateway_factory(config=cfg, bots_enabled="true")
+        gw = bot_node(gateway_factory, tmp_path, "openai", "coalesce_ms = 1\ncoalesce_chars = 1",
+                      base_url=f"{url}/v1", model="test-model")
         v, conv = await bot_conversation(gw, uid("t"))
         ack = await v.msg(conv, "Do you ship abroad?")
         answer = await v.next("msg", lambda e: e["role"] == "bot")
@@ -52,17 +50,8 @@ model = "test-model"
 async def test_slow_backend_gets_the_fallback_at_the_first_deadline(gateway_factory, tmp_path):
     state = State(mode="slow")
     async with serve(openai_server.make_app(state), state) as url:
-        cfg = write_config(tmp_path, f"""
-[bots]
-default = "llm"
-first_chunk_timeout_s = 0.3
-holding_message = "One moment please."
-[bots.backends.llm]
-type = "openai"
-base_url = "{url}/v1"
-model = "test-model"
-""")
-        gw = gateway_factory(config=cfg, bots_enabled="true")
+        gw = bot_node(gateway_factory, tmp_path, "openai", 'first_chunk_timeout_s = 0.3\nholding_message = "One moment please."',
+                      base_url=f"{url}/v1", model="test-model")
         v, conv = await bot_conversation(gw, uid("t"))
         await v.msg(conv, "zzz unrelated question qqq")
         answer = await v.next("msg", lambda e: e["role"] == "bot")
@@ -138,17 +127,8 @@ async def test_visitor_asking_for_a_human_skips_the_bot(gateway_factory, tmp_pat
 async def test_visitor_leaving_cancels_the_running_bot_call(gateway_factory, tmp_path):
     state = State(mode="slow")
     async with serve(dify_server.make_app(state), state) as url:
-        cfg = write_config(tmp_path, f"""
-[bots]
-default = "dify"
-first_chunk_timeout_s = 60
-total_timeout_s = 120
-[bots.backends.dify]
-type = "dify"
-base_url = "{url}/v1"
-api_key = "{dify_server.API_KEY}"
-""")
-        gw = gateway_factory(config=cfg, bots_enabled="true")
+        gw = bot_node(gateway_factory, tmp_path, "dify", "first_chunk_timeout_s = 60\ntotal_timeout_s = 120",
+                      base_url=f"{url}/v1", api_key=dify_server.API_KEY)
         v, conv = await bot_conversation(gw, uid("t"))
         await v.msg(conv, "a question the bot takes forever on")
         await wait_for(state.stalled.is_set, what="the bot call to be running")
