@@ -21,6 +21,7 @@ from dedup.window import make_dedup
 from routing import Router
 from routing.router import RoutingError
 
+from .bot_turns import BotTurns
 from .coordinator import Agent, Conversation, Coordinator, Unavailable
 from .listener import Connection
 from .metrics import METRICS
@@ -64,12 +65,13 @@ class Hub:
         # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
         # current task): the embedded one. Redis clients time out their reads that way.
         self._eager = bool(getattr(coord, "eager_safe", False))
-        self._bot_calls: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.bots: Any = None
+        self.bot_turns: BotTurns | None = None
         if cfg.bots_enabled and cfg.bots.get("enabled", True):
             from bot_bridge import BotBridge  # loads the FAQ index: only when bots are on
 
             self.bots = BotBridge.from_mapping(cfg.bots)
+            self.bot_turns = BotTurns(self, self.bots)
         coord.on_delivery(self._remote_delivery)
         coord.on_node_lost(self._node_lost)
         coord.on_rejoin(self._rejoin)
@@ -82,9 +84,8 @@ class Hub:
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
-        for task in list(self._bot_calls.values()):
-            task.cancel()
-        if self.bots is not None:
+        if self.bot_turns is not None:
+            self.bot_turns.cancel_all()
             await self.bots.close()
         for conn in list(self.conns.values()):
             conn.close_going_away("node shutting down")
@@ -169,11 +170,11 @@ class Hub:
         if (conn.tenant, conn.user) in self.users:
             return  # reconnected here meanwhile
         remaining = await self.coord.set_present(conn.tenant, conn.user, False, conn.role)
-        if conn.role == "visitor" and not remaining and self._bot_calls:
+        if conn.role == "visitor" and not remaining and self.bot_turns is not None and self.bot_turns.busy:
             # The visitor left: nobody is waiting for the bot's answer any more.
             conv_id = await self.coord.open_conversation_of(conn.tenant, conn.user)
             if conv_id:
-                self._cancel_bot(conn.tenant, conv_id, "visitor left")
+                self.bot_turns.cancel(conn.tenant, conv_id, "visitor left")
         if conn.role == "agent" and not remaining:
             await self._agent_gone(conn.tenant, conn.user)
 
@@ -414,8 +415,8 @@ class Hub:
             return
         METRICS.hot.messages += 1
         await self._deliver(conv, entry)
-        if conv.state == "bot" and conn.role == "visitor":
-            self._start_bot(conv, entry)
+        if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
+            self.bot_turns.start(conv, entry)
 
     async def h_typing(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
@@ -582,7 +583,8 @@ class Hub:
 
     async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
-        self._cancel_bot(conv.tenant, conv.id, "agent took over")
+        if self.bot_turns is not None:
+            self.bot_turns.cancel(conv.tenant, conv.id, "agent took over")
         entry = await self._event(conv, ev, agent=conv.agent, by=previous)
         history, _ = await self.coord.read_before(conv.tenant, conv.id, None, self.cfg.assign_history)
         last = history[-1]["seq"] if history else 0
@@ -622,81 +624,10 @@ class Hub:
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
-        self._cancel_bot(conv.tenant, conv.id, "conversation closed")
+        if self.bot_turns is not None:
+            self.bot_turns.cancel(conv.tenant, conv.id, "conversation closed")
         entry = await self._event(conv, "closed", by=by)
         await self._deliver(conv, entry)
-
-    # bots: see docs/bots.md for the bridge, docs/routing.md for the handoff
-
-    def _start_bot(self, conv: Conversation, question: dict[str, Any]) -> None:
-        key = (conv.tenant, conv.id)
-        self._cancel_bot(conv.tenant, conv.id, "newer question")  # answer the latest question only
-        task = self.loop.create_task(self._bot_turn(conv, question))
-        self._bot_calls[key] = task
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            if self._bot_calls.get(key) is t:
-                del self._bot_calls[key]
-            self._task_done(t)
-
-        task.add_done_callback(done)
-
-    def _cancel_bot(self, tenant: str, conv_id: str, why: str) -> None:
-        task = self._bot_calls.pop((tenant, conv_id), None)
-        if task is not None and not task.done():
-            log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why)
-            METRICS.bot_cancelled.inc()
-            task.cancel()
-
-    async def _bot_turn(self, conv: Conversation, question: dict[str, Any]) -> None:
-        from bot_bridge import BotContext, Turn
-
-        earlier, _ = await self.coord.read_before(conv.tenant, conv.id, question["seq"], 40)
-        history = [Turn(e.get("role", "visitor"), e["text"]) for e in earlier if e.get("t") == "msg" and e.get("text")]
-        ctx = BotContext(conv.tenant, conv.id, conv.group, conv.visitor, question["text"], history, conv.meta,
-                         seq=question["seq"])
-        audience = conv.participants()
-
-        async def on_chunk(text: str) -> None:
-            await self._send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
-
-        result = await self.bots.answer(ctx, on_chunk)
-        METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
-        async with self.coord.lock(conv.tenant, conv.id):
-            current = await self.coord.get_conversation(conv.tenant, conv.id)
-            if current is None or current.state != "bot":
-                return  # an agent took over or the visitor closed meanwhile
-            if result.handoff:
-                current.state = "queued"
-                current.meta["bot"] = {**self._last_bot_answer(result, earlier), "reason": result.reason}
-                await self.coord.save_conversation(current)
-        if result.text:
-            entry = {"t": "msg", "conv": conv.id, "seq": 0, "id": f"bot-{question['seq']}", "from": "bot",
-                     "role": "bot", "text": result.text, "ts": _now_ms(), "backend": result.backend,
-                     "conf": result.confidence, "reply_to": question["seq"]}
-            if result.fallback:
-                entry["fallback"] = result.reason
-            if result.handoff:
-                entry["handoff"] = result.reason
-            # The client id makes the answer idempotent: a retried turn can't log it twice.
-            seq, dup = await self.coord.append(conv.tenant, conv.id, entry, f"bot:{question['seq']}")
-            if not dup:
-                await self._deliver(conv, entry)
-        if result.handoff:
-            METRICS.bot_handoffs.labels(result.reason or "backend").inc()
-            await self._deliver(current, await self._event(current, "handoff", reason=result.reason))
-            await self.router.enqueue_new(current)
-
-    @staticmethod
-    def _last_bot_answer(result: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:
-        """What the agent should see of the bot: its last real answer, not the handoff line."""
-        if result.draft:  # a low-confidence answer the handoff message replaced
-            return {"text": result.draft, "confidence": result.confidence, "backend": result.backend}
-        for e in reversed(earlier):
-            if e.get("t") == "msg" and e.get("role") == "bot" and not e.get("handoff"):
-                return {"text": e["text"], "confidence": e.get("conf"), "backend": e.get("backend")}
-        return {"text": None, "confidence": None, "backend": result.backend}
 
     # helpers
 

@@ -1,0 +1,110 @@
+"""Bot turns: the hub's side of the bot bridge (docs/bots.md; handoff in docs/routing.md).
+
+One running bot call per conversation, answering the visitor's latest question:
+its pieces stream to the participants as `bot_chunk`, the answer is logged once
+(idempotent by the question's seq), and a handoff moves the conversation into
+the routing queue with the bot's last real answer for the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .coordinator import Conversation
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("gateway.bots")
+
+HISTORY_TURNS = 40
+
+
+class BotTurns:
+    def __init__(self, hub: Hub, bridge: Any):
+        self.hub = hub
+        self.bridge = bridge
+        self._calls: dict[tuple[str, str], asyncio.Task[Any]] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._calls)
+
+    def start(self, conv: Conversation, question: dict[str, Any]) -> None:
+        key = (conv.tenant, conv.id)
+        self.cancel(conv.tenant, conv.id, "newer question")  # answer the latest question only
+        task = self.hub.loop.create_task(self._turn(conv, question))
+        self._calls[key] = task
+        self.hub._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if self._calls.get(key) is t:
+                del self._calls[key]
+            self.hub._task_done(t)
+
+        task.add_done_callback(done)
+
+    def cancel(self, tenant: str, conv_id: str, why: str) -> None:
+        task = self._calls.pop((tenant, conv_id), None)
+        if task is not None and not task.done():
+            log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why)
+            METRICS.bot_cancelled.inc()
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        for task in list(self._calls.values()):
+            task.cancel()
+
+    async def _turn(self, conv: Conversation, question: dict[str, Any]) -> None:
+        from bot_bridge import BotContext, Turn
+
+        hub, coord = self.hub, self.hub.coord
+        earlier, _ = await coord.read_before(conv.tenant, conv.id, question["seq"], HISTORY_TURNS)
+        history = [Turn(e.get("role", "visitor"), e["text"]) for e in earlier if e.get("t") == "msg" and e.get("text")]
+        ctx = BotContext(conv.tenant, conv.id, conv.group, conv.visitor, question["text"], history, conv.meta,
+                         seq=question["seq"])
+        audience = conv.participants()
+
+        async def on_chunk(text: str) -> None:
+            await hub._send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
+
+        result = await self.bridge.answer(ctx, on_chunk)
+        METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
+        async with coord.lock(conv.tenant, conv.id):
+            current = await coord.get_conversation(conv.tenant, conv.id)
+            if current is None or current.state != "bot":
+                return  # an agent took over or the visitor closed meanwhile
+            if result.handoff:
+                current.state = "queued"
+                current.meta["bot"] = {**last_bot_answer(result, earlier), "reason": result.reason}
+                await coord.save_conversation(current)
+        if result.text:
+            entry = {"t": "msg", "conv": conv.id, "seq": 0, "id": f"bot-{question['seq']}", "from": "bot",
+                     "role": "bot", "text": result.text, "ts": int(time.time() * 1000), "backend": result.backend,
+                     "conf": result.confidence, "reply_to": question["seq"]}
+            if result.fallback:
+                entry["fallback"] = result.reason
+            if result.handoff:
+                entry["handoff"] = result.reason
+            # The client id makes the answer idempotent: a retried turn can't log it twice.
+            _, dup = await coord.append(conv.tenant, conv.id, entry, f"bot:{question['seq']}")
+            if not dup:
+                await hub._deliver(conv, entry)
+        if result.handoff:
+            METRICS.bot_handoffs.labels(result.reason or "backend").inc()
+            await hub._deliver(current, await hub._event(current, "handoff", reason=result.reason))
+            await hub.router.enqueue_new(current)
+
+
+def last_bot_answer(result: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the agent should see of the bot: its last real answer, not the handoff line."""
+    if result.draft:  # a low-confidence answer the handoff message replaced
+        return {"text": result.draft, "confidence": result.confidence, "backend": result.backend}
+    for e in reversed(earlier):
+        if e.get("t") == "msg" and e.get("role") == "bot" and not e.get("handoff"):
+            return {"text": e["text"], "confidence": e.get("conf"), "backend": e.get("backend")}
+    return {"text": None, "confidence": None, "backend": result.backend}
