@@ -70,7 +70,7 @@ class BotTurns:
         audience = conv.participants()
 
         async def on_chunk(text: str) -> None:
-            await hub._send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
+            await hub.delivery.send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
 
         result = await self.bridge.answer(ctx, on_chunk)
         METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
@@ -93,10 +93,10 @@ class BotTurns:
             # The client id makes the answer idempotent: a retried turn can't log it twice.
             _, dup = await coord.append(conv.tenant, conv.id, entry, f"bot:{question['seq']}")
             if not dup:
-                await hub._deliver(conv, entry)
+                await hub.delivery.deliver(conv, entry)
         if result.handoff:
             METRICS.bot_handoffs.labels(result.reason or "backend").inc()
-            await hub._deliver(current, await hub._event(current, "handoff", reason=result.reason))
+            await hub.delivery.deliver(current, await hub._event(current, "handoff", reason=result.reason))
             await hub.router.enqueue_new(current)
 
 

@@ -23,6 +23,7 @@ from routing.router import RoutingError
 
 from .bot_turns import BotTurns
 from .coordinator import Agent, Conversation, Coordinator, Unavailable
+from .delivery import Delivery
 from .listener import Connection
 from .metrics import METRICS
 from .protocol import VERSION, Outgoing, ProtocolError
@@ -30,7 +31,6 @@ from .timing_wheel import make_timing_wheel
 
 log = logging.getLogger("gateway.hub")
 
-REPLAY_PAGE = 500
 TICK_S = 0.05
 CLOSE_WAIT_S = 2.0
 
@@ -45,7 +45,8 @@ class Hub:
         self.coord = coord
         self.router = Router(coord, self)
         self.loop = asyncio.get_event_loop()
-        self.users: dict[tuple[str, str], set[Connection]] = {}
+        self.delivery = Delivery(coord, self._spawn)
+        self.users = self.delivery.users  # this node's connections by (tenant, user)
         self.conns: dict[int, Connection] = {}
         self._next_id = 0
         self._dirty: list[Connection] = []
@@ -72,7 +73,7 @@ class Hub:
 
             self.bots = BotBridge.from_mapping(cfg.bots)
             self.bot_turns = BotTurns(self, self.bots)
-        coord.on_delivery(self._remote_delivery)
+        coord.on_delivery(self.delivery.from_remote)
         coord.on_node_lost(self._node_lost)
         coord.on_rejoin(self._rejoin)
 
@@ -373,7 +374,7 @@ class Hub:
         view["rid"] = env.get("rid")
         conn.send_env(view)
         if with_bot:
-            await self._deliver(conv, await self._event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
+            await self.delivery.deliver(conv, await self._event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
         else:
             await self.router.enqueue_new(conv)
 
@@ -411,20 +412,20 @@ class Hub:
             # before delivering. Deliver again; connections drop what they already have.
             first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
             if first and first[0]["seq"] == seq:
-                await self._deliver(conv, first[0])
+                await self.delivery.deliver(conv, first[0])
             return
         METRICS.hot.messages += 1
-        await self._deliver(conv, entry)
+        await self.delivery.deliver(conv, entry)
         if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
             self.bot_turns.start(conv, entry)
 
     async def h_typing(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
-        await self._relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
+        await self.delivery.relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
 
     async def h_read(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
-        await self._relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
+        await self.delivery.relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
 
     async def h_history(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
@@ -433,7 +434,7 @@ class Hub:
 
     async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
-        await self._replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
+        await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
 
     async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
@@ -473,103 +474,6 @@ class Hub:
     async def h_ping(self, conn: Connection, env: dict[str, Any]) -> None:
         conn.send_env({"t": "pong", "rid": env.get("rid")})
 
-    # delivery
-
-    def _apply(self, tenant: str, user: str, out: Outgoing) -> bool:
-        """Hand an envelope to this node's connections of `user`; False if it holds none.
-
-        Log entries go through the per-connection order check; `assigned` and
-        `unassigned` subscribe and unsubscribe the agent's connections.
-        """
-        peers = self.users.get((tenant, user))
-        if not peers:
-            return False
-        env = out.env
-        kind = env["t"]
-        for conn in list(peers):
-            if kind == "msg" or kind == "event":
-                if not conn.push_entry(env["conv"], env["seq"], out):
-                    self._spawn(self._catch_up(conn, tenant, env["conv"]))
-                continue
-            conn.push(out)
-            if kind == "assigned":
-                if conn.sent is None:
-                    conn.sent = {}
-                conn.sent[env["conv"]] = max(env["seq"], conn.sent.get(env["conv"], 0))
-            elif kind == "unassigned" and conn.sent is not None:
-                conn.sent.pop(env["conv"], None)
-        return True
-
-    async def _send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Outgoing) -> None:
-        """Deliver to local connections directly and to the nodes holding the rest."""
-        out = env if isinstance(env, Outgoing) else Outgoing(env)
-        remote = [u for u in users if not self._apply(tenant, u, out)]
-        if remote:
-            await self.coord.deliver_remote(tenant, remote, out.env)
-
-    async def _deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
-        """Send a log entry to every connection of every participant, at most once and in order."""
-        await self._send_to(conv.tenant, conv.participants(), entry)
-
-    async def _remote_delivery(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
-        out = Outgoing(env)
-        for user in users:
-            self._apply(tenant, user, out)
-
-    async def _relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
-        await self._send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
-
-    async def _catch_up(self, conn: Connection, tenant: str, conv_id: str) -> None:
-        after = (conn.sent or {}).get(conv_id, 0)
-        await self._replay(conn, tenant, conv_id, after, rid=None, tell_gap=False)
-
-    async def _replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
-        """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
-        if conn.syncing is None:
-            conn.syncing = {}
-        if conv_id in conn.syncing:
-            return  # a replay of this conversation is already running on this connection
-        conn.syncing[conv_id] = buffered = []
-        # Never below what this connection was already sent: each entry at most once per connection.
-        last = max(after, (conn.sent or {}).get(conv_id, 0))
-        try:
-            while not conn.closed:
-                entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
-                if first > last + 1:
-                    if tell_gap:
-                        conn.send_env({"t": "gap", "conv": conv_id, "first": first})
-                    last = first - 1
-                for e in entries:
-                    conn.push(Outgoing(e))
-                    last = e["seq"]
-                if len(entries) < REPLAY_PAGE:
-                    break
-            # Live entries held back during the replay: send the ones past `last` in order.
-            while buffered:
-                buffered.sort(key=lambda p: p[0])
-                pending, buffered[:] = list(buffered), []
-                for seq, out in pending:
-                    if seq == last + 1:
-                        conn.push(out)
-                        last = seq
-                    elif seq > last + 1:  # still a hole: read it from the log
-                        entries, _ = await self.coord.read_after(tenant, conv_id, last, seq - last)
-                        for e in entries:
-                            conn.push(Outgoing(e))
-                            last = e["seq"]
-                        if seq == last + 1:
-                            conn.push(out)
-                            last = seq
-        finally:
-            conn.syncing.pop(conv_id, None)
-            if not conn.syncing:
-                conn.syncing = None
-        if conn.sent is None:
-            conn.sent = {}
-        conn.sent[conv_id] = max(last, conn.sent.get(conv_id, 0))
-        if tell_gap:
-            conn.send_env({"t": "resumed", "conv": conv_id, "seq": last, "rid": rid})
-
     # routing sink
 
     async def _event(self, conv: Conversation, ev: str, **fields: Any) -> dict[str, Any]:
@@ -579,7 +483,7 @@ class Hub:
 
     async def on_queued(self, conv: Conversation, ev: str) -> None:
         entry = await self._event(conv, ev, group=conv.group)
-        await self._deliver(conv, entry)
+        await self.delivery.deliver(conv, entry)
 
     async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
@@ -600,12 +504,12 @@ class Hub:
                 "history": history,
             }
         )
-        await self._send_to(conv.tenant, [conv.agent], assigned)
+        await self.delivery.send_to(conv.tenant, [conv.agent], assigned)
         METRICS.assignments.inc()
-        await self._deliver(conv, entry)
+        await self.delivery.deliver(conv, entry)
 
     async def on_unassigned(self, conv: Conversation, agent: str) -> None:
-        await self._send_to(conv.tenant, [agent], {"t": "unassigned", "conv": conv.id})
+        await self.delivery.send_to(conv.tenant, [agent], {"t": "unassigned", "conv": conv.id})
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
@@ -620,14 +524,14 @@ class Hub:
                     continue
                 visitor = conv.visitor
             self._queue_pos[(tenant, conv_id)] = (pos, visitor)
-            await self._send_to(tenant, [visitor], {"t": "queue", "conv": conv_id, "position": pos})
+            await self.delivery.send_to(tenant, [visitor], {"t": "queue", "conv": conv_id, "position": pos})
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
         if self.bot_turns is not None:
             self.bot_turns.cancel(conv.tenant, conv.id, "conversation closed")
         entry = await self._event(conv, "closed", by=by)
-        await self._deliver(conv, entry)
+        await self.delivery.deliver(conv, entry)
 
     # helpers
 

@@ -1,0 +1,121 @@
+"""Delivery on one node: who is connected here, and how entries reach them (docs/delivery.md).
+
+Every envelope for a user goes through `apply` on the node that holds the user's
+connections; users held elsewhere are handed to the coordinator, whose other
+node calls `from_remote`. Log entries pass each connection's order check
+(`Connection.push_entry`); a connection that falls behind catches up from the
+log, and `replay` serves `resume` with no gap and no repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .coordinator import Conversation, Coordinator
+from .listener import Connection
+from .protocol import Outgoing
+
+REPLAY_PAGE = 500
+
+
+class Delivery:
+    def __init__(self, coord: Coordinator, spawn: Callable[[Any], None]):
+        self.coord = coord
+        self._spawn = spawn
+        self.users: dict[tuple[str, str], set[Connection]] = {}
+
+    def apply(self, tenant: str, user: str, out: Outgoing) -> bool:
+        """Hand an envelope to this node's connections of `user`; False if it holds none.
+
+        Log entries go through the per-connection order check; `assigned` and
+        `unassigned` subscribe and unsubscribe the agent's connections.
+        """
+        peers = self.users.get((tenant, user))
+        if not peers:
+            return False
+        env = out.env
+        kind = env["t"]
+        for conn in list(peers):
+            if kind == "msg" or kind == "event":
+                if not conn.push_entry(env["conv"], env["seq"], out):
+                    self._spawn(self.catch_up(conn, tenant, env["conv"]))
+                continue
+            conn.push(out)
+            if kind == "assigned":
+                if conn.sent is None:
+                    conn.sent = {}
+                conn.sent[env["conv"]] = max(env["seq"], conn.sent.get(env["conv"], 0))
+            elif kind == "unassigned" and conn.sent is not None:
+                conn.sent.pop(env["conv"], None)
+        return True
+
+    async def send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Outgoing) -> None:
+        """Deliver to local connections directly and to the nodes holding the rest."""
+        out = env if isinstance(env, Outgoing) else Outgoing(env)
+        remote = [u for u in users if not self.apply(tenant, u, out)]
+        if remote:
+            await self.coord.deliver_remote(tenant, remote, out.env)
+
+    async def deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
+        """Send a log entry to every connection of every participant, at most once and in order."""
+        await self.send_to(conv.tenant, conv.participants(), entry)
+
+    async def from_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
+        out = Outgoing(env)
+        for user in users:
+            self.apply(tenant, user, out)
+
+    async def relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
+        await self.send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
+
+    async def catch_up(self, conn: Connection, tenant: str, conv_id: str) -> None:
+        after = (conn.sent or {}).get(conv_id, 0)
+        await self.replay(conn, tenant, conv_id, after, rid=None, tell_gap=False)
+
+    async def replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
+        """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
+        if conn.syncing is None:
+            conn.syncing = {}
+        if conv_id in conn.syncing:
+            return  # a replay of this conversation is already running on this connection
+        conn.syncing[conv_id] = buffered = []
+        # Never below what this connection was already sent: each entry at most once per connection.
+        last = max(after, (conn.sent or {}).get(conv_id, 0))
+        try:
+            while not conn.closed:
+                entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
+                if first > last + 1:
+                    if tell_gap:
+                        conn.send_env({"t": "gap", "conv": conv_id, "first": first})
+                    last = first - 1
+                for e in entries:
+                    conn.push(Outgoing(e))
+                    last = e["seq"]
+                if len(entries) < REPLAY_PAGE:
+                    break
+            # Live entries held back during the replay: send the ones past `last` in order.
+            while buffered:
+                buffered.sort(key=lambda p: p[0])
+                pending, buffered[:] = list(buffered), []
+                for seq, out in pending:
+                    if seq == last + 1:
+                        conn.push(out)
+                        last = seq
+                    elif seq > last + 1:  # still a hole: read it from the log
+                        entries, _ = await self.coord.read_after(tenant, conv_id, last, seq - last)
+                        for e in entries:
+                            conn.push(Outgoing(e))
+                            last = e["seq"]
+                        if seq == last + 1:
+                            conn.push(out)
+                            last = seq
+        finally:
+            conn.syncing.pop(conv_id, None)
+            if not conn.syncing:
+                conn.syncing = None
+        if conn.sent is None:
+            conn.sent = {}
+        conn.sent[conv_id] = max(last, conn.sent.get(conv_id, 0))
+        if tell_gap:
+            conn.send_env({"t": "resumed", "conv": conv_id, "seq": last, "rid": rid})
