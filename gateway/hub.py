@@ -1,10 +1,10 @@
-"""The node's core: who is connected here, and what each envelope does.
+"""The node's core: connection lifecycle, heartbeats, and what each envelope does.
 
-Connections (gateway/listener.pyx) hand validated envelopes to `submit`; each
-connection's envelopes run in order on one short-lived worker task that exists
-only while that connection has work. Conversation state and logs live behind
-the coordinator; assignment policy lives in routing/. Delivery invariants are
-in docs/delivery.md.
+Connections (gateway/listener.pyx) hand validated envelopes to `submit`; a
+connection's envelopes run one after the other, inline when they can and on a
+short-lived task only while that connection has work (docs/hub.md). State and
+logs live behind the coordinator, assignment policy in routing/, delivery to
+connections in gateway/delivery.py, bot turns in gateway/bot_turns.py.
 """
 
 from __future__ import annotations
