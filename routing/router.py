@@ -47,11 +47,16 @@ class Router:
             await self.sink.on_queue_changed(conv.tenant, conv.group)
 
     async def drain(self, tenant: str, group: str) -> int:
-        """Assign queue heads while agents have room; returns how many were assigned."""
+        """Assign queue heads while agents have room; returns how many were assigned.
+
+        The queue lock covers taking the head and charging an agent; the conversation's own
+        lock is taken after it is released. Never both at once: segment locks are not
+        reentrant, and the two keys may fall in the same segment.
+        """
         assigned = 0
         changed = False
-        async with self.coord.lock(tenant, "queue:" + group):
-            while True:
+        while True:
+            async with self.coord.lock(tenant, "queue:" + group):
                 head = await self.coord.queue_head(tenant, group)
                 if head is None:
                     break
@@ -66,16 +71,16 @@ class Router:
                     break
                 await self.coord.queue_remove(tenant, group, head)
                 changed = True
-                async with self.coord.lock(tenant, head):
-                    conv = await self.coord.get_conversation(tenant, head)
-                    if conv is None or conv.state != "queued":  # closed while we reserved
-                        await self.coord.release_agent(tenant, agent)
-                        continue
-                    conv.state, conv.agent = "assigned", agent
-                    await self.coord.save_conversation(conv)
-                await self.coord.set_sticky_agent(tenant, conv.visitor, agent)
-                await self.sink.on_assigned(conv, "assigned", None)
-                assigned += 1
+            async with self.coord.lock(tenant, head):
+                conv = await self.coord.get_conversation(tenant, head)
+                if conv is None or conv.state != "queued":  # closed while we reserved
+                    await self.coord.release_agent(tenant, agent)
+                    continue
+                conv.state, conv.agent = "assigned", agent
+                await self.coord.save_conversation(conv)
+            await self.coord.set_sticky_agent(tenant, conv.visitor, agent)
+            await self.sink.on_assigned(conv, "assigned", None)
+            assigned += 1
         if changed:
             await self.sink.on_queue_changed(tenant, group)
         return assigned

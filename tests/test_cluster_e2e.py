@@ -238,3 +238,12 @@ async def test_workers_share_ports_and_chat_across_workers(redis_server, tmp_pat
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+async def test_assignment_with_a_single_lock_segment(nodes):
+    a_node, b_node = nodes(lock_segments=1)  # queue and conversation locks always collide
+    tenant = uid("t")
+    agent = await online(b_node, tenant, "seg-agent")
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await agent.next("assigned", lambda e: e["conv"] == conv)

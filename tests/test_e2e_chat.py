@@ -292,3 +292,16 @@ async def test_agent_welcome_reports_status(gateway):
     await a.close()
     again = await Client.connect(gateway, "agent", "a-status", tenant)
     assert again.welcome["status"] == "online" and again.welcome["capacity"] == 4
+
+
+async def test_assignment_when_queue_and_conversation_share_a_lock_segment(gateway_factory):
+    # With one segment every key collides: draining the queue must never hold the queue's
+    # segment while it takes the conversation's (segment locks are not reentrant).
+    gw = gateway_factory(lock_segments=1)
+    tenant = uid("t")
+    a = await agent_online(gw, tenant, "one-seg", capacity=2)
+    v, c = await open_conv(gw, tenant)
+    got = await a.next("assigned", lambda e: e["conv"] == c["conv"])
+    assert got["visitor"] == v.welcome["user"]
+    await a.send({"t": "transfer", "conv": c["conv"], "group": "default"})
+    await a.next("assigned", lambda e: e["conv"] == c["conv"] and e is not got)
