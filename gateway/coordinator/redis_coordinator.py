@@ -112,6 +112,15 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
+# Take the lease and, only if it was free, the next fencing token: one round trip per attempt,
+# and failed attempts burn no tokens. The lease's value is the token, for the unlock check.
+_LOCK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+return token
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -272,6 +281,7 @@ class RedisCoordinator(Coordinator):
         self._append_s = s(_APPEND)
         self._read_s = s(_READ)
         self._save_s = s(_SAVE)
+        self._lock_s = s(_LOCK)
         self._unlock_s = s(_UNLOCK)
         self._upsert_s = s(_UPSERT_AGENT)
         self._reserve_s = s(_RESERVE)
@@ -327,8 +337,8 @@ class RedisCoordinator(Coordinator):
         deadline = time.monotonic() + LOCK_WAIT_S
         delay = 0.002
         while True:
-            token = await self.r.incr(base + ":fence")
-            if await self.r.set(base + ":lock", str(token), nx=True, px=LOCK_LEASE_MS):
+            token = int(await self._lock_s(keys=[base + ":lock", base + ":fence"], args=[LOCK_LEASE_MS]))
+            if token:
                 return token
             if time.monotonic() > deadline:
                 raise Unavailable("could not take a conversation lock in time")
