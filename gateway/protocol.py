@@ -99,13 +99,6 @@ STATUSES = ("online", "away", "offline")
 
 def validate(env: Any, max_text: int) -> dict[str, Any]:
     """Return the envelope if it is well formed, else raise ProtocolError naming the field."""
-    if type(env) is dict and env.get("t") == "msg" and len(env) == 4:
-        # The shape nearly every frame has ({t, conv, id, text}), checked without the schema walk;
-        # anything else (rid, att, a bad field) takes the general path below and its messages.
-        conv, cid, text = env.get("conv"), env.get("id"), env.get("text")
-        if (type(conv) is str and 0 < len(conv) <= MAX_ID and type(cid) is str and 0 < len(cid) <= MAX_ID
-                and type(text) is str and 0 < len(text) <= max_text):
-            return env
     if not isinstance(env, dict):
         raise ProtocolError("bad_envelope", "an envelope must be a JSON object or a msgpack map")
     rid = env.get("rid")
