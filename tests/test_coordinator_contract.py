@@ -117,20 +117,23 @@ async def test_conversation_state_and_agent_index(coord):
 async def test_lock_serialises_holders_of_the_same_key(coord):
     order: list[str] = []
     release = asyncio.Event()
+    entered = asyncio.Event()
+    trying = asyncio.Event()
 
     async def holder(name: str) -> None:
+        if name == "second":
+            trying.set()  # it goes straight on into lock() and waits there before we resume
         async with coord.lock("t", "c1"):
             order.append(name + "+")
             if name == "first":
+                entered.set()
                 await release.wait()
             order.append(name + "-")
 
     t1 = asyncio.create_task(holder("first"))
-    while not order:
-        await asyncio.sleep(0)
+    await entered.wait()
     t2 = asyncio.create_task(holder("second"))
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await trying.wait()
     assert order == ["first+"]  # second is waiting on the lock
     release.set()
     await asyncio.gather(t1, t2)

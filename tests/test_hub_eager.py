@@ -1,4 +1,7 @@
-"""The hub's inline handler start and its trampoline (`_resume`): same results as a task would give."""
+"""The hub's inline handler start and its trampoline (`_resume`): same results as a task would give.
+
+Each test steps the coroutine once inline, as Hub.submit does, then lets a task finish it.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,27 @@ import pytest
 from gateway.hub import _resume
 
 
-async def start_inline(coro):
-    """What Hub.submit does: step the coroutine once inline; if it suspended, finish it in a task."""
+class _BareYield:
+    """What `asyncio.sleep(0)` does inside a coroutine: yield None to the task once."""
+
+    def __await__(self):
+        yield
+
+
+def start(coro):
+    """Step `coro` inline; returns ("inline", value) or ("task", task finishing it)."""
     try:
         fut = coro.send(None)
     except StopIteration as stop:
         return "inline", stop.value
-    return "task", await asyncio.get_running_loop().create_task(_resume(coro, fut))
+    return "task", asyncio.get_running_loop().create_task(_resume(coro, fut))
 
 
 async def test_a_coroutine_that_never_suspends_finishes_inline():
     async def quick():
         return 42
 
-    assert await start_inline(quick()) == ("inline", 42)
+    assert start(quick()) == ("inline", 42)
 
 
 async def test_suspended_coroutine_gets_results_of_each_await_in_order():
@@ -33,15 +43,14 @@ async def test_suspended_coroutine_gets_results_of_each_await_in_order():
     async def slow():
         for f in futs:
             seen.append(await f)
-        await asyncio.sleep(0)  # a bare yield is handled too
+        await _BareYield()  # a bare yield is handled too
         return sum(seen)
 
-    runner = asyncio.create_task(start_inline(slow()))
+    how, task = start(slow())
+    assert how == "task" and seen == []  # suspended on the first future
     for i, f in enumerate(futs):
-        while not runner.done() and len(seen) < i:
-            await asyncio.sleep(0)
         f.set_result(i + 1)
-    assert await runner == ("task", 6) and seen == [1, 2, 3]
+    assert await task == 6 and seen == [1, 2, 3]
 
 
 async def test_exception_from_an_awaited_future_reaches_the_coroutine():
@@ -53,44 +62,45 @@ async def test_exception_from_an_awaited_future_reaches_the_coroutine():
         except ValueError as e:
             return f"handled {e}"
 
-    runner = asyncio.create_task(start_inline(handler()))
-    await asyncio.sleep(0)
+    how, task = start(handler())
     fut.set_exception(ValueError("boom"))
-    assert await runner == ("task", "handled boom")
+    assert how == "task" and await task == "handled boom"
 
 
 async def test_cancelling_the_task_cancels_inside_the_coroutine():
-    fut = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    resumed = asyncio.Event()
     cleaned = asyncio.Event()
 
     async def handler():
         try:
-            await fut
+            await first
+            resumed.set()  # the task has taken over and is about to wait on `second`
+            await second
         finally:
             cleaned.set()
 
-    coro = handler()
-    first = coro.send(None)
-    task = asyncio.get_running_loop().create_task(_resume(coro, first))
-    await asyncio.sleep(0)
+    _, task = start(handler())
+    first.set_result(None)
+    await resumed.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cleaned.is_set() and fut.cancelled()
+    assert cleaned.is_set() and second.cancelled()
 
 
-async def test_lock_contention_is_handled(tmp_path):
+async def test_lock_contention_is_handled():
     lock = asyncio.Lock()
     order = []
 
     async def holder(name):
         async with lock:
             order.append(name)
-            await asyncio.sleep(0)
 
     await lock.acquire()
-    runner = asyncio.create_task(start_inline(holder("inline-started")))
-    await asyncio.sleep(0)
-    assert order == []
+    how, task = start(holder("inline-started"))
+    assert how == "task" and order == []  # suspended on the held lock
     lock.release()
-    assert (await runner)[0] == "task" and order == ["inline-started"]
+    await task
+    assert order == ["inline-started"]
