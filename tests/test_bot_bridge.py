@@ -20,6 +20,7 @@ import pytest
 from bot_bridge import BotBridge, BotContext, BotResult, BridgeConfig, ConfigError
 from bot_bridge.faq import FaqBackend
 from tests.bot_servers import State, coze_server, dify_server, openai_server, serve
+from tests.support import wait_for
 
 SHIPPING_EN = "Orders placed before 3 pm ship the same working day"
 
@@ -90,16 +91,6 @@ def bridge_with(fakes: dict[str, Scripted], clock: Clock | None = None, **bots: 
 
 def ctx(question: str = "Where is my parcel?", tenant: str = "acme", group: str = "default", conv: str = "c1") -> BotContext:
     return BotContext(tenant, conv, group, "v1", question, [], {})
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition with a deadline (for state that has no event to wait on)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)
 
 
 async def forever(ctx: BotContext) -> AsyncIterator[str | BotResult]:
@@ -457,7 +448,7 @@ async def test_concurrency_bound_queues_then_falls_back():
     first = asyncio.create_task(bridge.answer(ctx("one", conv="c1"), lambda _: None))
     await asyncio.wait_for(fake.started.wait(), 10)
     second = asyncio.create_task(bridge.answer(ctx("two", conv="c2"), lambda _: None))
-    await wait_until(lambda: bridge.stats()["backends"]["llm"]["queued"] == 1)
+    await wait_for(lambda: bridge.stats()["backends"]["llm"]["queued"] == 1)
     third = await bridge.answer(ctx("three", conv="c3"), lambda _: None)  # queue full: at once
     assert third.fallback and third.reason == "busy"
     second_result = await second  # waited its queue_wait_s, then the fallback
@@ -482,7 +473,7 @@ async def test_queued_request_gets_the_slot_when_it_frees():
     first = asyncio.create_task(bridge.answer(ctx("one", conv="c1"), lambda _: None))
     await asyncio.wait_for(fake.started.wait(), 10)
     second = asyncio.create_task(bridge.answer(ctx("two", conv="c2"), lambda _: None))
-    await wait_until(lambda: bridge.stats()["backends"]["llm"]["queued"] == 1)
+    await wait_for(lambda: bridge.stats()["backends"]["llm"]["queued"] == 1)
     gate.set()
     assert (await first).text == "answer to one"
     assert (await second).text == "answer to two"
