@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen.net import assert_loopback_url
+from gateway.server import banner_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / "peers" / "node"
@@ -197,10 +198,9 @@ def start(name: str, opts: dict[str, Any], cpus: set[int] | None, env_extra: dic
         lines.append(line)
         if m := re.search(r"^listening (\d+)", line):
             port = int(m.group(1))
-        if m := re.search(r"websocket\s+ws://[^:]+:(\d+)/", line):
-            port = int(m.group(1))
-        if m := re.search(r"http\s+http://[^:]+:(\d+)/", line):
-            http_port = int(m.group(1))
+        announced = banner_ports(line)
+        port = announced.get("websocket", port)
+        http_port = announced.get("http", http_port)
         if port and (spec.protocol != "gateway" or http_port):
             break
     if not port:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import signal
-import socket
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -145,7 +145,13 @@ async def serve(cfg: Config, ready: Any = None) -> None:
     await node.stop()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+_BANNER_PORT = re.compile(r"^\s+(websocket|http)\s+\w+://[^:/]+:(\d+)/")
+
+
+def banner_ports(line: str) -> dict[str, int]:
+    """The port a banner line announces, as {"websocket": N} or {"http": N}; {} for other lines.
+
+    For programs that start a node and need its ports (tests, bench) when it was given port 0.
+    """
+    m = _BANNER_PORT.match(line)
+    return {m.group(1): int(m.group(2))} if m else {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import orjson
 import websockets
 
 from gateway import auth
+from gateway.server import banner_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 10.0
@@ -90,17 +90,15 @@ def start_gateway(**settings: Any) -> Gateway:
         text=True,
     )
     lines: list[str] = []
-    ws_port = http_port = 0
+    ports: dict[str, int] = {}
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (ws_port and http_port):
+    while time.monotonic() < deadline and len(ports) < 2:
         line = proc.stdout.readline()
         if not line:
             break
         lines.append(line)
-        if m := re.search(r"websocket\s+ws://[^:]+:(\d+)/", line):
-            ws_port = int(m.group(1))
-        if m := re.search(r"http\s+http://[^:]+:(\d+)/", line):
-            http_port = int(m.group(1))
+        ports.update(banner_ports(line))
+    ws_port, http_port = ports.get("websocket", 0), ports.get("http", 0)
     if not (ws_port and http_port):
         proc.kill()
         raise RuntimeError("gateway did not start:\n" + "".join(lines) + (proc.stdout.read() or ""))
