@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 from aiohttp import WSMsgType, web
+
+from bench.peers import announce_and_wait, peer_parser
 
 CLIENTS: set[web.WebSocketResponse] = set()
 
@@ -44,19 +44,12 @@ async def main(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, args.host, args.port, backlog=4096)
     await site.start()
     port = runner.addresses[0][1]
-    print(f"listening {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_and_wait(port)
     await runner.cleanup()
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p = peer_parser(__doc__)
     p.add_argument("--heartbeat", type=float, default=0.0)
     return p.parse_args()
 

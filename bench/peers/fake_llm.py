@@ -19,13 +19,13 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import time
 
 import uvloop
 from aiohttp import web
 
 from bench.loadgen.net import assert_loopback_host
+from bench.peers import announce_and_wait, peer_parser
 
 WORDS = ("Your order ships within two business days and tracking follows by e-mail; returns are free "
          "for thirty days from delivery, just keep the receipt and the original packaging please").split()
@@ -90,19 +90,12 @@ async def main(args: argparse.Namespace) -> None:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
-    print(f"listening {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_and_wait(runner.addresses[0][1])
     await runner.cleanup()
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p = peer_parser(__doc__)
     p.add_argument("--tokens", type=int, default=20, help="content chunks per answer (one word each)")
     p.add_argument("--delay-ms", default="5-10", help="delay before each token, uniform in MIN-MAX milliseconds")
     return p.parse_args(argv)

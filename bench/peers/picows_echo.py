@@ -10,11 +10,11 @@ picows runs on aiofastnet's transports when that package is installed (as here),
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
+
+from bench.peers import announce_and_wait, peer_parser
 
 CLIENTS: set[EchoListener] = set()
 
@@ -55,19 +55,12 @@ async def main(args: argparse.Namespace) -> None:
         backlog=4096,
         use_aiofastnet=False if args.uvloop_transport else None,
     )
-    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_and_wait(server.sockets[0].getsockname()[1])
     server.close()
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p = peer_parser(__doc__)
     p.add_argument("--read-buffer", type=int, default=16 * 1024)
     p.add_argument("--heartbeat", type=float, default=0.0, help="ping idle connections every S seconds (0: off)")
     p.add_argument("--uvloop-transport", action="store_true",

@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
+
+from bench.peers import announce_and_wait, peer_parser
 
 CLIENTS: set[ServerConnection] = set()
 
@@ -35,18 +35,11 @@ async def main(args: argparse.Namespace) -> None:
     async with serve(handler, args.host, args.port, ping_interval=hb, ping_timeout=max(args.heartbeat, 10) if hb else None,
                      backlog=4096) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        print(f"listening {port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await announce_and_wait(port)
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p = peer_parser(__doc__)
     p.add_argument("--heartbeat", type=float, default=0.0)
     return p.parse_args()
 
