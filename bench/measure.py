@@ -119,6 +119,7 @@ class WindowResult:
     softirq_pct: float
     steal_pct: float
     server_rss_bytes: int
+    server_main_cpu_s: float = 0.0  # the server processes alone, without their children (the bot worker)
     server_cpu_each_s: list[float] = field(default_factory=list)  # per server process, when there are several
     others_cpu_s: dict[str, float] = field(default_factory=dict)  # the scenario's helpers, by name
 
@@ -145,7 +146,7 @@ class Window:
         self.server_cpus = server_cpus
         self.others = dict(others or {})
 
-    def _sample(self) -> tuple[float, list[float], float, float, dict[str, list[int]], dict[str, float]]:
+    def _sample(self) -> tuple[float, list[float], float, float, dict[str, list[int]], dict[str, float], float]:
         return (
             time.monotonic(),
             [cpu_seconds(p) for p in self.server_pids],
@@ -153,6 +154,7 @@ class Window:
             cpu_seconds(os.getpid(), tree=False),
             _proc_stat(),
             {k: cpu_seconds(p) for k, p in self.others.items()},
+            sum(cpu_seconds(p, tree=False) for p in self.server_pids),
         )
 
     def start(self) -> Window:
@@ -190,6 +192,7 @@ class Window:
             softirq_pct=(sirq_b - sirq_a) / ticks * 100,
             steal_pct=(steal_b - steal_a) / ticks * 100,
             server_rss_bytes=sum(rss_bytes(p) for p in self.server_pids),
+            server_main_cpu_s=b[6] - a[6],
             server_cpu_each_s=each if len(each) > 1 else [],
             others_cpu_s=others,
         )

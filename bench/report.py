@@ -260,25 +260,39 @@ def bot_table(results: dict[str, Any]) -> list[str]:
     rows = [f"Backend: {b.get('kind')}; {b.get('tokens_per_answer')} tokens per answer, {b.get('token_delay_ms')} ms apart; "
             f"`coalesce_ms` {b.get('coalesce_ms')}. Humans: {_fmt(r['setup'].get('pairs'))} conversations in a group "
             f"without a bot at {_fmt(r.get('human_rate'))} msg/s (open loop) throughout.", "",
-            "| bot load | human msg/s | human p50 / p99 / p99.9 ms | human p99 vs without | server CPU % | loadgen CPU % | "
-            "noise % (server CPU) |", "|---|---|---|---|---|---|---|"]
+            "| bot load | human msg/s | human p50 / p99 / p99.9 ms | human p99 vs without | server CPU %: node + bot worker | "
+            "loadgen CPU % | noise % (server CPU) |", "|---|---|---|---|---|---|---|"]
     steps = [("none", r.get("without"))] + [(f"{_fmt(s['bots']['conversations'])} bot conversations", s) for s in loaded] + [
         ("none, again", r.get("without_after"))]
     for label, s in steps:
         if s:
             rows.append(f"| {label} | {_fmt(s['msgs_per_s'])} | {_lat(s['latency'])} | "
                         f"{_fmt(s.get('human_p99_ratio'), 2) + 'x' if s.get('human_p99_ratio') else '-'} | "
-                        f"{_fmt(s['server_cpu_pct'])} | {_fmt(s['loadgen_cpu_pct'])} | {_noise(s)} |")
+                        f"{_fmt(s['server_cpu_pct'])}: {_split(s)} | {_fmt(s['loadgen_cpu_pct'])} | {_noise(s)} |")
     rows += ["", "| bot conversations | answers/s | answer p50 / p99 ms | first chunk p50 / p99 ms | bot_chunk frames per answer "
-             "| server CPU ms per answer | fallbacks, handoffs | stand-in LLM CPU % |", "|---|---|---|---|---|---|---|---|"]
+             "| server CPU ms per answer (node + worker) | fallbacks, handoffs | stand-in LLM CPU % |", "|---|---|---|---|---|---|---|---|"]
     for s in loaded:
         bots = s["bots"]
         fb = ", ".join(f"{k} {v}" for k, v in {**bots.get("fallbacks", {}), **bots.get("handoffs", {})}.items()) or "none"
         rows.append(f"| {_fmt(bots.get('conversations'))} | {_fmt(bots.get('answers_per_s'))} | "
                     f"{_lat(bots.get('answer_latency'), ('p50_ms', 'p99_ms'))} | {_lat(bots.get('first_chunk_latency'), ('p50_ms', 'p99_ms'))} | "
                     f"{_fmt(bots.get('chunks_per_answer'), 2)} (of {b.get('tokens_per_answer')} tokens) | "
-                    f"{_fmt(s.get('server_cpu_ms_per_bot_answer'), 2)} | {fb} | {_fmt(s.get('fake_llm_cpu_pct'))} |")
+                    f"{_fmt(s.get('server_cpu_ms_per_bot_answer'), 2)} ({_fmt(s.get('node_cpu_ms_per_bot_answer'), 2)} + "
+                    f"{_fmt(_minus(s.get('server_cpu_ms_per_bot_answer'), s.get('node_cpu_ms_per_bot_answer')), 2)}) | "
+                    f"{fb} | {_fmt(s.get('fake_llm_cpu_pct'))} |")
     return rows
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def _split(step: dict[str, Any]) -> str:
+    """Server CPU % as node + bot worker (the node's child process)."""
+    node = step.get("node_cpu_pct")
+    if node is None:
+        return "-"
+    return f"{_fmt(node)} + {_fmt(max(0.0, step['server_cpu_pct'] - node))}"
 
 
 def cluster_table(results: dict[str, Any]) -> list[str]:

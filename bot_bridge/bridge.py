@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BotBackend, BotContext, BotResult, is_cjk, maybe_await
+from .base import BotBackend, BotContext, BotResult, maybe_await
 from .cache import AnswerCache, cache_key
-from .config import BridgeConfig, ConfigError, Localised, TenantRule
+from .config import BridgeConfig, ConfigError
 from .intent import HandoffDetector
 from .limits import Busy, CircuitBreaker, Clock, ConcurrencyLimiter, TenantBuckets
 from .registry import create_backend
@@ -92,24 +92,13 @@ class BotBridge:
 
     # ---- routing -----------------------------------------------------------------
 
-    def _rule(self, tenant: str) -> TenantRule | None:
-        return self.config.tenants.get(tenant)
-
     def backend_for(self, tenant: str, group: str) -> str:
         """The backend name configured for (tenant, group); "" when that pair has no bot."""
-        if not self.config.enabled:
-            return ""
-        rule = self._rule(tenant)
-        if rule is not None:
-            if group in rule.groups:
-                return rule.groups[group]
-            if rule.backend is not None:
-                return rule.backend
-        return self.config.default
+        return self.config.backend_for(tenant, group)
 
     def has_bot(self, tenant: str, group: str) -> bool:
         """Does a bot answer conversations of this tenant and group first?"""
-        return bool(self.backend_for(tenant, group))
+        return bool(self.config.backend_for(tenant, group))
 
     def backend(self, name: str) -> BotBackend:
         return self._backends[name]
@@ -121,30 +110,10 @@ class BotBridge:
             name = self.config.backends[name].secondary
         return chain
 
-    # ---- messages -----------------------------------------------------------------
-
-    @staticmethod
-    def _pick(msg: Localised, zh: bool) -> str:
-        if isinstance(msg, str):
-            return msg
-        lang = "zh" if zh else "en"
-        return msg.get(lang) or msg.get("en") or next(iter(msg.values()))
+    # ---- answering -----------------------------------------------------------------
 
     def _handoff_text(self, ctx: BotContext) -> str:
-        rule = self._rule(ctx.tenant)
-        msg = rule.handoff_message if rule and rule.handoff_message is not None else self.config.handoff_message
-        return self._pick(msg, is_cjk(ctx.question))
-
-    def _holding_text(self, ctx: BotContext) -> str:
-        rule = self._rule(ctx.tenant)
-        msg = rule.holding_message if rule and rule.holding_message is not None else self.config.holding_message
-        return self._pick(msg, is_cjk(ctx.question))
-
-    def _threshold(self, tenant: str) -> float:
-        rule = self._rule(tenant)
-        if rule is not None and rule.confidence_threshold is not None:
-            return rule.confidence_threshold
-        return self.config.confidence_threshold
+        return self.config.handoff_text(ctx.tenant, ctx.question)
 
     def _fallback(self, ctx: BotContext, reason: str) -> BotResult:
         """The FAQ answer when it has one above ``fallback_faq_threshold``, else the holding message."""
@@ -161,11 +130,7 @@ class BotBridge:
                 self._counters["fallback.faq_answer"] += 1
                 return BotResult(hit.answer, hit.confidence, reason=reason, backend=self._faq_name, fallback=True)
         self._counters["fallback.holding_message"] += 1
-        return BotResult(
-            self._holding_text(ctx), None, handoff=self.config.handoff_on_fallback, reason=reason, backend="bridge", fallback=True
-        )
-
-    # ---- answering -----------------------------------------------------------------
+        return self.config.holding_result(ctx, reason)
 
     async def answer(self, ctx: BotContext, on_chunk: OnChunk) -> BotResult:
         """Answer the visitor's question; see docs/bots.md for the exact steps.
@@ -268,7 +233,7 @@ class BotBridge:
                 reason=final.reason or "backend_handoff",
                 backend=name,
             )
-        threshold = self._threshold(ctx.tenant)
+        threshold = self.config.threshold(ctx.tenant)
         if confidence is not None and confidence < threshold:
             self._counters["handoff.low_confidence"] += 1
             return BotResult(self._handoff_text(ctx), confidence, handoff=True, reason="low_confidence", backend=name, draft=text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .base import BotContext, BotResult, is_cjk
+
 DEFAULT_HOLDING = {
     "en": "Thanks for your message! One moment please, we'll get back to you shortly.",
     "zh": "感谢您的留言！请稍候，我们马上为您处理。",
@@ -148,6 +150,41 @@ class BridgeConfig:
         cfg.validate()
         return cfg
 
+    # ---- lookups the hub needs without a running bridge (the bridge runs in a worker process) ----
+
+    def backend_for(self, tenant: str, group: str) -> str:
+        """The backend name configured for (tenant, group); "" when that pair has no bot."""
+        if not self.enabled:
+            return ""
+        rule = self.tenants.get(tenant)
+        if rule is not None:
+            if group in rule.groups:
+                return rule.groups[group]
+            if rule.backend is not None:
+                return rule.backend
+        return self.default
+
+    def handoff_text(self, tenant: str, question: str) -> str:
+        rule = self.tenants.get(tenant)
+        msg = rule.handoff_message if rule and rule.handoff_message is not None else self.handoff_message
+        return pick_language(msg, question)
+
+    def holding_text(self, tenant: str, question: str) -> str:
+        rule = self.tenants.get(tenant)
+        msg = rule.holding_message if rule and rule.holding_message is not None else self.holding_message
+        return pick_language(msg, question)
+
+    def holding_result(self, ctx: BotContext, reason: str) -> BotResult:
+        """The last-resort answer: the holding message, asking for a human when so configured."""
+        return BotResult(self.holding_text(ctx.tenant, ctx.question), None, handoff=self.handoff_on_fallback,
+                         reason=reason, backend="bridge", fallback=True)
+
+    def threshold(self, tenant: str) -> float:
+        rule = self.tenants.get(tenant)
+        if rule is not None and rule.confidence_threshold is not None:
+            return rule.confidence_threshold
+        return self.confidence_threshold
+
     def validate(self) -> None:
         """Every name used must be a configured backend; secondary chains must not loop."""
         names = set(self.backends)
@@ -170,6 +207,14 @@ class BridgeConfig:
             raise ConfigError("bots.coalesce_chars must be >= 1 and bots.coalesce_ms >= 0")
         if self.first_chunk_timeout_s <= 0 or self.total_timeout_s <= 0:
             raise ConfigError("bots: timeouts must be > 0")
+
+
+def pick_language(msg: Localised, question: str) -> str:
+    """The Chinese text of a localised message for a mostly-CJK question, else the English one."""
+    if isinstance(msg, str):
+        return msg
+    lang = "zh" if is_cjk(question) else "en"
+    return msg.get(lang) or msg.get("en") or next(iter(msg.values()))
 
 
 def _typed(value: Any, typ: type, where: str) -> Any:

@@ -101,7 +101,7 @@ async def admin_bots(request: web.Request) -> web.Response:
     bots = _node(request).hub.bots
     if bots is None:
         return web.json_response({"enabled": False})
-    return web.json_response({"enabled": True, "breakers": bots.breaker_states(), "stats": bots.stats()})
+    return web.json_response({"enabled": True, **await bots.snapshot()})
 
 
 async def admin_conversation(request: web.Request) -> web.Response:

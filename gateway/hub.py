@@ -69,9 +69,9 @@ class Hub:
         self.bots: Any = None
         self.bot_turns: BotTurns | None = None
         if cfg.bots_enabled and cfg.bots.get("enabled", True):
-            from bot_bridge import BotBridge  # loads the FAQ index: only when bots are on
+            from bot_bridge.worker import WorkerBridge  # the bridge itself runs in a worker process
 
-            self.bots = BotBridge.from_mapping(cfg.bots)
+            self.bots = WorkerBridge.from_mapping(cfg.bots)
             self.bot_turns = BotTurns(self, self.bots)
         coord.on_delivery(self.delivery.from_remote)
         coord.on_node_lost(self._node_lost)
@@ -79,7 +79,9 @@ class Hub:
 
     # lifecycle
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        if self.bots is not None:
+            await self.bots.start()
         self._ticker = self.loop.call_later(TICK_S, self._tick)
 
     async def stop(self) -> None:

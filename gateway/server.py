@@ -69,7 +69,7 @@ class Node:
 
         await self.coord.start()
         self.hub = Hub(self.cfg, self.coord)
-        self.hub.start()
+        await self.hub.start()
         self.ws_server = await ws_create_server(
             self.listener_factory,
             self.cfg.host,

@@ -206,6 +206,7 @@ def _measure(ctx: Context, llm: servers.Aux, cfg_name: str) -> dict[str, Any]:
 
     refs = (without, after)
     base_cpu = (without["server_cpu_s"] / without["wall_s"] + after["server_cpu_s"] / after["wall_s"]) / 2
+    base_node = (without["node_cpu_s"] / without["wall_s"] + after["node_cpu_s"] / after["wall_s"]) / 2
     for step in loaded:
         b = step["bots"]
         step["human_p99_ratio"] = _ratio_of(step, refs, "p99_ms")
@@ -213,7 +214,10 @@ def _measure(ctx: Context, llm: servers.Aux, cfg_name: str) -> dict[str, Any]:
         step["human_p99_9_ratio"] = _ratio_of(step, refs, "p99_9_ms")
         # extra server CPU over the steps without bots (per second of window), per bot answer
         extra = step["server_cpu_s"] - base_cpu * step["wall_s"]
-        step["server_cpu_ms_per_bot_answer"] = round(extra * 1000 / b["answers_in_window"], 3) if b["answers_in_window"] else None
+        extra_node = step["node_cpu_s"] - base_node * step["wall_s"]
+        n = b["answers_in_window"]
+        step["server_cpu_ms_per_bot_answer"] = round(extra * 1000 / n, 3) if n else None
+        step["node_cpu_ms_per_bot_answer"] = round(extra_node * 1000 / n, 3) if n else None
         step["bot_answers_per_server_cpu_s"] = per_cpu(b["answers_in_window"], step["server_cpu_s"])
     top = loaded[-1] if loaded else None
     base_p99 = [s["latency"]["p99_ms"] for s in refs if s["latency"].get("p99_ms")]

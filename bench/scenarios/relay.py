@@ -122,6 +122,9 @@ def step_result(ctx: Context, mode: str, rate: float, replies: list[dict[str, An
         "wall_s": round(win.wall_s, 3),
         "msgs_per_s": round(delivered / win.wall_s, 1) if win.wall_s else None,
         "server_cpu_s": round(win.server_cpu_s, 3),
+        # the server process alone: in the bot scenario the rest is the bot worker, its child
+        "node_cpu_s": round(win.server_main_cpu_s, 3),
+        "node_cpu_pct": round(win.server_main_cpu_s / win.wall_s * 100, 1) if win.wall_s else None,
         "msgs_per_cpu_s": per_cpu(delivered, win.server_cpu_s),
         "latency": latency(replies, *keys),
         **noise_fields(win),

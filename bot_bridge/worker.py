@@ -1,0 +1,376 @@
+"""The bot bridge in a worker process, so bot traffic can't take the relay's core.
+
+The hub talks to :class:`WorkerBridge`, which has the bridge's surface
+(``has_bot``, ``backend_for``, ``answer``) and runs a :class:`BotBridge` in a
+child process (``python -m bot_bridge.worker FD``) at a lower CPU priority.
+Backend HTTP, SSE parsing, JSON, FAQ scoring and the coalescing timers all run
+there; the node sees one message per coalesced chunk and one per answer.
+The steps and the failure rules are in docs/bots.md ("The worker process").
+
+The wire is a Unix socket pair carrying msgpack arrays, each
+``[kind, id, payload]``:
+
+    node -> worker: ["init", 0, bots_table]  ["ask", cid, ctx]  ["cancel", cid, None]  ["stats", rid, None]
+    worker -> node: ["ready", pid, None]  ["fatal", 0, message]
+                    ["chunk", cid, text]  ["done", cid, result]  ["fail", cid, message]  ["stats", rid, snapshot]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .base import BotContext, BotResult, Turn, maybe_await
+from .config import BridgeConfig
+
+log = logging.getLogger("chatgw.bots.worker")
+
+START_TIMEOUT_S = 120.0  # the FAQ index is built at start; a big FAQ file takes a while
+RESTART_BACKOFF_S = (0.2, 30.0)
+STATS_TIMEOUT_S = 2.0
+WATCHDOG_GRACE_S = 2.0  # past the bridge's own total deadline, the node stops waiting for a starved worker
+
+Handler = Callable[[str, int, Any], None]
+
+
+class Channel(asyncio.Protocol):
+    """One end of the socket pair: msgpack arrays in both directions."""
+
+    def __init__(self, on_message: Handler, on_lost: Callable[[BaseException | None], None]) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._unpacker.feed(data)
+        for kind, ident, payload in self._unpacker:
+            self._on_message(kind, ident, payload)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self._on_lost(exc)
+
+    def send(self, kind: str, ident: int, payload: Any = None) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(msgpack.packb([kind, ident, payload], use_bin_type=True, default=str))
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def lower_priority() -> None:
+    """Let the relay outrank bot work on a shared core (docs/bots.md, "The worker process").
+
+    SCHED_IDLE: the worker runs only on CPU time no normal task wants, so a chat
+    message never waits behind bot parsing. Under a saturated node the worker can
+    starve; the node's watchdog then answers with the holding message.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: the nicest ordinary priority
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+
+
+def ctx_to_wire(ctx: BotContext) -> dict[str, Any]:
+    # by hand: dataclasses.asdict deep-copies every history turn, on the node's loop
+    return {"tenant": ctx.tenant, "conv_id": ctx.conv_id, "group": ctx.group, "visitor": ctx.visitor,
+            "question": ctx.question, "history": [[t.role, t.text] for t in ctx.history], "meta": ctx.meta,
+            "seq": ctx.seq}
+
+
+def ctx_from_wire(wire: dict[str, Any]) -> BotContext:
+    wire = dict(wire)
+    wire["history"] = [Turn(role, text) for role, text in wire.get("history", ())]
+    return BotContext(**wire)
+
+
+# ---- the node's side ----------------------------------------------------------------------
+
+
+class WorkerBridge:
+    """The node's handle on the bridge process: same answers, none of its CPU on the relay's loop."""
+
+    def __init__(self, config: BridgeConfig, table: dict[str, Any]) -> None:
+        self.config = config
+        self._table = table
+        self._chan: Channel | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._calls: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
+        self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._backoff = RESTART_BACKOFF_S[0]
+        self._restarter: asyncio.Task[None] | None = None
+        self._closed = False
+        self._up = False
+        self.pid: int | None = None
+        self.restarts = 0
+        self.lost_calls = 0
+        specs = config.backends.values()
+        longest = max([config.total_timeout_s] + [s.total_timeout_s or 0.0 for s in specs])
+        queued = max([config.queue_wait_s] + [s.queue_wait_s or 0.0 for s in specs])
+        self._watchdog_s = longest + queued + config.cancel_timeout_s + WATCHDOG_GRACE_S
+
+    @classmethod
+    def from_mapping(cls, table: dict[str, Any] | None) -> WorkerBridge:
+        """Validate the ``[bots]`` table here, so a bad one stops the node before any process starts."""
+        return cls(BridgeConfig.from_mapping(table), dict(table or {}))
+
+    def backend_for(self, tenant: str, group: str) -> str:
+        return self.config.backend_for(tenant, group)
+
+    def has_bot(self, tenant: str, group: str) -> bool:
+        return bool(self.config.backend_for(tenant, group))
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    async def start(self) -> None:
+        """Start the worker and wait until its bridge is built; raises if it can't be (bad backend, FAQ file)."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot_bridge.worker", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._ready = loop.create_future()
+        _, chan = await loop.create_unix_connection(lambda: Channel(self._on_message, self._on_lost), sock=ours)
+        self._chan = chan
+        chan.send("init", 0, self._table)
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await asyncio.shield(self._ready)
+        except BaseException:
+            chan.close()
+            await self._reap()
+            raise
+        self.pid = self._proc.pid
+        self._up = True
+        self._backoff = RESTART_BACKOFF_S[0]
+        log.info("bot worker running, pid %d", self.pid)
+
+    def _on_message(self, kind: str, ident: int, payload: Any) -> None:
+        if kind in ("chunk", "done", "fail"):
+            q = self._calls.get(ident)
+            if q is not None:  # else: a call the node already gave up (cancelled)
+                q.put_nowait((kind, payload))
+        elif kind == "stats":
+            fut = self._stats.pop(ident, None)
+            if fut is not None and not fut.done():
+                fut.set_result(payload)
+        elif kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+        elif kind == "fatal":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(RuntimeError(f"bot worker failed to start: {payload}"))
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        self._chan = None
+        was_up, self._up = self._up, False
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(RuntimeError("bot worker exited during start-up (see its log above)"))
+        for q in self._calls.values():
+            q.put_nowait(("fail", "bot worker lost"))
+        for fut in self._stats.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("bot worker lost"))
+        self._stats.clear()
+        if was_up and not self._closed and self._restarter is None:
+            log.error("bot worker (pid %s) is gone; open bot calls get the fallback; restarting", self.pid)
+            self._restarter = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _reap(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.cancel_timeout_s + 2):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+
+    async def _restart(self) -> None:
+        try:
+            await self._reap()
+            while not self._closed:
+                await asyncio.sleep(self._backoff)  # not synchronisation: a crash loop must not spin
+                self._backoff = min(self._backoff * 2, RESTART_BACKOFF_S[1])
+                try:
+                    await self.start()
+                except Exception as exc:
+                    log.error("bot worker restart failed: %s", exc)
+                    continue
+                self.restarts += 1
+                return
+        finally:
+            self._restarter = None
+
+    async def answer(self, ctx: BotContext, on_chunk: Callable[[str], Any]) -> BotResult:
+        """As :meth:`BotBridge.answer`; while the worker is down (or dies mid-call) the holding message."""
+        chan = self._chan
+        if chan is None or not self._up:
+            self.lost_calls += 1
+            return self.config.holding_result(ctx, "bot_worker_down")
+        self._next += 1
+        cid = self._next
+        q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._calls[cid] = q
+        finished = False
+        try:
+            chan.send("ask", cid, ctx_to_wire(ctx))
+            deadline = asyncio.get_running_loop().time() + self._watchdog_s
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        kind, payload = await q.get()
+                except TimeoutError:
+                    self.lost_calls += 1
+                    log.warning("bot worker gave no answer for %s/%s in %.0f s", ctx.tenant, ctx.conv_id, self._watchdog_s)
+                    return self.config.holding_result(ctx, "bot_worker_stalled")
+                if kind == "chunk":
+                    await maybe_await(on_chunk(payload))
+                    continue
+                finished = True
+                if kind == "done":
+                    return BotResult(**payload)
+                self.lost_calls += 1
+                log.warning("bot call for %s/%s failed in the worker: %s", ctx.tenant, ctx.conv_id, payload)
+                return self.config.holding_result(ctx, "bot_worker_error")
+        finally:
+            del self._calls[cid]
+            if not finished and self._chan is chan:
+                chan.send("cancel", cid)  # the caller was cancelled or on_chunk raised
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Breaker states and counters from the worker, plus the worker's own state."""
+        own = {"pid": self.pid, "up": self.up, "restarts": self.restarts, "lost_calls": self.lost_calls,
+               "in_flight": len(self._calls)}
+        chan = self._chan
+        if chan is None or not self._up:
+            return {"worker": own, "breakers": {}, "stats": {}}
+        self._next += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stats[self._next] = fut
+        chan.send("stats", self._next)
+        try:
+            async with asyncio.timeout(STATS_TIMEOUT_S):
+                got = await fut
+        except (TimeoutError, ConnectionError):
+            self._stats.pop(self._next, None)
+            return {"worker": own, "breakers": {}, "stats": {}}
+        return {"worker": own, **got}
+
+    async def close(self) -> None:
+        """Stop the worker: it cancels its calls (telling backends), closes its clients and exits."""
+        self._closed = True
+        if self._restarter is not None:
+            self._restarter.cancel()
+        if self._chan is not None:
+            self._chan.close()
+        await self._reap()
+
+
+# ---- the worker's side --------------------------------------------------------------------
+
+
+class _Serve:
+    def __init__(self) -> None:
+        self.bridge: Any = None
+        self.chan: Channel | None = None
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.gone = asyncio.get_running_loop().create_future()
+
+    def on_message(self, kind: str, ident: int, payload: Any) -> None:
+        if kind == "ask":
+            self.tasks[ident] = asyncio.get_running_loop().create_task(self._answer(ident, payload))
+        elif kind == "cancel":
+            task = self.tasks.pop(ident, None)
+            if task is not None:
+                task.cancel()
+        elif kind == "stats":
+            self.chan.send("stats", ident, {"breakers": self.bridge.breaker_states(), "stats": self.bridge.stats()})
+        elif kind == "init":
+            from .bridge import BotBridge
+
+            try:
+                self.bridge = BotBridge.from_mapping(payload)
+            except Exception as exc:
+                log.exception("bot bridge failed to start")
+                self.chan.send("fatal", 0, f"{type(exc).__name__}: {exc}")
+                self.chan.close()
+                return
+            self.chan.send("ready", os.getpid())
+
+    async def _answer(self, cid: int, wire: dict[str, Any]) -> None:
+        chan = self.chan
+        try:
+            result = await self.bridge.answer(ctx_from_wire(wire), lambda text: chan.send("chunk", cid, text))
+            chan.send("done", cid, dataclasses.asdict(result))
+        except asyncio.CancelledError:
+            pass  # the node asked: it no longer waits for this call
+        except Exception as exc:
+            log.exception("bot call %d failed", cid)
+            chan.send("fail", cid, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.tasks.pop(cid, None)
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    async def run(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        def channel() -> Channel:  # set before any message can arrive
+            self.chan = Channel(self.on_message, self.on_lost)
+            return self.chan
+
+        await asyncio.get_running_loop().create_unix_connection(channel, sock=sock)
+        await self.gone  # the node closed its end or died
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.bridge is not None:
+            await self.bridge.close()
+
+
+async def _main(fd: int) -> None:
+    await _Serve().run(fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        sys.exit("usage: python -m bot_bridge.worker FD  (started by the gateway, not by hand)")
+    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s bot-worker %(name)s: %(message)s")
+    lower_priority()
+    import uvloop
+
+    uvloop.run(_main(int(args[0])))
+
+
+if __name__ == "__main__":
+    main()
