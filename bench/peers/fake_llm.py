@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import time
 
@@ -98,8 +99,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = peer_parser(__doc__)
     p.add_argument("--tokens", type=int, default=20, help="content chunks per answer (one word each)")
     p.add_argument("--delay-ms", default="5-10", help="delay before each token, uniform in MIN-MAX milliseconds")
+    p.add_argument("--idle", action="store_true",
+                   help="run at SCHED_IDLE: on a CPU shared with the load generator, never delay its timestamps")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    uvloop.run(main(parse()))
+    args = parse()
+    if args.idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    uvloop.run(main(args))

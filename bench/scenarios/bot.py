@@ -123,7 +123,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.need(p["step_s"] * 3 + 25, "bot scenario")
     delay = p["token_delay_ms"]
     llm = servers.start_aux("fake_llm", [sys.executable, "-m", "bench.peers.fake_llm", "--host", servers.HOST, "--port", "0",
-                                         "--tokens", str(p["tokens"]), "--delay-ms", delay], lg_cpus, r"^listening (\d+)")
+                                         "--tokens", str(p["tokens"]), "--delay-ms", delay, "--idle"], lg_cpus, r"^listening (\d+)")
     srv = None
     try:
         assert ctx.out is not None
