@@ -23,6 +23,14 @@ cdef object _monotonic = time.monotonic
 cdef frozenset _VALID_CLOSE = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014])
 
 
+cdef bint _utf8(bytes payload):
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 cdef class Limits:
     """Per-node limits shared by every connection (one object, not one per connection)."""
     cdef public Py_ssize_t max_frame
@@ -164,28 +172,32 @@ cdef class Connection(WSListener):
         if len(payload) > self.limits.max_frame:
             self.fail(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
             return
-        if msg_type == WSMsgType.TEXT:
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
+        if self.echo:
+            if msg_type == WSMsgType.TEXT and not _utf8(payload):
                 self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
                 return
-            if self.echo:
-                self.transport.send(WSMsgType.TEXT, payload)
-                return
-        elif self.echo:
-            self.transport.send(WSMsgType.BINARY, payload)
+            self.transport.send(msg_type, payload)
             return
+        env = None
+        bad = None
+        try:
+            if msg_type == WSMsgType.TEXT:
+                env = decode_text(payload)  # orjson refuses invalid UTF-8 too: one pass over the bytes
+            else:
+                env = decode_binary(payload)
+        except ProtocolError as e:
+            if msg_type == WSMsgType.TEXT and not _utf8(payload):
+                self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+                return
+            bad = e
         if not self._format_known:
             self._format_known = True
             self.binary = msg_type == WSMsgType.BINARY
         if not self._take_token():
             return
         try:
-            if msg_type == WSMsgType.TEXT:
-                env = decode_text(payload)
-            else:
-                env = decode_binary(payload)
+            if bad is not None:
+                raise bad
             validate(env, self.limits.max_text)
         except ProtocolError as e:
             self.send_env(e.envelope())

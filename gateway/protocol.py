@@ -153,9 +153,9 @@ class Outgoing:
 
     __slots__ = ("env", "_json", "_msgpack")
 
-    def __init__(self, env: dict[str, Any]):
+    def __init__(self, env: dict[str, Any], json: bytes | None = None):
         self.env = env
-        self._json: bytes | None = None
+        self._json: bytes | None = json  # when the caller already has `env` encoded (the embedded log)
         self._msgpack: bytes | None = None
 
     def json(self) -> bytes:

@@ -160,6 +160,20 @@ async def test_exactly_once_on_retry_and_after_reconnect(gateway):
     assert [e["id"] for e in a.seen if e.get("t") == "msg"].count("client-1") == 1
 
 
+async def test_closed_conversation_still_acks_a_retry_but_takes_nothing_new(gateway):
+    tenant = uid("t")
+    v, c = await open_conv(gateway, tenant, uid("v"))
+    cid = c["conv"]
+    first = await v.msg(cid, "before closing", cid="client-1")
+    await v.send({"t": "close", "conv": cid})
+    await v.next("event", lambda e: e["ev"] == "closed")
+    again = await v.msg(cid, "before closing", cid="client-1")  # the ack was lost; the client retries
+    assert again["seq"] == first["seq"] and again["dup"] is True
+    await v.send({"t": "msg", "conv": cid, "id": "client-2", "text": "after closing", "rid": 7})
+    err = await v.next("error", lambda e: e.get("rid") == 7)
+    assert err["code"] == "conflict"
+
+
 async def test_resume_after_reconnect_gets_missed_then_live(gateway):
     tenant = uid("t")
     a = await agent_online(gateway, tenant)

@@ -37,7 +37,9 @@ class _Log:
 
 
 class EmbeddedCoordinator(Coordinator):
-    eager_safe = True  # no asyncio.timeout inside: the hub may start handlers inline
+    # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
+    # synchronous peek_now / append_now / seq_of_now (docs/hub.md, steps 4-6a).
+    eager_safe = True
     def __init__(self, node_id: str = "embedded", *, history_keep: int = 10_000, lock_segments: int = 1024):
         self.node_id = node_id
         self._keep = history_keep
@@ -76,6 +78,10 @@ class EmbeddedCoordinator(Coordinator):
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
         return self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
 
+    def peek_now(self, tenant: str, conv_id: str) -> Conversation | None:
+        """`peek_conversation` without a coroutine, for the hub's inline path."""
+        return self._convs.get((tenant, conv_id))
+
     async def save_conversation(self, conv: Conversation) -> None:
         key = (conv.tenant, conv.id)
         old = self._convs.get(key)
@@ -104,16 +110,27 @@ class EmbeddedCoordinator(Coordinator):
 
     # the log
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+        seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
+        return seq, dup
+
+    def seq_of_now(self, tenant: str, conv_id: str, client_id: str) -> int | None:
+        """The seq the log gave `client_id`, while its entry is kept."""
+        log = self._logs.get((tenant, conv_id))
+        return None if log is None else log.ids.get(client_id)
+
+    def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
+        """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
         log = self._logs.get((tenant, conv_id))
         if log is None:
             raise KeyError(conv_id)
         if client_id is not None:
             seq = log.ids.get(client_id)
             if seq is not None:
-                return seq, True
+                return seq, True, b""
         seq = log.first + len(log.entries)
         entry["seq"] = seq
-        log.entries.append(_pack(entry))
+        packed = _pack(entry)
+        log.entries.append(packed)
         if client_id is not None:
             log.ids[client_id] = seq
         if len(log.entries) > self._keep:
@@ -122,7 +139,7 @@ class EmbeddedCoordinator(Coordinator):
                 log.first += 1
             while log.ids and next(iter(log.ids.values())) < log.first:
                 log.ids.popitem(last=False)
-        return seq, False
+        return seq, False, packed
 
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         log = self._logs.get((tenant, conv_id))
