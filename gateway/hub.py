@@ -106,9 +106,9 @@ class Hub:
         if conn.echo:
             return
         key = (conn.tenant, conn.user)
-        peers = self.users.setdefault(key, set())
+        peers = self.users.get(key, ())
         first = not peers
-        peers.add(conn)
+        self.users[key] = (*peers, conn)
         self._wheel.schedule(conn.cid * 2, self._mono_ms() + int(self.cfg.heartbeat_s * 1000))
         self._spawn(self._welcome(conn, first))
 
@@ -121,9 +121,11 @@ class Hub:
         self._wheel.cancel(conn.cid * 2)
         key = (conn.tenant, conn.user)
         peers = self.users.get(key)
-        if peers is not None:
-            peers.discard(conn)
-            if not peers:
+        if peers is not None and conn in peers:
+            rest = tuple(c for c in peers if c is not conn)
+            if rest:
+                self.users[key] = rest
+            else:
                 del self.users[key]
                 self._spawn(self._last_gone(conn))
 
@@ -194,7 +196,7 @@ class Hub:
     async def _rejoin(self) -> None:
         """We were cut off from shared state and may have been reaped: register whom we hold again."""
         for (tenant, user), peers in list(self.users.items()):
-            role = next(iter(peers)).role if peers else ""
+            role = peers[0].role
             await self.coord.set_present(tenant, user, True, role)
             if role == "agent":
                 agent = await self.coord.get_agent(tenant, user)

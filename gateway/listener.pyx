@@ -10,8 +10,10 @@ Outgoing envelopes collect in `outbox` and leave as one frame per loop
 iteration (a batch when there are several).
 """
 
-from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode, MemoryBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport fmin
+from libc.string cimport memcpy
 
 import time
 
@@ -21,6 +23,28 @@ cdef object _monotonic = time.monotonic
 
 # Close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); others are a protocol error.
 cdef frozenset _VALID_CLOSE = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014])
+
+
+# picows writes a frame header (at most 14 bytes) in front of a payload given this much room.
+cdef enum:
+    HEADROOM = 14
+    # What picows' own sends (pings, pongs, close frames) need; it grows the buffer itself if not.
+    CONTROL_BUFFER = 128
+
+
+cdef _send(WSTransport transport, WSMsgType msg_type, bytes payload):
+    """Send one frame without picows' per-connection write buffer.
+
+    picows copies every payload of up to 8 KiB into a buffer it keeps per connection
+    (1 KiB to start, never shrunk): memory every idle connection pays. Here the copy goes
+    into a fresh bytes object with room for the header, which picows writes in place
+    (`send_reuse_external_buffer`) before it tries the socket directly, as its own send does.
+    """
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, HEADROOM + n)
+    cdef char* base = PyBytes_AS_STRING(frame)
+    memcpy(base + HEADROOM, PyBytes_AS_STRING(payload), n)
+    transport.send_reuse_external_buffer(msg_type, base + HEADROOM, n)
 
 
 cdef bint _utf8(bytes payload):
@@ -96,6 +120,8 @@ cdef class Connection(WSListener):
         # for the connection's lifetime; the identity is all we need from them.
         transport.request = None
         transport.response = None
+        # Data frames go through _send; this buffer is left to picows' control frames.
+        transport._write_buffer = MemoryBuffer(CONTROL_BUFFER)
         self.hub.connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
@@ -176,7 +202,7 @@ cdef class Connection(WSListener):
             if msg_type == WSMsgType.TEXT and not _utf8(payload):
                 self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
                 return
-            self.transport.send(msg_type, payload)
+            _send(self.transport, msg_type, payload)
             return
         env = None
         bad = None
@@ -280,14 +306,14 @@ cdef class Connection(WSListener):
         n = len(out)
         if self.binary:
             if n == 1:
-                self.transport.send(WSMsgType.BINARY, out[0].msgpack())
+                _send(self.transport, WSMsgType.BINARY, out[0].msgpack())
             else:
-                self.transport.send(WSMsgType.BINARY, msgpack_array_header(n) + b"".join([o.msgpack() for o in out]))
+                _send(self.transport, WSMsgType.BINARY, msgpack_array_header(n) + b"".join([o.msgpack() for o in out]))
         else:
             if n == 1:
-                self.transport.send(WSMsgType.TEXT, out[0].json())
+                _send(self.transport, WSMsgType.TEXT, out[0].json())
             else:
-                self.transport.send(WSMsgType.TEXT, b"[" + b",".join([o.json() for o in out]) + b"]")
+                _send(self.transport, WSMsgType.TEXT, b"[" + b",".join([o.json() for o in out]) + b"]")
         if self.transport.underlying_transport.get_write_buffer_size() > self.limits.max_write_buffer:
             # The client stopped reading. Nothing is lost: every entry is in the log and
             # the client resumes from its last seq when it comes back.

@@ -85,6 +85,9 @@ class Node:
             # uvloop's own transport: aiofastnet's (picows' default when installed) costs ~5 KB more
             # per idle connection (bench/README.md, idle scenario), and chat is not bulk throughput.
             use_aiofastnet=False,
+            # A LoggerAdapter, not a Logger: for a Logger picows builds a child Logger per
+            # connection (about 500 bytes, idle connections included); an adapter is shared.
+            logger_name=logging.LoggerAdapter(logging.getLogger("picows.server"), {}),
         )
         self.ws_port = self.ws_server.sockets[0].getsockname()[1]
         self.http_runner, self.http_port = await start_http(self)
