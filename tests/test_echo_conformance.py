@@ -56,6 +56,18 @@ async def test_text_binary_and_fragmented_messages_echo(echo_gw):
     assert await next_data(ws) == (0x1, b"")
 
 
+async def test_every_length_encoding_echoes_exactly(echo_gw):
+    # The 7-bit, 16-bit and 64-bit length forms, at their edges: our frames are sent from a
+    # fresh buffer with header room (listener._send), not through picows' own buffer.
+    ws = await echo(echo_gw)
+    for n in (0, 1, 125, 126, 127, 65535, 65536):
+        payload = bytes(i % 251 for i in range(n))
+        ws.send_frame(0x2, payload)
+        assert await next_data(ws) == (0x2, payload), n
+    ws.send_frame(0x1, b"small again")  # after the big ones
+    assert await next_data(ws) == (0x1, b"small again")
+
+
 async def test_utf8_split_across_fragments_is_valid(echo_gw):
     ws = await echo(echo_gw)
     data = "κόσμε".encode()
