@@ -194,7 +194,11 @@ class Hub:
             self._start_grace(tenant, agent_id)
 
     async def _rejoin(self) -> None:
-        """We were cut off from shared state and may have been reaped: register whom we hold again."""
+        """We were cut off from shared state and may have been reaped: register whom we hold again,
+        and catch every connection up from the log on what was published while we were away."""
+        for conn in list(self.conns.values()):
+            for conv_id in list(conn.sent or ()):
+                self._spawn(self.delivery.catch_up(conn, conn.tenant, conv_id))
         for (tenant, user), peers in list(self.users.items()):
             role = peers[0].role
             await self.coord.set_present(tenant, user, True, role)

@@ -574,6 +574,7 @@ class RedisCoordinator(Coordinator):
     async def _subscriber(self) -> None:
         channel = self._channel(self.node_id)
         delay = 0.05
+        lost = False
         while True:
             # A client of its own, made afresh for every attempt: after a cluster restart a
             # long-lived client can keep stale topology and never subscribe again.
@@ -585,6 +586,12 @@ class RedisCoordinator(Coordinator):
                 await pubsub.ssubscribe(channel)
                 self._subscribed.set()
                 delay = 0.05
+                if lost and self._rejoin is not None:
+                    # Whatever was published to us while unsubscribed is only in the logs: the
+                    # hub re-registers its users and catches every connection up from there
+                    # (a failure here counts as a lost subscription: tried again).
+                    await self._rejoin()
+                lost = False
                 while True:
                     msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0) \
                         if hasattr(pubsub, "get_sharded_message") else await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -600,6 +607,7 @@ class RedisCoordinator(Coordinator):
                 raise
             except Exception as e:  # noqa: BLE001 - any failure (cluster errors are no RedisError): resubscribe
                 self._subscribed.clear()
+                lost = True
                 self.health_state = {"ok": False, "reason": f"subscription lost: {e}"}
                 log.warning("delivery subscription lost (%s: %s); resubscribing", type(e).__name__, e)
             finally:
