@@ -112,9 +112,6 @@ class BotBridge:
 
     # ---- answering -----------------------------------------------------------------
 
-    def _handoff_text(self, ctx: BotContext) -> str:
-        return self.config.handoff_text(ctx.tenant, ctx.question)
-
     def _fallback(self, ctx: BotContext, reason: str) -> BotResult:
         """The FAQ answer when it has one above ``fallback_faq_threshold``, else the holding message."""
         self._counters[f"fallback.{reason}"] += 1
@@ -147,7 +144,7 @@ class BotBridge:
             return BotResult("", handoff=True, reason="no_bot", backend="bridge")
         if self._detector.asks_for_human(ctx.question):
             self._counters["handoff.visitor_asked"] += 1
-            return BotResult(self._handoff_text(ctx), handoff=True, reason="visitor_asked", backend="bridge")
+            return BotResult(self.config.handoff_text(ctx.tenant, ctx.question), handoff=True, reason="visitor_asked", backend="bridge")
         if not self._buckets.take(ctx.tenant):
             self._counters["rate_limited"] += 1
             return self._fallback(ctx, "rate_limited")
@@ -227,7 +224,7 @@ class BotBridge:
         if final is not None and final.handoff:
             self._counters["handoff.backend"] += 1
             return BotResult(
-                text.strip() or self._handoff_text(ctx),
+                text.strip() or self.config.handoff_text(ctx.tenant, ctx.question),
                 confidence,
                 handoff=True,
                 reason=final.reason or "backend_handoff",
@@ -236,7 +233,7 @@ class BotBridge:
         threshold = self.config.threshold(ctx.tenant)
         if confidence is not None and confidence < threshold:
             self._counters["handoff.low_confidence"] += 1
-            return BotResult(self._handoff_text(ctx), confidence, handoff=True, reason="low_confidence", backend=name, draft=text)
+            return BotResult(self.config.handoff_text(ctx.tenant, ctx.question), confidence, handoff=True, reason="low_confidence", backend=name, draft=text)
         if not text.strip():
             return None
         self._counters["answered"] += 1

@@ -52,9 +52,15 @@ class Hub:
         self._dirty: list[Connection] = []
         self._flush_pending = False
         self._queue_pos: dict[tuple[str, str], tuple[int, str]] = {}  # (tenant, conv) -> (position told, visitor)
-        # The cache is this node's alone (the log is the shared record), so a random seed is right:
-        # client-chosen ids can't be crafted to collide in a hash nobody outside knows.
-        self._dedup = make_dedup(cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
+        # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
+        # current task): the embedded one. Redis clients time out their reads that way.
+        self._eager = bool(getattr(coord, "eager_safe", False))
+        # The dedup cache saves a round trip to a remote log; an in-process log answers a retry
+        # exactly by itself (docs/hub.md, 6a). The cache is this node's alone (the log is the
+        # shared record), so a random seed is right: client-chosen ids can't be crafted to
+        # collide in a hash nobody outside knows.
+        self._dedup = None if self._eager else make_dedup(
+            cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
 
         # One wheel for every deadline: heartbeats (even keys) and agent grace periods (odd keys).
         self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
@@ -63,9 +69,6 @@ class Hub:
         self._ticker: asyncio.TimerHandle | None = None
         self._t0 = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
-        # current task): the embedded one. Redis clients time out their reads that way.
-        self._eager = bool(getattr(coord, "eager_safe", False))
         self.bots: Any = None
         self.bot_turns: BotTurns | None = None
         if cfg.bots_enabled and cfg.bots.get("enabled", True):
@@ -400,12 +403,8 @@ class Hub:
         embedded log's own client-id map is exact for as long as the entry is kept.
         """
         conv = _taking_part(conn, env, self.coord.peek_now(conn.tenant, env["conv"]))
-        if conv.state == "closed":  # a retry of a logged message still gets its ack
-            seq = self.coord.seq_of_now(conv.tenant, conv.id, env["id"])
-            if seq is None:
-                raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
-            METRICS.hot.duplicates += 1
-            conn.send_env({"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": True})
+        if conv.state == "closed":
+            self._closed_retry(conn, conv, env, self.coord.seq_of_now(conv.tenant, conv.id, env["id"]))
             return
         entry = _new_entry(conn, conv, env, _now_ms())
         seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
@@ -421,7 +420,17 @@ class Hub:
         if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
             self.bot_turns.start(conv, entry)
 
+    def _closed_retry(self, conn: Connection, conv: Conversation, env: dict[str, Any], seq: int | None) -> None:
+        """A closed conversation takes no new message, but a retry of a logged one still gets its ack."""
+        if seq is None:
+            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
+        METRICS.hot.duplicates += 1
+        conn.send_env({"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": True})
+
     async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
+        if self._eager:  # queued behind this connection's earlier envelopes: the same inline code
+            self._msg_inline(conn, env)
+            return
         conv = await self._participant(conn, env)
         cid = env["id"]
         # Conversation ids are random and unique across tenants, and the tenant was checked above.
@@ -431,6 +440,9 @@ class Hub:
         if seq is not None:
             METRICS.hot.duplicates += 1
             conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": True})
+            return
+        if conv.state == "closed":
+            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, cid))
             return
         entry = _new_entry(conn, conv, env, now)
         seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
@@ -592,7 +604,7 @@ class Hub:
         _log_failure(task)
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup),
+        return {"connections": len(self.conns), "users": len(self.users), "dedup": len(self._dedup) if self._dedup is not None else 0,
                 "timers": len(self._wheel), "coordinator": dict(getattr(self.coord, "stats", {}))}
 
 
@@ -617,8 +629,6 @@ def _taking_part(conn: Connection, env: dict[str, Any], conv: Conversation | Non
 
 def _new_entry(conn: Connection, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:
     """The log entry for a `msg` envelope (seq is set by the coordinator's append)."""
-    if conv.state == "closed":
-        raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
     entry: dict[str, Any] = {"t": "msg", "conv": conv.id, "seq": 0, "id": env["id"], "from": conn.user,
                              "role": conn.role, "text": env["text"], "ts": now}
     if env.get("att"):

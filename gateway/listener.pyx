@@ -221,12 +221,13 @@ cdef class Connection(WSListener):
             self.binary = msg_type == WSMsgType.BINARY
         if not self._take_token():
             return
-        try:
-            if bad is not None:
-                raise bad
-            validate(env, self.limits.max_text)
-        except ProtocolError as e:
-            self.send_env(e.envelope())
+        if bad is None:
+            try:
+                validate(env, self.limits.max_text)
+            except ProtocolError as e:
+                bad = e
+        if bad is not None:
+            self.send_env(bad.envelope())
             return
         self.hub.submit(self, env)
 

@@ -247,3 +247,19 @@ async def test_assignment_with_a_single_lock_segment(nodes):
     visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
     conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
     await agent.next("assigned", lambda e: e["conv"] == conv)
+
+
+async def test_retry_on_another_node_after_close_gets_its_ack(nodes):
+    # Node B has never seen the message (its dedup cache is empty): the answer comes from the log.
+    a_node, b_node = nodes()
+    tenant, name = uid("t"), uid("v")
+    v_a = await Client.connect(a_node, "visitor", name, tenant)
+    conv = (await v_a.request({"t": "open"}, "conv"))["conv"]
+    first = await v_a.msg(conv, "before closing", cid="client-1")
+    await v_a.send({"t": "close", "conv": conv})
+    await v_a.next("event", lambda e: e["ev"] == "closed")
+    v_b = await Client.connect(b_node, "visitor", name, tenant)
+    again = await v_b.msg(conv, "before closing", cid="client-1")
+    assert again["seq"] == first["seq"] and again["dup"] is True
+    await v_b.send({"t": "msg", "conv": conv, "id": "client-2", "text": "after closing", "rid": 7})
+    assert (await v_b.next("error", lambda e: e.get("rid") == 7))["code"] == "conflict"

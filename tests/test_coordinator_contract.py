@@ -39,6 +39,7 @@ async def test_append_allocates_gap_free_seq_and_dedups_client_ids(coord):
     assert await coord.append("t", "c1", {"t": "msg", "text": "again"}, "id1") == (2, True)
     assert await coord.append("t", "c1", {"t": "event"}) == (4, False)
     assert await coord.last_seq("t", "c1") == 4
+    assert await coord.seq_of("t", "c1", "id1") == 2 and await coord.seq_of("t", "c1", "nope") is None
 
 
 async def test_log_retention_is_bounded_and_reports_first(coord):
@@ -52,6 +53,7 @@ async def test_log_retention_is_bounded_and_reports_first(coord):
     page, first = await coord.read_before("t", "c1", 7, 2)
     assert [e["seq"] for e in page] == [5, 6]
     # A client id whose entry was trimmed is no longer known (the log is the record).
+    assert await coord.seq_of("t", "c1", "id0") is None and await coord.seq_of("t", "c1", "id7") == 8
     assert (await coord.append("t", "c1", {"n": 0}, "id0"))[1] is False
 
 

@@ -125,6 +125,10 @@ class Coordinator(ABC):
         """Append entry (its `seq` is set here); returns (seq, duplicate)."""
 
     @abstractmethod
+    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
+        """The seq `append` gave `client_id` in this conversation, while its entry is kept; else None."""
+
+    @abstractmethod
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Entries with seq > after, ascending, at most limit; and the oldest seq still kept (last+1 if none)."""
 

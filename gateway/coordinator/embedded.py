@@ -76,11 +76,11 @@ class EmbeddedCoordinator(Coordinator):
         return c.copy() if c else None
 
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        return self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
+        return self.peek_now(tenant, conv_id)
 
     def peek_now(self, tenant: str, conv_id: str) -> Conversation | None:
         """`peek_conversation` without a coroutine, for the hub's inline path."""
-        return self._convs.get((tenant, conv_id))
+        return self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
 
     async def save_conversation(self, conv: Conversation) -> None:
         key = (conv.tenant, conv.id)
@@ -112,6 +112,9 @@ class EmbeddedCoordinator(Coordinator):
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
         seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
         return seq, dup
+
+    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
+        return self.seq_of_now(tenant, conv_id, client_id)
 
     def seq_of_now(self, tenant: str, conv_id: str, client_id: str) -> int | None:
         """The seq the log gave `client_id`, while its entry is kept."""

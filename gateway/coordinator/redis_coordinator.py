@@ -406,6 +406,11 @@ class RedisCoordinator(Coordinator):
         entry["seq"] = int(seq)
         return int(seq), bool(dup)
 
+    @_available_errors
+    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
+        seq = await self.r.hget(self._ck(tenant, conv_id, "ids"), client_id)
+        return None if seq is None else int(seq)
+
     async def _read(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
         first, _, items = await self._read_s(
             keys=[self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "meta")],
