@@ -81,7 +81,8 @@ class ConcurrencyLimiter:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.wait_s)
+            async with asyncio.timeout(self.wait_s):  # not wait_for: on 3.11 it can swallow a cancel
+                await asyncio.shield(fut)
         except TimeoutError:
             if fut.done() and not fut.cancelled():  # granted at the last moment: keep it
                 return

@@ -198,10 +198,11 @@ class Hub:
 
     async def _rejoin(self) -> None:
         """We were cut off from shared state and may have been reaped: register whom we hold again,
-        and catch every connection up from the log on what was published while we were away."""
-        for conn in list(self.conns.values()):
-            for conv_id in list(conn.sent or ()):
-                self._spawn(self.delivery.catch_up(conn, conn.tenant, conv_id))
+        then catch every connection up from the log on what was published while we were away.
+
+        In that order: an entry appended before our presence is back is in the log when the
+        catch-up reads it; one appended after is published to us.
+        """
         for (tenant, user), peers in list(self.users.items()):
             role = peers[0].role
             await self.coord.set_present(tenant, user, True, role)
@@ -211,6 +212,9 @@ class Hub:
                     agent.connected = True
                     await self.coord.upsert_agent(agent)
                     await self.router.agent_changed(agent)
+        for conn in list(self.conns.values()):
+            for conv_id in list(conn.sent or ()):
+                self._spawn(self.delivery.catch_up(conn, conn.tenant, conv_id))
 
     async def _node_lost(self, lost: list[tuple[str, str, str]]) -> None:
         """Another node died holding these users; its agents get their grace period here."""

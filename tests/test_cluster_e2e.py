@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import time
 
 import aiohttp
 import pytest
@@ -178,9 +179,14 @@ async def test_redis_restart_is_survived(gateway_factory, tmp_path, kind):
 
         for gw in (a_node, b_node):
             await wait_for(lambda gw=gw: ready(gw), timeout=30, what="readyz after the restart")
+        sent_at = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
         again = await visitor.msg(conv, "during", cid="during")
         assert again["seq"] == before["seq"] + 1
-        m = await agent.next("msg", lambda e: e["id"] == "during", timeout=20)  # delivery re-subscribed
+        try:
+            m = await agent.next("msg", lambda e: e["id"] == "during", timeout=20)  # delivery re-subscribed
+        except AssertionError as e:  # the nodes' own account, for a failure seen only under CI load
+            logs = "".join(f"--- node {gw.http_port}\n" + "".join(gw.output[-30:]) for gw in (a_node, b_node))
+            raise AssertionError(f"{e}\n'during' sent at {sent_at}\n{logs}") from None
         assert m["seq"] == again["seq"]
         hist = await visitor.request({"t": "history", "conv": conv}, "history")
         assert [e["text"] for e in hist["msgs"] if e["t"] == "msg"] == ["before the restart", "during"]

@@ -235,6 +235,7 @@ class RedisCoordinator(Coordinator):
         self._node_lost: Callable[[list[tuple[str, str, str]]], Awaitable[None]] | None = None
         self._rejoin: Callable[[], Awaitable[None]] | None = None
         self._last_beat = time.monotonic()
+        self._beats = 0
         self._outbox: dict[str, list[Any]] = {}
         self._outbox_ready = asyncio.Event()
         self._live_nodes: set[str] = set()
@@ -541,9 +542,10 @@ class RedisCoordinator(Coordinator):
                 self.stats["no_holder"] += 1
             for n in nodes:
                 n = n.decode()
-                # Skip only nodes known to be dead: a node that just joined may not be in our
-                # view yet, and a publish to a dead node's channel is merely unheard.
-                if n != self.node_id and n not in self._dead_nodes:
+                # Every holder, also one our view still counts as dead: it may be back (it has
+                # re-registered: presence is written only by live nodes and removed by the reaper),
+                # and a publish to a channel nobody hears costs nothing but the publish.
+                if n != self.node_id:
                     by_node.setdefault(n, []).append(user)
         for node, us in by_node.items():
             self._outbox.setdefault(node, []).append((tenant, us, env))
@@ -642,13 +644,18 @@ class RedisCoordinator(Coordinator):
     async def _heartbeat_once(self) -> None:
         now_ms = int(time.time() * 1000)
         nodes_key = f"{self._p}:nodes"
-        await self.r.zadd(nodes_key, {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
+        # ZADD counts a new member: our entry was gone, so a reaper removed it (its last step,
+        # after our presence) or Redis lost its data. Either way our users must be registered again.
+        added = await self.r.zadd(nodes_key, {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
+        reaped = bool(added) and self._beats > 0
+        self._beats += 1
         gap = time.monotonic() - self._last_beat
         self._last_beat = time.monotonic()
-        if gap > self._node_ttl_s and self._rejoin is not None:
-            # We were cut off longer than our TTL: another node may have reaped us (presence
-            # gone, agents marked away). We are alive, so say again whom we hold.
-            log.warning("heartbeat gap of %.1f s (ttl %.1f s): re-registering this node's users", gap, self._node_ttl_s)
+        if (gap > self._node_ttl_s or reaped) and self._rejoin is not None:
+            # We were cut off longer than our TTL, or reaped: presence gone, agents marked away.
+            # We are alive, so say again whom we hold (and catch our connections up).
+            log.warning("heartbeat gap of %.1f s (ttl %.1f s)%s: re-registering this node's users", gap,
+                        self._node_ttl_s, ", and we were reaped" if reaped else "")
             await self._rejoin()
         live = await self.r.zrangebyscore(nodes_key, now_ms, "+inf")
         self._live_nodes = {n.decode() for n in live}
@@ -664,7 +671,12 @@ class RedisCoordinator(Coordinator):
 
     async def _reap(self, node: str) -> None:
         """Clean up after a dead node; one surviving node does it (a lock per dead node)."""
-        if not await self.r.set(f"{self._p}:reap:{_q(node)}", self.node_id, nx=True, px=30_000):
+        lock = f"{self._p}:reap:{_q(node)}"
+        if not await self.r.set(lock, self.node_id, nx=True, px=30_000):
+            return
+        score = await self.r.zscore(f"{self._p}:nodes", node)
+        if score is not None and score >= time.time() * 1000:
+            await self.r.delete(lock)  # it beat again since we read the list: alive
             return
         users_key = self._nk(node)
         lost: list[tuple[str, str, str]] = []
@@ -705,7 +717,10 @@ class RedisCoordinator(Coordinator):
         self._probe_waiters[nonce] = fut
         try:
             await self.r.spublish(self._channel(self.node_id), msgpack.packb([("", [], {"t": "_probe", "nonce": nonce})]))
-            await asyncio.wait_for(fut, 2.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
+            # the probe comes back, and the loop then never stops (a hung shutdown, seen in tests).
+            async with asyncio.timeout(2.0):
+                await fut
             self.health_state = {"ok": True, "live_nodes": len(self._live_nodes)}
         except TimeoutError:
             self.health_state = {"ok": False, "reason": "delivery probe not received"}
