@@ -145,7 +145,9 @@ cdef class Connection(WSListener):
             self.awaiting_pong = False
             return
         if msg_type == WSMsgType.PING:
-            return  # picows answers pings itself (enable_auto_pong)
+            # Answered here rather than by picows' auto-pong, which would answer after our close too.
+            self.transport.send_pong(frame.get_payload_as_bytes())
+            return
         if msg_type == WSMsgType.CLOSE:
             self._on_close(frame)
             return
@@ -175,6 +177,10 @@ cdef class Connection(WSListener):
     cdef _on_close(self, WSFrame frame):
         cdef Py_ssize_t n = frame.payload_size
         cdef int code
+        # One close each way (RFC 6455 5.5.1): anything the peer sends after its close, a second
+        # close included (Autobahn 7.1.2), is ignored by the `closed` branch of on_ws_frame.
+        self.closed = True
+        self.outbox = None
         if n == 0:
             self.transport.send_close(WSCloseCode.OK)
         elif n == 1:

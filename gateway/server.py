@@ -15,6 +15,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 from . import auth
 from .config import Config
 from .coordinator import make_coordinator
+from .handshake import HandshakeError, check_upgrade
 from .hub import Hub
 from .listener import Connection, Limits
 from .metrics import METRICS
@@ -23,9 +24,9 @@ from .protocol import SUPPORTED_VERSIONS
 log = logging.getLogger("gateway")
 
 
-def _refuse(status: int, message: str) -> WSUpgradeResponseWithListener:
+def _refuse(status: int, message: str, extra: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
     body = message.encode()
-    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    headers = {"Content-Type": "text/plain; charset=utf-8", **(extra or {})}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="chatgw"'
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body, headers), None)
@@ -44,6 +45,11 @@ class Node:
         self.stopped = asyncio.Event()
 
     def listener_factory(self, request: WSUpgradeRequest) -> Any:
+        """Answer an upgrade request: handshake (400/426), path (404), protocol version (400), token (401)."""
+        try:
+            check_upgrade(request.headers)
+        except HandshakeError as e:
+            return _refuse(e.status, str(e), e.headers)
         path, _, query = request.path.decode("latin-1").partition("?")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         if path == "/echo" and self.cfg.echo_endpoint:
@@ -78,7 +84,7 @@ class Node:
             read_buffer_init_size=self.cfg.read_buffer,
             websocket_handshake_timeout=5,
             enable_auto_ping=False,  # heartbeats run on the hub's timing wheel: no task per connection
-            enable_auto_pong=True,
+            enable_auto_pong=False,  # the listener answers pings, and none after a close (RFC 6455 5.5.1)
             disconnect_on_exception=True,
             reuse_port=True,
             backlog=4096,

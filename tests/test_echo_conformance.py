@@ -122,3 +122,34 @@ async def test_unmasked_client_frame_is_a_protocol_error(echo_gw):
     ws = await echo(echo_gw)
     ws.send_frame(0x1, b"no mask", mask=False)
     assert await asyncio.wait_for(ws.read_until_close(), 10) == 1002
+
+
+async def _frames_until_eof(ws: RawWS) -> list[tuple[int, bytes]]:
+    frames = []
+    try:
+        while True:
+            frames.append(await asyncio.wait_for(ws.read_frame(), 10))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return frames
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one write", "two writes"])
+async def test_second_close_frame_is_ignored(echo_gw, together):
+    """Autobahn 7.1.2: after its close, a peer's second close is neither answered nor an error."""
+    ws = await echo(echo_gw)
+    ws.send_frame(0x8, struct.pack("!H", 1000) + b"first")
+    if not together:
+        await ws.writer.drain()
+    ws.send_frame(0x8, struct.pack("!H", 1000) + b"second")
+    frames = await _frames_until_eof(ws)
+    assert [(op, p[:2]) for op, p in frames] == [(0x8, struct.pack("!H", 1000))]
+
+
+async def test_data_after_close_is_not_echoed(echo_gw):
+    """Autobahn 7.1.3/7.1.4: nothing the peer sends after its close is acted on."""
+    ws = await echo(echo_gw)
+    ws.send_frame(0x8, struct.pack("!H", 1000))
+    ws.send_frame(0x1, b"too late")
+    ws.send_frame(0x9, b"ping too late")
+    frames = await _frames_until_eof(ws)
+    assert [op for op, _ in frames] == [0x8]

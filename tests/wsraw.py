@@ -15,7 +15,17 @@ class RawWS:
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str, rcvbuf: int | None = None) -> tuple[RawWS | None, int, bytes]:
-        """Returns (client or None, HTTP status, raw response head)."""
+        """Upgrade with the minimal RFC 6455 request. Returns (client or None, HTTP status, raw response head)."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        return await cls.upgrade(host, port, request, rcvbuf)
+
+    @classmethod
+    async def upgrade(cls, host: str, port: int, request: bytes, rcvbuf: int | None = None) -> tuple[RawWS | None, int, bytes]:
+        """Send `request` (a whole HTTP request head) as it is; same answer as `connect`."""
         import socket
 
         sock = socket.socket()
@@ -24,13 +34,7 @@ class RawWS:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         if status != 101:
