@@ -30,8 +30,8 @@ IMPLS = {
     "load_index": {"native": chatgw_native.LoadIndex, "reference": ReferenceLoadIndex},
     "timing_wheel": {"native": chatgw_native.TimingWheel, "reference": ReferenceTimingWheel},
 }
-KEYS = [(f"tenant\x00conv-{i % 500}", f"client-msg-{i:08d}") for i in range(OPS)]
-OTHER_KEYS = [(f"tenant\x00conv-{i % 500}", f"unseen-{i:08d}") for i in range(OPS)]
+KEYS = [(f"conv-{i % 500}", f"visitor-{i % 500}", f"client-msg-{i:08d}") for i in range(OPS)]
+OTHER_KEYS = [(f"conv-{i % 500}", f"visitor-{i % 500}", f"unseen-{i:08d}") for i in range(OPS)]
 
 
 def run(benchmark: Any, impl: str, setup: Callable[[], tuple[Any, ...]], fn: Callable[..., None]) -> None:
@@ -45,8 +45,8 @@ def run(benchmark: Any, impl: str, setup: Callable[[], tuple[Any, ...]], fn: Cal
 
 def filled_dedup(cls: type) -> Any:
     d = cls(200_000, 600_000)
-    for i, (conv, cid) in enumerate(KEYS):
-        d.put(conv, cid, i, 1000)
+    for i, (conv, sender, cid) in enumerate(KEYS):
+        d.put(conv, sender, cid, i, 1000)
     return d
 
 
@@ -56,8 +56,8 @@ def test_dedup_put_new(benchmark: Any, impl: str) -> None:
 
     def fn(d: Any) -> None:
         put = d.put
-        for i, (conv, cid) in enumerate(KEYS):
-            put(conv, cid, i, 1000 + i)
+        for i, (conv, sender, cid) in enumerate(KEYS):
+            put(conv, sender, cid, i, 1000 + i)
 
     run(benchmark, impl, lambda: (cls(200_000, 600_000),), fn)
 
@@ -68,8 +68,8 @@ def test_dedup_get_hit(benchmark: Any, impl: str) -> None:
 
     def fn(d: Any) -> None:
         get = d.get
-        for conv, cid in KEYS:
-            get(conv, cid, 2000)
+        for conv, sender, cid in KEYS:
+            get(conv, sender, cid, 2000)
 
     run(benchmark, impl, lambda: (filled_dedup(cls),), fn)
 
@@ -80,8 +80,8 @@ def test_dedup_get_miss(benchmark: Any, impl: str) -> None:
 
     def fn(d: Any) -> None:
         get = d.get
-        for conv, cid in OTHER_KEYS:
-            get(conv, cid, 2000)
+        for conv, sender, cid in OTHER_KEYS:
+            get(conv, sender, cid, 2000)
 
     run(benchmark, impl, lambda: (filled_dedup(cls),), fn)
 

@@ -66,20 +66,21 @@ def _encode(x: Key) -> bytes:
     return b"".join((x,))  # exact bytes copy of a bytes (sub)class, via the buffer protocol
 
 
-def dedup_key(conv: Key, cid: Key) -> bytes:
-    """``len(conv) as u16 LE || conv || cid`` (unambiguous), both parts UTF-8/surrogatepass.
+def dedup_key(conv: Key, sender: Key, cid: Key) -> bytes:
+    """``len(conv) u16 LE || conv || len(sender) u16 LE || sender || cid`` (unambiguous), UTF-8/surrogatepass.
 
-    Checks in order: type of conv, type of cid (TypeError), combined length (ValueError).
+    A client id is chosen by its sender, so two senders' equal ids are two keys.
+    Checks in order: type of conv, sender, cid (TypeError), then their combined length (ValueError).
     """
     _check_part(conv, "conv")
+    _check_part(sender, "sender")
     _check_part(cid, "cid")
-    if _lower_len(conv) + _lower_len(cid) > MAX_KEY_BYTES:
+    if _lower_len(conv) + _lower_len(sender) + _lower_len(cid) > MAX_KEY_BYTES:
         raise ValueError(f"key longer than {MAX_KEY_BYTES} bytes")
-    a = _encode(conv)
-    b = _encode(cid)
-    if len(a) + len(b) > MAX_KEY_BYTES:
+    a, b, c = _encode(conv), _encode(sender), _encode(cid)
+    if len(a) + len(b) + len(c) > MAX_KEY_BYTES:
         raise ValueError(f"key longer than {MAX_KEY_BYTES} bytes")
-    return len(a).to_bytes(2, "little") + a + b
+    return len(a).to_bytes(2, "little") + a + len(b).to_bytes(2, "little") + b + c
 
 
 class ReferenceDedup:
@@ -147,9 +148,9 @@ class ReferenceDedup:
 
     # -- API --------------------------------------------------------------
 
-    def get(self, conv: Key, cid: Key, now_ms: SupportsIndex) -> int | None:
-        """Seq stored for (conv, cid) if present and within the window, else None."""
-        key = dedup_key(conv, cid)
+    def get(self, conv: Key, sender: Key, cid: Key, now_ms: SupportsIndex) -> int | None:
+        """Seq stored for (conv, sender, cid) if present and within the window, else None."""
+        key = dedup_key(conv, sender, cid)
         now = u64_arg(now_ms)
         self._advance(now)
         if not self._bloom_has(self._probes(key)):
@@ -160,9 +161,9 @@ class ReferenceDedup:
         self._lru.move_to_end(key)
         return entry[0]
 
-    def put(self, conv: Key, cid: Key, seq: SupportsIndex, now_ms: SupportsIndex) -> None:
-        """Record (conv, cid) -> seq at now_ms (updates seq and recency if present)."""
-        key = dedup_key(conv, cid)
+    def put(self, conv: Key, sender: Key, cid: Key, seq: SupportsIndex, now_ms: SupportsIndex) -> None:
+        """Record (conv, sender, cid) -> seq at now_ms (updates seq and recency if present)."""
+        key = dedup_key(conv, sender, cid)
         seq_v = u64_arg(seq)
         now = u64_arg(now_ms)
         self._advance(now)
@@ -179,9 +180,9 @@ class ReferenceDedup:
             self._lru.popitem(last=False)
         self._lru[key] = [seq_v, self._cur_gen]
 
-    def _bloom_maybe(self, conv: Key, cid: Key, now_ms: SupportsIndex) -> bool:
-        """Test hook: does the bloom filter say "maybe" for (conv, cid)?"""
-        key = dedup_key(conv, cid)
+    def _bloom_maybe(self, conv: Key, sender: Key, cid: Key, now_ms: SupportsIndex) -> bool:
+        """Test hook: does the bloom filter say "maybe" for (conv, sender, cid)?"""
+        key = dedup_key(conv, sender, cid)
         now = u64_arg(now_ms)
         self._advance(now)
         return self._bloom_has(self._probes(key))

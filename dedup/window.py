@@ -18,11 +18,14 @@ NATIVE_AVAILABLE: bool = _native is not None
 
 
 class Dedup(Protocol):
-    """Idempotency cache (conv, cid) -> first seq, windowed in time; ``now_ms`` is passed in."""
+    """Idempotency cache (conv, sender, cid) -> first seq, windowed in time; ``now_ms`` is passed in.
 
-    def get(self, conv: str | bytes, cid: str | bytes, now_ms: SupportsIndex) -> int | None: ...
+    The sender is part of the key because each client picks its own ids (docs/delivery.md).
+    """
 
-    def put(self, conv: str | bytes, cid: str | bytes, seq: SupportsIndex, now_ms: SupportsIndex) -> None: ...
+    def get(self, conv: str | bytes, sender: str | bytes, cid: str | bytes, now_ms: SupportsIndex) -> int | None: ...
+
+    def put(self, conv: str | bytes, sender: str | bytes, cid: str | bytes, seq: SupportsIndex, now_ms: SupportsIndex) -> None: ...
 
     def __len__(self) -> int: ...
 

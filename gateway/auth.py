@@ -23,6 +23,7 @@ class Identity:
     role: str
     groups: tuple[str, ...] = ("default",)
     capacity: int | None = None
+    expires: float = 0.0  # the token's `exp`, Unix seconds: the connection ends then unless refreshed
 
 
 def _ident(value: object, name: str) -> str:
@@ -32,6 +33,12 @@ def _ident(value: object, name: str) -> str:
 
 
 def verify(token: str, secret: str, *, issuer: str = "", tenant: str | None = None) -> Identity:
+    """The identity a signed token carries.
+
+    Raises AuthError (its text says why, for the 401 body or the `unauthorized` error) for a
+    missing, badly signed or expired token, a missing `exp` or `sub`, bad claims, or a tenant
+    other than `tenant` when one is given.
+    """
     if not token:
         raise AuthError("missing token")
     try:
@@ -52,6 +59,7 @@ def verify(token: str, secret: str, *, issuer: str = "", tenant: str | None = No
         role=claims.get("role"),
         groups=tuple(claims.get("groups") or ("default",)),
         capacity=claims.get("capacity"),
+        expires=float(claims["exp"]),
     )
     if ident.role not in ROLES:
         raise AuthError(f"claim 'role' must be one of {', '.join(ROLES)}")

@@ -9,6 +9,7 @@ log, and `replay` serves `resume` with no gap and no repeat.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,18 @@ from .listener import Connection
 from .protocol import Outgoing
 
 REPLAY_PAGE = 500
+# A replay writes this much, then waits until the client has read it (the transport's write
+# buffer is below its low-water mark) before it writes more: a long history costs the node
+# at most about this plus the transport's high-water mark per connection, never the whole log.
+REPLAY_CHUNK_BYTES = 32 * 1024
 
 
 class Delivery:
-    def __init__(self, coord: Coordinator, spawn: Callable[[Any], None]):
+    def __init__(self, coord: Coordinator, spawn: Callable[[Any], None], stall_s: float = 10.0):
+        """`stall_s`: how long a replay waits for a client that stopped reading before closing it (1008)."""
         self.coord = coord
         self._spawn = spawn
+        self._stall_s = stall_s
         # A tuple, not a set: most users have one connection, and a 1-tuple is a quarter of an
         # empty set's size (idle memory per connection); it is also a ready snapshot to iterate.
         self.users: dict[tuple[str, str], tuple[Connection, ...]] = {}
@@ -75,6 +82,29 @@ class Delivery:
         after = (conn.sent or {}).get(conv_id, 0)
         await self.replay(conn, tenant, conv_id, after, rid=None, tell_gap=False)
 
+    async def _drained(self, conn: Connection) -> bool:
+        """Write what `conn` has queued and wait until the client has read it; False if it is gone.
+
+        A client that reads nothing for `stall_s` is a slow reader: closed with 1008 (after a
+        `closing` envelope, queued behind what it has not read). Only a waiting replay holds a
+        timer, never an idle connection.
+        """
+        conn.flush()
+        if conn.closed:
+            return False
+        if not conn.paused:
+            return True
+        loop = asyncio.get_running_loop()
+        fut = conn.drained = loop.create_future()
+        timer = loop.call_later(self._stall_s, lambda: fut.done() or fut.set_result(False))
+        try:
+            writable = await fut
+        finally:
+            timer.cancel()
+        if not writable and not conn.closed:
+            conn.slow_reader()
+        return writable
+
     async def replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
         """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
         if conn.syncing is None:
@@ -91,9 +121,16 @@ class Delivery:
                     if tell_gap:
                         conn.send_env({"t": "gap", "conv": conv_id, "first": first})
                     last = first - 1
+                chunk = 0
                 for e in entries:
-                    conn.push(Outgoing(e))
+                    out = Outgoing(e)
+                    conn.push(out)
                     last = e["seq"]
+                    chunk += len(out.msgpack() if conn.binary else out.json())
+                    if chunk >= REPLAY_CHUNK_BYTES:
+                        chunk = 0
+                        if not await self._drained(conn):
+                            return
                 if len(entries) < REPLAY_PAGE:
                     break
             # Live entries held back during the replay: send the ones past `last` in order.

@@ -21,6 +21,7 @@ from dedup.window import make_dedup
 from routing import Router
 from routing.router import RoutingError
 
+from . import auth
 from .bot_turns import BotTurns
 from .coordinator import Agent, Conversation, Coordinator, Unavailable
 from .delivery import Delivery
@@ -33,6 +34,7 @@ log = logging.getLogger("gateway.hub")
 
 TICK_S = 0.05
 CLOSE_WAIT_S = 2.0
+CLOSE_TOKEN_EXPIRED = 3000  # IANA-registered "Unauthorized" (docs/protocol.md, close codes)
 
 
 def _now_ms() -> int:
@@ -45,7 +47,7 @@ class Hub:
         self.coord = coord
         self.router = Router(coord, self)
         self.loop = asyncio.get_event_loop()
-        self.delivery = Delivery(coord, self._spawn)
+        self.delivery = Delivery(coord, self._spawn, stall_s=cfg.heartbeat_timeout_s)
         self.users = self.delivery.users  # this node's connections by (tenant, user)
         self.conns: dict[int, Connection] = {}
         self._next_id = 0
@@ -62,7 +64,8 @@ class Hub:
         self._dedup = None if self._eager else make_dedup(
             cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
 
-        # One wheel for every deadline: heartbeats (even keys) and agent grace periods (odd keys).
+        # One wheel for every deadline: a connection's heartbeat (cid*4) and token expiry (cid*4+2),
+        # agent grace periods (odd keys).
         self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
         self._grace: dict[int, tuple[str, str]] = {}
         self._grace_of: dict[tuple[str, str], int] = {}
@@ -112,7 +115,9 @@ class Hub:
         peers = self.users.get(key, ())
         first = not peers
         self.users[key] = (*peers, conn)
-        self._wheel.schedule(conn.cid * 2, self._mono_ms() + int(self.cfg.heartbeat_s * 1000))
+        now_ms = self._mono_ms()
+        self._wheel.schedule(conn.cid * 4, now_ms + int(self.cfg.heartbeat_s * 1000))
+        self._wheel.schedule(conn.cid * 4 + 2, now_ms + self._ms_until(conn.expires))
         self._spawn(self._welcome(conn, first))
 
     def disconnected(self, conn: Connection) -> None:
@@ -121,7 +126,8 @@ class Hub:
         METRICS.connections.labels(conn.role or "echo").dec()
         if conn.echo:
             return
-        self._wheel.cancel(conn.cid * 2)
+        self._wheel.cancel(conn.cid * 4)
+        self._wheel.cancel(conn.cid * 4 + 2)
         key = (conn.tenant, conn.user)
         peers = self.users.get(key)
         if peers is not None and conn in peers:
@@ -171,6 +177,7 @@ class Hub:
                 "role": conn.role,
                 "convs": convs,
                 "hb": self.cfg.heartbeat_s,
+                "exp": int(conn.expires),
             }
         )
 
@@ -243,7 +250,10 @@ class Hub:
         moved = await self.router.requeue_agent(tenant, agent)
         METRICS.requeued.inc(len(moved))
 
-    # the one timer: heartbeats and grace periods
+    # the one timer: heartbeats, token expiry and grace periods
+
+    def _ms_until(self, unix_s: float) -> int:
+        return max(0, int((unix_s - time.time()) * 1000))
 
     def _tick(self) -> None:
         self._ticker = self.loop.call_later(TICK_S, self._tick)
@@ -255,14 +265,22 @@ class Hub:
                     self._grace_of.pop(who, None)
                     self._spawn(self._grace_expired(*who))
                 continue
-            conn = self.conns.get(key // 2)
+            conn = self.conns.get(key // 4)
             if conn is None:
+                continue
+            if key & 2:
+                left = self._ms_until(conn.expires)
+                if left > 0:  # refreshed meanwhile
+                    self._wheel.schedule(key, now_ms + left)
+                else:
+                    METRICS.tokens_expired.inc()
+                    conn.fail(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a fresh token", "token_expired")
                 continue
             idle_ms = int((time.monotonic() - conn.last_rx) * 1000)
             hb_ms = int(self.cfg.heartbeat_s * 1000)
             if conn.awaiting_pong and idle_ms >= hb_ms:
                 METRICS.heartbeat_timeouts.inc()
-                conn.fail(1001, "heartbeat timeout")
+                conn.fail(1001, "heartbeat timeout", "heartbeat")
             elif idle_ms < hb_ms:
                 conn.awaiting_pong = False
                 self._wheel.schedule(key, now_ms + hb_ms - idle_ms)
@@ -285,8 +303,14 @@ class Hub:
             conn.flush()
 
     def closing(self, conn: Connection) -> None:
-        """We sent a close frame: give the peer CLOSE_WAIT_S to answer, then drop the socket."""
-        self.loop.call_later(CLOSE_WAIT_S, conn.transport.disconnect)
+        """We sent a close frame: give the peer CLOSE_WAIT_S to answer, then close the socket.
+
+        Closing flushes what is still buffered (a slow reader's backlog, then our close frame)
+        while the peer reads; one that reads nothing is cut off `heartbeat_timeout_s` later.
+        """
+        transport = conn.transport
+        self.loop.call_later(CLOSE_WAIT_S, transport.disconnect)
+        self.loop.call_later(CLOSE_WAIT_S + self.cfg.heartbeat_timeout_s, transport.disconnect, False)
 
     def slow_reader(self, conn: Connection) -> None:
         METRICS.slow_readers.inc()
@@ -394,11 +418,14 @@ class Hub:
         conn.sent[conv.id] = 0  # the opener is subscribed from the first entry
         view = await self._conv_view(conv)
         view["rid"] = env.get("rid")
-        conn.send_env(view)
         if with_bot:
+            conn.send_env(view)
             await self.delivery.deliver(conv, await self._event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
         else:
-            await self.router.enqueue_new(conv)
+            # The reply carries the queue position it joined at; `queue` frames follow as usual.
+            view["position"] = await self.router.join(conv)
+            conn.send_env(view)
+            await self.router.joined(conv)
 
     def _msg_inline(self, conn: Connection, env: dict[str, Any]) -> None:
         """`h_msg` for a coordinator whose state is in this process: no coroutine, one encoding.
@@ -408,7 +435,7 @@ class Hub:
         """
         conv = _taking_part(conn, env, self.coord.peek_now(conn.tenant, env["conv"]))
         if conv.state == "closed":
-            self._closed_retry(conn, conv, env, self.coord.seq_of_now(conv.tenant, conv.id, env["id"]))
+            self._closed_retry(conn, conv, env, self.coord.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
             return
         entry = _new_entry(conn, conv, env, _now_ms())
         seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
@@ -438,19 +465,19 @@ class Hub:
         conv = await self._participant(conn, env)
         cid = env["id"]
         # Conversation ids are random and unique across tenants, and the tenant was checked above.
-        dkey = conv.id
+        # Client ids are the sender's own: the key is (conversation, sender, id).
         now = _now_ms()
-        seq = self._dedup.get(dkey, cid, now)
+        seq = self._dedup.get(conv.id, conn.user, cid, now)
         if seq is not None:
             METRICS.hot.duplicates += 1
             conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": True})
             return
         if conv.state == "closed":
-            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, cid))
+            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
             return
         entry = _new_entry(conn, conv, env, now)
         seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
-        self._dedup.put(dkey, cid, seq, now)
+        self._dedup.put(conv.id, conn.user, cid, seq, now)
         conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": dup})
         if dup:
             METRICS.hot.duplicates += 1
@@ -480,6 +507,12 @@ class Hub:
 
     async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
+        last = await self.coord.last_seq(conv.tenant, conv.id)
+        if env["after"] > last:
+            # A cursor the log never reached: the client's state is not this conversation's. Say
+            # so, with the real end; the connection's subscription stays as it was.
+            raise ProtocolError("bad_field", f"resume: 'after' {env['after']} is past the end of the log (last seq {last})",
+                                "after", env.get("rid"), seq=last)
         await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
 
     async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
@@ -515,10 +548,23 @@ class Hub:
         if conn.role != "agent":
             raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.get("rid"))
         conv = await self._participant(conn, env)
-        await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"))
+        await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"), env.get("rid"))
 
     async def h_ping(self, conn: Connection, env: dict[str, Any]) -> None:
         conn.send_env({"t": "pong", "rid": env.get("rid")})
+
+    async def h_refresh(self, conn: Connection, env: dict[str, Any]) -> None:
+        """A fresh token for the same identity moves the connection's expiry (docs/protocol.md, Tokens)."""
+        rid = env.get("rid")
+        try:
+            ident = auth.verify(env["token"], self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer)
+        except auth.AuthError as e:
+            METRICS.auth_failures.inc()
+            raise ProtocolError("unauthorized", str(e), "token", rid) from None
+        if (ident.tenant, ident.user, ident.role) != (conn.tenant, conn.user, conn.role):
+            raise ProtocolError("forbidden", "the token is for another identity", "token", rid)
+        conn.expires = ident.expires
+        conn.send_env({"t": "refreshed", "exp": int(ident.expires), "rid": rid})
 
     # routing sink
 
@@ -554,8 +600,11 @@ class Hub:
         METRICS.assignments.inc()
         await self.delivery.deliver(conv, entry)
 
-    async def on_unassigned(self, conv: Conversation, agent: str) -> None:
-        await self.delivery.send_to(conv.tenant, [agent], {"t": "unassigned", "conv": conv.id})
+    async def on_unassigned(self, conv: Conversation, agent: str, rid: Any = None) -> None:
+        env: dict[str, Any] = {"t": "unassigned", "conv": conv.id}
+        if rid is not None:
+            env["rid"] = rid
+        await self.delivery.send_to(conv.tenant, [agent], env)
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
@@ -677,4 +726,5 @@ _HANDLERS = {
     "status": Hub.h_status,
     "transfer": Hub.h_transfer,
     "ping": Hub.h_ping,
+    "refresh": Hub.h_refresh,
 }

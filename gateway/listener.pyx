@@ -98,6 +98,9 @@ cdef class Connection(WSListener):
     cdef public list outbox          # Outgoing envelopes waiting for this iteration's flush
     cdef public object inbox         # envelopes waiting for the hub's worker; None when idle
     cdef public object worker
+    cdef public bint paused          # the transport's write buffer is above its high-water mark
+    cdef public object drained       # a future a replay waits on until writing resumes; None when none
+    cdef public double expires       # the token's `exp` (Unix seconds); 0 for none (echo)
 
     def __init__(self, hub, Limits limits, ident, bint echo=False):
         self.hub = hub
@@ -107,6 +110,7 @@ cdef class Connection(WSListener):
             self.tenant = ident.tenant
             self.user = ident.user
             self.role = ident.role
+            self.expires = ident.expires
         self.echo = echo
         self._tokens = limits.burst
         self._refilled = _monotonic()
@@ -127,7 +131,22 @@ cdef class Connection(WSListener):
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.closed = True
         self.outbox = None
+        self._wake(False)
         self.hub.disconnected(self)
+
+    cpdef pause_writing(self):
+        self.paused = True
+
+    cpdef resume_writing(self):
+        self.paused = False
+        self._wake(True)
+
+    cdef _wake(self, bint writable):
+        fut = self.drained
+        if fut is not None:
+            self.drained = None
+            if not fut.done():
+                fut.set_result(writable)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType msg_type = frame.msg_type
@@ -198,7 +217,15 @@ cdef class Connection(WSListener):
                     self.transport.send_close(<WSCloseCode>code)
                 else:
                     self.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
-        self.transport.disconnect()
+        # Half-close rather than close: a socket closed with the peer's late frames unread makes
+        # the kernel send a reset, and a reset can destroy our close frame before the peer reads
+        # it. The peer's FIN ends the connection; hub.closing cuts off one that never sends it.
+        ut = self.transport.underlying_transport
+        if ut.can_write_eof():
+            ut.write_eof()
+        else:
+            self.transport.disconnect()
+        self.hub.closing(self)
 
     cdef _message(self, WSMsgType msg_type, bytes payload):
         if len(payload) > self.limits.max_frame:
@@ -247,7 +274,7 @@ cdef class Connection(WSListener):
             return True
         self._strikes += 1
         if self._strikes > self.limits.strikes:
-            self.fail(WSCloseCode.POLICY_VIOLATION, "flood: too many envelopes")
+            self.fail(WSCloseCode.POLICY_VIOLATION, "flood: too many envelopes", "flood")
         else:
             self.send_env({"t": "error", "code": "rate_limited",
                            "message": "too many envelopes; this one was dropped, retry later"})
@@ -255,15 +282,23 @@ cdef class Connection(WSListener):
 
     # sending
 
-    cpdef fail(self, WSCloseCode code, str reason):
-        """Close this connection on purpose, telling the peer why (RFC 6455 close frame)."""
+    cpdef fail(self, int code, str reason, str why=None):
+        """Close this connection on purpose, telling the peer why (RFC 6455 close frame).
+
+        With `why` (a word: flood, slow_reader, token_expired, heartbeat, shutdown) a chat
+        connection first gets a `closing` envelope {code, reason: why, message} (docs/protocol.md).
+        """
         if self.closed:
             return
         if self.outbox is not None:
             self.flush()  # errors queued this iteration (e.g. rate_limited) explain the close
+            if self.closed:
+                return  # that flush found a slow reader and closed already
         self.closed = True
         self.outbox = None
-        self.transport.send_close(code, reason.encode())
+        if why is not None and not self.echo:
+            self._write([Outgoing({"t": "closing", "code": code, "reason": why, "message": reason})])
+        self.transport.send_close(<WSCloseCode>code, reason.encode())
         self.hub.closing(self)
 
     cpdef send_env(self, dict env):
@@ -306,11 +341,26 @@ cdef class Connection(WSListener):
 
     cpdef flush(self):
         cdef list out = self.outbox
-        cdef Py_ssize_t n
         self.outbox = None
         if self.closed or out is None:
             return
-        n = len(out)
+        self._write(out)
+        if self.transport.underlying_transport.get_write_buffer_size() > self.limits.max_write_buffer:
+            self.slow_reader()
+
+    cpdef slow_reader(self):
+        """The client stopped reading: close it with 1008.
+
+        Nothing is lost: every entry is in the log and the client resumes from its last seq when
+        it comes back. The close is queued behind what is buffered, so a client that reads again
+        finds a `closing` envelope and 1008 there, not a reset.
+        """
+        self.hub.slow_reader(self)
+        self.fail(WSCloseCode.POLICY_VIOLATION, "slow reader: too much unread data", "slow_reader")
+
+    cdef _write(self, list out):
+        """One frame for `out` (a batch if several), in the connection's format."""
+        cdef Py_ssize_t n = len(out)
         if self.binary:
             if n == 1:
                 _send(self.transport, WSMsgType.BINARY, out[0].msgpack())
@@ -321,16 +371,10 @@ cdef class Connection(WSListener):
                 _send(self.transport, WSMsgType.TEXT, out[0].json())
             else:
                 _send(self.transport, WSMsgType.TEXT, b"[" + b",".join([o.json() for o in out]) + b"]")
-        if self.transport.underlying_transport.get_write_buffer_size() > self.limits.max_write_buffer:
-            # The client stopped reading. Nothing is lost: every entry is in the log and
-            # the client resumes from its last seq when it comes back.
-            self.hub.slow_reader(self)
-            self.closed = True
-            self.transport.disconnect(False)
 
     def ping(self):
         self.awaiting_pong = True
         self.transport.send_ping()
 
     def close_going_away(self, str reason):
-        self.fail(WSCloseCode.GOING_AWAY, reason)
+        self.fail(WSCloseCode.GOING_AWAY, reason, "shutdown")

@@ -42,7 +42,8 @@ class _Metrics:
         self.bot_answers = Counter("chatgw_bot_answers_total", "Bot turns by backend and outcome", ["backend", "outcome"], registry=r)
         self.bot_handoffs = Counter("chatgw_bot_handoffs_total", "Conversations handed from a bot to people", ["reason"], registry=r)
         self.bot_cancelled = Counter("chatgw_bot_cancelled_total", "Bot calls cancelled (visitor left, agent took over)", registry=r)
-        self.auth_failures = Counter("chatgw_auth_failures_total", "Upgrades refused with 401", registry=r)
+        self.auth_failures = Counter("chatgw_auth_failures_total", "Upgrades refused with 401 and token refreshes refused", registry=r)
+        self.tokens_expired = Counter("chatgw_tokens_expired_total", "Connections closed because their token expired unrefreshed", registry=r)
 
 
 METRICS = _Metrics()

@@ -21,15 +21,16 @@ MAX_ATTACHMENTS = 10
 class ProtocolError(Exception):
     """An envelope the server can't act on; becomes an `error` frame, the connection stays."""
 
-    def __init__(self, code: str, message: str, field: str | None = None, rid: Any = None):
+    def __init__(self, code: str, message: str, field: str | None = None, rid: Any = None, **extra: Any):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.rid = rid
+        self.extra = extra  # more fields of the error envelope (e.g. `seq` for a resume past the end)
 
     def envelope(self) -> dict[str, Any]:
-        env: dict[str, Any] = {"t": "error", "code": self.code, "message": self.message}
+        env: dict[str, Any] = {"t": "error", "code": self.code, "message": self.message, **self.extra}
         if self.field:
             env["field"] = self.field
         if self.rid is not None:
@@ -93,6 +94,7 @@ SCHEMA: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "status": ({"status": None}, {"capacity": _int(0, 1000)}),
     "transfer": ({"conv": _ID}, {"to": _ID, "group": _ID}),
     "ping": ({}, {}),
+    "refresh": ({"token": _str(8192)}, {}),
 }
 STATUSES = ("online", "away", "offline")
 

@@ -8,7 +8,8 @@ state change of a conversation happens under that conversation's lock.
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 from gateway.coordinator.base import Agent, Conversation, Coordinator
 
@@ -20,7 +21,8 @@ class RoutingSink(Protocol):
 
     async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None: ...
 
-    async def on_unassigned(self, conv: Conversation, agent: str) -> None: ...
+    async def on_unassigned(self, conv: Conversation, agent: str, rid: Any = None) -> None:
+        """`agent` no longer holds `conv`; `rid` is the request's (a transfer) when it answers one."""
 
     async def on_queue_changed(self, tenant: str, group: str) -> None: ...
 
@@ -40,8 +42,21 @@ class Router:
 
     async def enqueue_new(self, conv: Conversation) -> None:
         """A new conversation joins the back of its group's queue, then the queue drains."""
+        await self.join(conv)
+        await self.joined(conv)
+
+    async def join(self, conv: Conversation) -> int:
+        """Put a new conversation at the back of its group's queue; returns its 1-based position.
+
+        The caller then calls `joined` (after telling the visitor the position, for an `open`).
+        """
         async with self.coord.lock(conv.tenant, "queue:" + conv.group):
             await self.coord.enqueue(conv.tenant, conv.group, conv.id)
+            queue = await self.coord.queue_list(conv.tenant, conv.group)
+        return queue.index(conv.id) + 1 if conv.id in queue else 1
+
+    async def joined(self, conv: Conversation) -> None:
+        """Log `queued` for a conversation `join` placed, then drain its queue."""
         await self.sink.on_queued(conv, "queued")
         if not await self.drain(conv.tenant, conv.group):
             await self.sink.on_queue_changed(conv.tenant, conv.group)
@@ -65,8 +80,7 @@ class Router:
                     await self.coord.queue_remove(tenant, group, head)  # stale entry
                     changed = True
                     continue
-                sticky = await self.coord.sticky_agent(tenant, conv.visitor)
-                agent = await self.coord.reserve_agent(tenant, group, prefer=sticky)
+                agent = await self._reserve(conv)
                 if agent is None:
                     break
                 await self.coord.queue_remove(tenant, group, head)
@@ -76,7 +90,7 @@ class Router:
                 if conv is None or conv.state != "queued":  # closed while we reserved
                     await self.coord.release_agent(tenant, agent)
                     continue
-                conv.state, conv.agent = "assigned", agent
+                conv.state, conv.agent, conv.assigned_us, conv.avoid = "assigned", agent, _now_us(), None
                 await self.coord.save_conversation(conv)
             await self.coord.set_sticky_agent(tenant, conv.visitor, agent)
             await self.sink.on_assigned(conv, "assigned", None)
@@ -84,6 +98,31 @@ class Router:
         if changed:
             await self.sink.on_queue_changed(tenant, group)
         return assigned
+
+    async def _reserve(self, conv: Conversation) -> str | None:
+        """Charge an agent for queued `conv`: its visitor's previous agent if it has room, else the least-loaded.
+
+        An agent that transferred `conv` away to the group is passed over while another agent has
+        room (docs/routing.md step 6): its slots charged while looking are released again.
+        """
+        tenant, group = conv.tenant, conv.group
+        sticky = await self.coord.sticky_agent(tenant, conv.visitor)
+        agent = await self.coord.reserve_agent(tenant, group, prefer=None if sticky == conv.avoid else sticky)
+        if agent is None or agent != conv.avoid:
+            return agent
+        held = 1  # charges on the avoided agent; each makes it look busier to the next pick
+        try:
+            while True:
+                other = await self.coord.reserve_agent(tenant, group)
+                if other != conv.avoid:
+                    if other is not None:
+                        return other
+                    held -= 1  # nobody else has room: it keeps one of its charges and gets the conversation
+                    return agent
+                held += 1
+        finally:
+            for _ in range(held):
+                await self.coord.release_agent(tenant, agent)
 
     async def agent_changed(self, agent: Agent) -> None:
         """Status, connection or capacity changed: it may have room now."""
@@ -114,8 +153,13 @@ class Router:
                 await self.agent_changed(released)
         return conv
 
-    async def transfer(self, tenant: str, conv_id: str, by: str, to_agent: str | None, to_group: str | None) -> Conversation:
-        """Move a conversation to a named agent (who must have room) or to a group's queue."""
+    async def transfer(self, tenant: str, conv_id: str, by: str, to_agent: str | None, to_group: str | None,
+                       rid: Any = None) -> Conversation:
+        """Move a conversation to a named agent (who must have room) or to a group's queue.
+
+        `rid` (the transfer request's) goes into the `unassigned` that answers `by`.
+        Raises RoutingError: not_participant, forbidden (not `by`'s), conflict (target has no room).
+        """
         async with self.coord.lock(tenant, conv_id):
             conv = await self.coord.get_conversation(tenant, conv_id)
             if conv is None:
@@ -135,13 +179,13 @@ class Router:
                     if got is not None:
                         await self.coord.release_agent(tenant, got)
                     raise RoutingError("conflict", f"agent {to_agent} is not available or has no room")
-                conv.agent, conv.group = to_agent, group
+                conv.agent, conv.group, conv.assigned_us, conv.avoid = to_agent, group, _now_us(), None
                 await self.coord.save_conversation(conv)
             else:
-                conv.state, conv.agent, conv.group = "queued", None, group
+                conv.state, conv.agent, conv.group, conv.avoid = "queued", None, group, by
                 await self.coord.save_conversation(conv)
         await self.coord.release_agent(tenant, by)
-        await self.sink.on_unassigned(conv, by)
+        await self.sink.on_unassigned(conv, by, rid)
         if to_agent is not None:
             await self.coord.set_sticky_agent(tenant, conv.visitor, to_agent)
             await self.sink.on_assigned(conv, "transferred", by)
@@ -160,7 +204,11 @@ class Router:
         """The agent's grace period ran out: its conversations go back to the front of their queues."""
         moved: list[str] = []
         groups: set[str] = set()
-        for conv_id in reversed(await self.coord.conversations_of_agent(tenant, agent_id)):
+        held = [c for c in [await self.coord.get_conversation(tenant, i)
+                            for i in await self.coord.conversations_of_agent(tenant, agent_id)] if c is not None]
+        # Each goes to the front, so the last assigned goes first and the first assigned ends up ahead.
+        held.sort(key=lambda c: (c.assigned_us, c.created_ms, c.id))
+        for conv_id in reversed([c.id for c in held]):
             async with self.coord.lock(tenant, conv_id):
                 conv = await self.coord.get_conversation(tenant, conv_id)
                 if conv is None or conv.state != "assigned" or conv.agent != agent_id:
@@ -178,3 +226,7 @@ class Router:
             await self.drain(tenant, g)
             await self.sink.on_queue_changed(tenant, g)
         return moved
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000

@@ -34,18 +34,35 @@ def conv(i: str = "c1", tenant: str = "t", visitor: str = "v1", group: str = "g"
 
 async def test_append_allocates_gap_free_seq_and_dedups_client_ids(coord):
     await coord.create_conversation(conv())
-    seqs = [await coord.append("t", "c1", {"t": "msg", "text": str(i)}, f"id{i}") for i in range(3)]
+    seqs = [await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": str(i)}, f"id{i}") for i in range(3)]
     assert seqs == [(1, False), (2, False), (3, False)]
-    assert await coord.append("t", "c1", {"t": "msg", "text": "again"}, "id1") == (2, True)
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "again"}, "id1") == (2, True)
     assert await coord.append("t", "c1", {"t": "event"}) == (4, False)
     assert await coord.last_seq("t", "c1") == 4
-    assert await coord.seq_of("t", "c1", "id1") == 2 and await coord.seq_of("t", "c1", "nope") is None
+    assert await coord.seq_of("t", "c1", "v1", "id1") == 2 and await coord.seq_of("t", "c1", "v1", "nope") is None
+
+
+async def test_two_senders_reusing_each_others_client_ids_are_two_messages(coord):
+    """Issue 10, item 4: the visitor sends id "1", then the agent sends a different id "1"."""
+    await coord.create_conversation(conv())
+    assert await coord.append("t", "c1", {"t": "event"}) == (1, False)
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "hi"}, "1") == (2, False)
+    assert await coord.append("t", "c1", {"t": "msg", "from": "a1", "text": "hello"}, "1") == (3, False)
+    # Each sender's retry still finds its own first seq.
+    assert await coord.append("t", "c1", {"t": "msg", "from": "a1", "text": "hello"}, "1") == (3, True)
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "hi"}, "1") == (2, True)
+    assert await coord.seq_of("t", "c1", "v1", "1") == 2 and await coord.seq_of("t", "c1", "a1", "1") == 3
+    # Ids and senders that would run together if simply joined stay apart.
+    assert (await coord.append("t", "c1", {"t": "msg", "from": "a", "text": "x"}, "b:c"))[1] is False
+    assert (await coord.append("t", "c1", {"t": "msg", "from": "a:b", "text": "x"}, "c"))[1] is False
+    entries, _ = await coord.read_after("t", "c1", 0, 10)
+    assert [(e.get("from"), e.get("text")) for e in entries[:3]] == [(None, None), ("v1", "hi"), ("a1", "hello")]
 
 
 async def test_log_retention_is_bounded_and_reports_first(coord):
     await coord.create_conversation(conv())
     for i in range(8):
-        await coord.append("t", "c1", {"n": i}, f"id{i}")
+        await coord.append("t", "c1", {"n": i, "from": "v1"}, f"id{i}")
     entries, first = await coord.read_after("t", "c1", 0, 100)
     assert first == 4 and [e["seq"] for e in entries] == [4, 5, 6, 7, 8]
     entries, first = await coord.read_after("t", "c1", 6, 100)
@@ -53,8 +70,8 @@ async def test_log_retention_is_bounded_and_reports_first(coord):
     page, first = await coord.read_before("t", "c1", 7, 2)
     assert [e["seq"] for e in page] == [5, 6]
     # A client id whose entry was trimmed is no longer known (the log is the record).
-    assert await coord.seq_of("t", "c1", "id0") is None and await coord.seq_of("t", "c1", "id7") == 8
-    assert (await coord.append("t", "c1", {"n": 0}, "id0"))[1] is False
+    assert await coord.seq_of("t", "c1", "v1", "id0") is None and await coord.seq_of("t", "c1", "v1", "id7") == 8
+    assert (await coord.append("t", "c1", {"n": 0, "from": "v1"}, "id0"))[1] is False
 
 
 async def test_tenants_are_isolated(coord):

@@ -82,6 +82,8 @@ async def test_queue_positions_then_assignment_when_room_frees(gateway):
     assert (await v2.next("queue"))["position"] == 1
     assert (await v3.next("queue"))["position"] == 2
     assert c3["state"] == "queued"
+    # The `open` reply of a queued conversation names its position too (docs/protocol.md).
+    assert (c2["state"], c2["position"], c3["position"]) == ("queued", 1, 2)
     # The agent closes the first conversation: v2 gets the agent, v3 moves up to 1.
     await a.send({"t": "close", "conv": c1["conv"]})
     await v1.next("event", lambda e: e["ev"] == "closed")

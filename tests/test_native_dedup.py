@@ -29,9 +29,11 @@ def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
         return ("raise", type(e))
 
 
-def split_key(key: bytes) -> tuple[bytes, bytes]:
+def split_key(key: bytes) -> tuple[bytes, bytes, bytes]:
     n = int.from_bytes(key[:2], "little")
-    return key[2 : 2 + n], key[2 + n :]
+    conv, rest = key[2 : 2 + n], key[2 + n :]
+    m = int.from_bytes(rest[:2], "little")
+    return conv, rest[2 : 2 + m], rest[2 + m :]
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any], weight: int = 6) -> st.SearchStrategy[Any]:
@@ -71,22 +73,26 @@ class DedupMachine(RuleBasedStateMachine):
 
     keys = Bundle("keys")
 
-    @rule(target=keys, conv=KEY, cid=KEY, seq=SEQ)
-    def put(self, conv: Any, cid: Any, seq: Any) -> tuple[Any, Any]:
-        assert outcome(self.n.put, conv, cid, seq, self.now) == outcome(self.r.put, conv, cid, seq, self.now)
-        return (conv, cid)
+    @rule(target=keys, conv=KEY, sender=KEY, cid=KEY, seq=SEQ)
+    def put(self, conv: Any, sender: Any, cid: Any, seq: Any) -> tuple[Any, Any, Any]:
+        assert outcome(self.n.put, conv, sender, cid, seq, self.now) == outcome(self.r.put, conv, sender, cid, seq, self.now)
+        return (conv, sender, cid)
 
-    @rule(conv=KEY, cid=KEY)
-    def get(self, conv: Any, cid: Any) -> None:
-        assert outcome(self.n.get, conv, cid, self.now) == outcome(self.r.get, conv, cid, self.now)
+    @rule(conv=KEY, sender=KEY, cid=KEY)
+    def get(self, conv: Any, sender: Any, cid: Any) -> None:
+        assert outcome(self.n.get, conv, sender, cid, self.now) == outcome(self.r.get, conv, sender, cid, self.now)
 
     @rule(key=keys)
-    def get_known(self, key: tuple[Any, Any]) -> None:
+    def get_known(self, key: tuple[Any, Any, Any]) -> None:
         self.get(*key)
 
+    @rule(key=keys, other=KEY)
+    def get_known_id_of_another_sender(self, key: tuple[Any, Any, Any], other: Any) -> None:
+        self.get(key[0], other, key[2])
+
     @rule(key=keys, seq=SEQ)
-    def put_known(self, key: tuple[Any, Any], seq: Any) -> None:
-        self.put(key[0], key[1], seq)
+    def put_known(self, key: tuple[Any, Any, Any], seq: Any) -> None:
+        self.put(key[0], key[1], key[2], seq)
 
     @rule(
         step=st.one_of(
@@ -106,8 +112,8 @@ class DedupMachine(RuleBasedStateMachine):
 
     @rule(now=st.sampled_from([-1, 2**64, 1.0, None]))
     def bad_time(self, now: Any) -> None:
-        assert outcome(self.n.get, "a", "b", now) == outcome(self.r.get, "a", "b", now)
-        assert outcome(self.n.put, "a", "b", 1, now) == outcome(self.r.put, "a", "b", 1, now)
+        assert outcome(self.n.get, "a", "s", "b", now) == outcome(self.r.get, "a", "s", "b", now)
+        assert outcome(self.n.put, "a", "s", "b", 1, now) == outcome(self.r.put, "a", "s", "b", 1, now)
 
     @precondition(lambda self: hasattr(self, "r"))
     @invariant()
@@ -121,9 +127,9 @@ class DedupMachine(RuleBasedStateMachine):
         cur = max(self.r._cur_gen, self.now // self.r._gen_len)
         for key, (_seq, gen) in list(self.r._lru.items()):
             if cur - gen < self.generations:
-                conv, cid = split_key(key)
-                assert self.n._bloom_maybe(conv, cid, self.now)
-                assert self.r._bloom_maybe(conv, cid, self.now)
+                conv, sender, cid = split_key(key)
+                assert self.n._bloom_maybe(conv, sender, cid, self.now)
+                assert self.r._bloom_maybe(conv, sender, cid, self.now)
 
 
 TestDedupMachine = DedupMachine.TestCase
@@ -147,17 +153,17 @@ class DedupWindowMachine(RuleBasedStateMachine):
 
     @rule(cid=st.sampled_from("abc"), seq=st.integers(0, 3))
     def put(self, cid: str, seq: int) -> None:
-        self.n.put("c", cid, seq, self.now)
-        self.r.put("c", cid, seq, self.now)
+        self.n.put("c", "s", cid, seq, self.now)
+        self.r.put("c", "s", cid, seq, self.now)
 
     @rule(cid=st.sampled_from("abc"))
     def get(self, cid: str) -> None:
-        assert self.n.get("c", cid, self.now) == self.r.get("c", cid, self.now)
+        assert self.n.get("c", "s", cid, self.now) == self.r.get("c", "s", cid, self.now)
 
     @rule()
     def get_all(self) -> None:
         for cid in "abc":
-            assert self.n.get("c", cid, self.now) == self.r.get("c", cid, self.now)
+            assert self.n.get("c", "s", cid, self.now) == self.r.get("c", "s", cid, self.now)
 
     @rule(gens=st.integers(0, 5), offset=st.sampled_from([0, 0, -1, 1]))
     def time_passes(self, gens: int, offset: int) -> None:
@@ -186,64 +192,76 @@ def test_factory_prefers_native() -> None:
     assert isinstance(make_dedup(10, 1000, prefer_native=False), ReferenceDedup)
 
 
-def test_pair_is_unambiguous(impl: type) -> None:
+def test_triple_is_unambiguous(impl: type) -> None:
     d = impl(10, 1000)
-    d.put("a", "bc", 1, 0)
-    assert d.get("ab", "c", 0) is None
-    assert d.get("a", "bc", 0) == 1
-    assert dedup_key("a", "bc") != dedup_key("ab", "c")
+    d.put("a", "b", "cd", 1, 0)
+    assert d.get("ab", "", "cd", 0) is None
+    assert d.get("a", "bc", "d", 0) is None
+    assert d.get("a", "b", "cd", 0) == 1
+    keys = {dedup_key("a", "b", "cd"), dedup_key("ab", "", "cd"), dedup_key("a", "bc", "d"), dedup_key("", "ab", "cd")}
+    assert len(keys) == 4
+
+
+def test_two_senders_may_use_the_same_client_id(impl: type) -> None:
+    """Each client picks its own ids: the visitor's "1" and the agent's "1" are different messages."""
+    d = impl(10, 1000)
+    d.put("conv", "visitor-1", "1", 2, 0)
+    assert d.get("conv", "agent-1", "1", 0) is None
+    d.put("conv", "agent-1", "1", 3, 0)
+    assert d.get("conv", "visitor-1", "1", 0) == 2
+    assert d.get("conv", "agent-1", "1", 0) == 3
 
 
 def test_str_and_bytes_spell_the_same_key(impl: type) -> None:
     d = impl(10, 1000)
-    d.put("é", "\ud800", 7, 0)
-    assert d.get(b"\xc3\xa9", b"\xed\xa0\x80", 0) == 7
+    d.put("é", "ü", "\ud800", 7, 0)
+    assert d.get(b"\xc3\xa9", b"\xc3\xbc", b"\xed\xa0\x80", 0) == 7
 
 
 def test_window_is_exact(impl: type) -> None:
     # window 1000 ms, 4 generations of 250 ms: a put at generation g is visible while cur - g < 4.
     d = impl(10, 1000, 4)
-    d.put("c", "m", 1, 249)  # generation 0
-    assert d.get("c", "m", 999) == 1  # generation 3
-    assert d.get("c", "m", 1000) is None  # generation 4: expired
+    d.put("c", "s", "m", 1, 249)  # generation 0
+    assert d.get("c", "s", "m", 999) == 1  # generation 3
+    assert d.get("c", "s", "m", 1000) is None  # generation 4: expired
     assert len(d) == 1  # still in the LRU until evicted
 
 
 def test_hit_does_not_extend_window_but_put_does(impl: type) -> None:
     d = impl(10, 1000, 4)
-    d.put("c", "m", 1, 0)
-    assert d.get("c", "m", 900) == 1
-    assert d.get("c", "m", 1000) is None
-    d.put("c", "m", 2, 1000)
-    assert d.get("c", "m", 1999) == 2
+    d.put("c", "s", "m", 1, 0)
+    assert d.get("c", "s", "m", 900) == 1
+    assert d.get("c", "s", "m", 1000) is None
+    d.put("c", "s", "m", 2, 1000)
+    assert d.get("c", "s", "m", 1999) == 2
 
 
 def test_clock_going_backwards_is_ignored(impl: type) -> None:
     d = impl(10, 1000, 4)
-    d.put("c", "m", 1, 5000)
-    assert d.get("c", "m", 0) == 1  # generation stays at the maximum seen
-    d.put("c", "n", 2, 0)  # stamped with the current (maximum) generation
-    assert d.get("c", "n", 5999) == 2
+    d.put("c", "s", "m", 1, 5000)
+    assert d.get("c", "s", "m", 0) == 1  # generation stays at the maximum seen
+    d.put("c", "s", "n", 2, 0)  # stamped with the current (maximum) generation
+    assert d.get("c", "s", "n", 5999) == 2
 
 
 def test_lru_eviction_and_recency(impl: type) -> None:
     d = impl(2, 1000)
-    d.put("c", "1", 1, 0)
-    d.put("c", "2", 2, 0)
-    assert d.get("c", "1", 0) == 1  # refresh 1
-    d.put("c", "3", 3, 0)  # evicts 2
+    d.put("c", "s", "1", 1, 0)
+    d.put("c", "s", "2", 2, 0)
+    assert d.get("c", "s", "1", 0) == 1  # refresh 1
+    d.put("c", "s", "3", 3, 0)  # evicts 2
     assert len(d) == 2
-    assert d.get("c", "2", 0) is None
-    assert d.get("c", "1", 0) == 1
-    assert d.get("c", "3", 0) == 3
+    assert d.get("c", "s", "2", 0) is None
+    assert d.get("c", "s", "1", 0) == 1
+    assert d.get("c", "s", "3", 0) == 3
 
 
 def test_put_updates_seq(impl: type) -> None:
     d = impl(2, 1000)
-    d.put("c", "1", 1, 0)
-    d.put("c", "1", 9, 0)
+    d.put("c", "s", "1", 1, 0)
+    d.put("c", "s", "1", 9, 0)
     assert len(d) == 1
-    assert d.get("c", "1", 0) == 9
+    assert d.get("c", "s", "1", 0) == 9
 
 
 @pytest.mark.parametrize(
@@ -281,33 +299,33 @@ def test_config_overflow_is_overflow_error(impl: type) -> None:
 def test_bloom_false_positive_never_revives_an_expired_entry(impl: type) -> None:
     # bits_per_generation=1: the bloom answers "maybe" for every key once anything is live.
     d = impl(10, 400, 4, 1)
-    d.put("c", "old", 1, 0)  # generation 0
-    d.put("c", "new", 2, 400)  # generation 4: slot 0 reused, the single bit set again
-    assert d._bloom_maybe("c", "old", 400)
-    assert d.get("c", "old", 400) is None  # exact check on the entry's generation
-    assert d.get("c", "new", 400) == 2
+    d.put("c", "s", "old", 1, 0)  # generation 0
+    d.put("c", "s", "new", 2, 400)  # generation 4: slot 0 reused, the single bit set again
+    assert d._bloom_maybe("c", "s", "old", 400)
+    assert d.get("c", "s", "old", 400) is None  # exact check on the entry's generation
+    assert d.get("c", "s", "new", 400) == 2
 
 
 def test_bloom_filters_misses() -> None:
     # The native bloom is effective: after 1000 puts, most unseen keys are rejected by it.
     d = Native(10_000, 60_000, 4, 1 << 16)
     for i in range(1000):
-        d.put("conv", f"m{i}", i, 0)
-    maybe = sum(d._bloom_maybe("conv", f"other{i}", 0) for i in range(10_000))
+        d.put("conv", "s", f"m{i}", i, 0)
+    maybe = sum(d._bloom_maybe("conv", "s", f"other{i}", 0) for i in range(10_000))
     assert maybe < 100  # k=4, 65536 bits, 1000 keys: expected rate ~ 2.4e-4
-    assert all(d._bloom_maybe("conv", f"m{i}", 0) for i in range(1000))
+    assert all(d._bloom_maybe("conv", "s", f"m{i}", 0) for i in range(1000))
 
 
 def test_generation_rotation_clears_bloom() -> None:
     d = Native(100, 400, 4, 1 << 10)
-    d.put("c", "m", 1, 0)
-    assert d._bloom_maybe("c", "m", 399)
-    assert not d._bloom_maybe("c", "m", 400)  # the only generation holding it was cleared
+    d.put("c", "s", "m", 1, 0)
+    assert d._bloom_maybe("c", "s", "m", 399)
+    assert not d._bloom_maybe("c", "s", "m", 400)  # the only generation holding it was cleared
 
 
 def test_seed_changes_hash_not_results() -> None:
     a, b = Native(100, 1000, 4, 64, seed=1), Native(100, 1000, 4, 64, seed=2)
     for d in (a, b):
         for i in range(50):
-            d.put("c", str(i), i, 0)
-    assert [a.get("c", str(i), 0) for i in range(60)] == [b.get("c", str(i), 0) for i in range(60)]
+            d.put("c", "s", str(i), i, 0)
+    assert [a.get("c", "s", str(i), 0) for i in range(60)] == [b.get("c", "s", str(i), 0) for i in range(60)]

@@ -43,51 +43,56 @@ def both(pair: list[type], ctor_args: tuple[Any, ...], method: str, *args: Any) 
 
 
 @pytest.mark.parametrize(
-    "conv,cid",
-    [(MIB, "m"), ("c", MIB), (MIB_BYTES, b""), ("é" * 513, ""), ("a" * 1024, "b"), ("\ud800" * 342, "ab")],
+    "conv,sender,cid",
+    [(MIB, "s", "m"), ("c", "s", MIB), ("c", MIB, "m"), (MIB_BYTES, b"", b""), ("é" * 513, "", ""),
+     ("a" * 1024, "", "b"), ("a" * 512, "b" * 512, "c"), ("\ud800" * 342, "", "ab")],
 )
-def test_dedup_oversized_keys_are_value_error(conv: Any, cid: Any) -> None:
-    assert both(DEDUPS, (10, 1000), "put", conv, cid, 1, 0) == ("raise", ValueError)
-    assert both(DEDUPS, (10, 1000), "get", conv, cid, 0) == ("raise", ValueError)
+def test_dedup_oversized_keys_are_value_error(conv: Any, sender: Any, cid: Any) -> None:
+    assert both(DEDUPS, (10, 1000), "put", conv, sender, cid, 1, 0) == ("raise", ValueError)
+    assert both(DEDUPS, (10, 1000), "get", conv, sender, cid, 0) == ("raise", ValueError)
 
 
 @pytest.mark.parametrize(
-    "conv,cid",
+    "conv,sender,cid",
     [
-        ("", ""),
-        ("a" * 1024, ""),
-        ("", b"\xff" * 1024),
-        (b"\xff\xfe\x00", b"\x80"),
-        ("\ud800", "\udfff"),
-        ("é" * 512, ""),
+        ("", "", ""),
+        ("a" * 1024, "", ""),
+        ("", "", b"\xff" * 1024),
+        ("", "s" * 1024, ""),
+        ("a" * 341, "b" * 341, "c" * 342),
+        (b"\xff\xfe\x00", b"\x00", b"\x80"),
+        ("\ud800", "\udc00", "\udfff"),
+        ("é" * 512, "", ""),
     ],
 )
 @pytest.mark.parametrize("cls", DEDUPS)
-def test_dedup_edge_keys_work(cls: type, conv: Any, cid: Any) -> None:
+def test_dedup_edge_keys_work(cls: type, conv: Any, sender: Any, cid: Any) -> None:
     d = cls(10, 1000)
-    d.put(conv, cid, 42, 0)
-    assert d.get(conv, cid, 0) == 42
+    d.put(conv, sender, cid, 42, 0)
+    assert d.get(conv, sender, cid, 0) == 42
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        (None, "m", 1, 0),
-        ("c", 1, 1, 0),
-        (bytearray(b"c"), "m", 1, 0),
-        (memoryview(b"c"), "m", 1, 0),
-        ("c", "m", "1", 0),
-        ("c", "m", 1.0, 0),
-        ("c", "m", 1, None),
-        ("c", "m", 1, 0.5),
-        ("c", "m", -1, 0),
-        ("c", "m", 2**64, 0),
-        ("c", "m", 1, -1),
-        ("c", "m", 1, 2**64),
-        ("c", "m", 2**200, 0),
-        (None, MIB, 1, 0),
-        (MIB, None, 1, 0),
-        (MIB, "m", -1, 0),
+        (None, "s", "m", 1, 0),
+        ("c", "s", 1, 1, 0),
+        (bytearray(b"c"), "s", "m", 1, 0),
+        (memoryview(b"c"), "s", "m", 1, 0),
+        ("c", "s", "m", "1", 0),
+        ("c", "s", "m", 1.0, 0),
+        ("c", "s", "m", 1, None),
+        ("c", "s", "m", 1, 0.5),
+        ("c", "s", "m", -1, 0),
+        ("c", "s", "m", 2**64, 0),
+        ("c", "s", "m", 1, -1),
+        ("c", "s", "m", 1, 2**64),
+        ("c", "s", "m", 2**200, 0),
+        (None, "s", MIB, 1, 0),
+        ("c", None, "m", 1, 0),
+        ("c", 1, "m", 1, 0),
+        (MIB, "s", None, 1, 0),
+        (MIB, "s", "m", -1, 0),
     ],
 )
 def test_dedup_bad_put_arguments(args: tuple[Any, ...]) -> None:
@@ -99,9 +104,9 @@ def test_dedup_wrong_arity_is_type_error() -> None:
     for cls in DEDUPS:
         d = cls(10, 1000)
         with pytest.raises(TypeError):
-            d.put("c", "m", 1)  # type: ignore[call-arg]
+            d.put("c", "s", "m", 1)  # type: ignore[call-arg]
         with pytest.raises(TypeError):
-            d.get("c")  # type: ignore[call-arg]
+            d.get("c", "m", 0)  # type: ignore[call-arg]
         with pytest.raises(TypeError):
             cls()
 
@@ -110,19 +115,19 @@ def test_dedup_wrong_arity_is_type_error() -> None:
 def test_dedup_memory_is_bounded_by_capacity(cls: type, n: int) -> None:
     d = cls(10_000, 60_000, 4, 1 << 16)
     for i in range(n):
-        d.put("conv", str(i), i, i // 100)
+        d.put("conv", "s", str(i), i, i // 100)
     assert len(d) == 10_000
-    assert d.get("conv", str(n - 1), n // 100) == n - 1
-    assert d.get("conv", "0", n // 100) is None  # evicted long ago
+    assert d.get("conv", "s", str(n - 1), n // 100) == n - 1
+    assert d.get("conv", "s", "0", n // 100) is None  # evicted long ago
 
 
 def test_dedup_extreme_times_and_seqs() -> None:
     for cls in DEDUPS:
         d = cls(4, 2**63 - 1, 64, 1)
-        d.put("c", "m", U64_MAX, U64_MAX)
-        assert d.get("c", "m", U64_MAX) == U64_MAX
-        d.put("c", "n", 0, 0)  # clock far in the past: ignored, stamped at the current generation
-        assert d.get("c", "n", 0) == 0
+        d.put("c", "s", "m", U64_MAX, U64_MAX)
+        assert d.get("c", "s", "m", U64_MAX) == U64_MAX
+        d.put("c", "s", "n", 0, 0)  # clock far in the past: ignored, stamped at the current generation
+        assert d.get("c", "s", "n", 0) == 0
 
 
 # ------------------------------------------------------------------------- LoadIndex
@@ -287,10 +292,10 @@ class BadIndex:
 def test_reentrant_and_failing_index() -> None:
     for cls in DEDUPS:
         d = cls(10, 1000)
-        d.put("c", "m", ReentrantIndex(d, 5), ReentrantIndex(d, 0))
-        assert d.get("c", "m", ReentrantIndex(d, 0)) == 5
+        d.put("c", "s", "m", ReentrantIndex(d, 5), ReentrantIndex(d, 0))
+        assert d.get("c", "s", "m", ReentrantIndex(d, 0)) == 5
         with pytest.raises(ZeroDivisionError):
-            d.put("c", "m", BadIndex(), 0)
+            d.put("c", "s", "m", BadIndex(), 0)
     for cls in WHEELS:
         w = cls()
         w.schedule(ReentrantIndex(w, 3), ReentrantIndex(w, 7))
@@ -311,9 +316,9 @@ class SneakyStr(str):
 def test_str_subclasses_use_their_real_content() -> None:
     for cls in DEDUPS:
         d = cls(10, 1000)
-        d.put(SneakyStr("c"), SneakyStr("m"), 1, 0)
-        assert d.get("c", "m", 0) == 1
-        assert d.get("sneaky", "", 0) is None
+        d.put(SneakyStr("c"), SneakyStr("s"), SneakyStr("m"), 1, 0)
+        assert d.get("c", "s", "m", 0) == 1
+        assert d.get("sneaky", "sneaky", "", 0) is None
     for cls in INDEXES:
         x = cls()
         x.upsert(SneakyStr("a"), [SneakyStr("g")], 1, True)
@@ -333,8 +338,8 @@ def test_threads_share_native_objects_without_crashing() -> None:
     def work(t: int) -> None:
         try:
             for i in range(20_000):
-                d.put("c", f"{t}:{i}", i, i)
-                d.get("c", f"{t}:{i - 1}", i)
+                d.put("c", "s", f"{t}:{i}", i, i)
+                d.get("c", "s", f"{t}:{i - 1}", i)
                 x.upsert(f"a{t}:{i % 50}", ["g"], 3, True)
                 if x.acquire(f"a{t}:{i % 50}"):
                     x.release(f"a{t}:{i % 50}")

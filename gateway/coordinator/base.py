@@ -7,7 +7,9 @@ Redis implementation fits without changing any caller.
 
 Atomicity contract:
 - `append` allocates the next seq and records the client id in one step; a
-  repeated client id returns the first seq with duplicate=True.
+  repeated client id *of the same sender* (the entry's `from`) returns the first
+  seq with duplicate=True. Each client picks its own ids, so the same id from
+  another sender is another message.
 - `reserve_agent` picks and charges an agent slot in one step, so two callers can
   never push an agent past its capacity.
 - Conversation state changes are made while holding `lock(tenant, conv)` (or
@@ -23,7 +25,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATES = ("bot", "queued", "assigned", "closed")
+
+def idempotency_key(sender: str, client_id: str) -> str:
+    """Where the log remembers a client message id: per sender, since each client picks its own.
+
+    Length-prefixed, so no two (sender, id) pairs share a key whatever characters they hold.
+    """
+    return f"{len(sender)}:{sender}:{client_id}"
 
 
 class Unavailable(Exception):
@@ -40,6 +48,11 @@ class Conversation:
     agent: str | None = None
     created_ms: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    # When the current agent got it (wall clock, microseconds): an agent's conversations
+    # return to the queue in this order (docs/routing.md step 7).
+    assigned_us: int = 0
+    # The agent that transferred it to a group: not given it back while another agent can take it.
+    avoid: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,11 +135,15 @@ class Coordinator(ABC):
     # the log
     @abstractmethod
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
-        """Append entry (its `seq` is set here); returns (seq, duplicate)."""
+        """Append entry (its `seq` is set here); returns (seq, duplicate).
+
+        With a `client_id`, an entry whose sender (`entry["from"]`) already appended that id
+        is not appended again: the answer is the first seq and duplicate=True.
+        """
 
     @abstractmethod
-    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
-        """The seq `append` gave `client_id` in this conversation, while its entry is kept; else None."""
+    async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        """The seq `append` gave `sender`'s `client_id` in this conversation, while its entry is kept; else None."""
 
     @abstractmethod
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -19,7 +19,7 @@ import orjson
 
 from routing.load_index import make_load_index
 
-from .base import Agent, Conversation, Coordinator, DeliveryHandler
+from .base import Agent, Conversation, Coordinator, DeliveryHandler, idempotency_key
 
 _pack = orjson.dumps
 _unpack = orjson.loads
@@ -113,13 +113,13 @@ class EmbeddedCoordinator(Coordinator):
         seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
         return seq, dup
 
-    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
-        return self.seq_of_now(tenant, conv_id, client_id)
+    async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        return self.seq_of_now(tenant, conv_id, sender, client_id)
 
-    def seq_of_now(self, tenant: str, conv_id: str, client_id: str) -> int | None:
-        """The seq the log gave `client_id`, while its entry is kept."""
+    def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        """The seq the log gave `sender`'s `client_id`, while its entry is kept."""
         log = self._logs.get((tenant, conv_id))
-        return None if log is None else log.ids.get(client_id)
+        return None if log is None else log.ids.get(idempotency_key(sender, client_id))
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
@@ -127,6 +127,7 @@ class EmbeddedCoordinator(Coordinator):
         if log is None:
             raise KeyError(conv_id)
         if client_id is not None:
+            client_id = idempotency_key(entry["from"], client_id)
             seq = log.ids.get(client_id)
             if seq is not None:
                 return seq, True, b""

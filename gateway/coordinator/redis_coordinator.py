@@ -2,7 +2,7 @@
 
 Key layout (every id is percent-encoded, so ':' '{' '}' in ids can't collide):
 
-    cg:{c:T:C}:doc|log|ids|meta   one conversation: JSON doc, log stream, client id -> seq, seq/fence
+    cg:{c:T:C}:doc|log|ids|meta   one conversation: JSON doc, log stream, (sender, client id) -> seq, seq/fence
                                   (one hash tag: a conversation stays in one slot, scripts stay atomic)
     cg:{v:T:V}:open|sticky        a visitor's open conversation and last agent
     cg:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
@@ -51,7 +51,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Agent, Conversation, Coordinator, DeliveryHandler, Unavailable
+from .base import Agent, Conversation, Coordinator, DeliveryHandler, Unavailable, idempotency_key
 
 log = logging.getLogger("gateway.redis")
 
@@ -402,14 +402,14 @@ class RedisCoordinator(Coordinator):
         body = {k: v for k, v in entry.items() if k != "seq"}
         seq, dup = await self._append_s(
             keys=[self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")],
-            args=[client_id or "", orjson.dumps(body), self._keep],
+            args=["" if client_id is None else idempotency_key(entry["from"], client_id), orjson.dumps(body), self._keep],
         )
         entry["seq"] = int(seq)
         return int(seq), bool(dup)
 
     @_available_errors
-    async def seq_of(self, tenant: str, conv_id: str, client_id: str) -> int | None:
-        seq = await self.r.hget(self._ck(tenant, conv_id, "ids"), client_id)
+    async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        seq = await self.r.hget(self._ck(tenant, conv_id, "ids"), idempotency_key(sender, client_id))
         return None if seq is None else int(seq)
 
     async def _read(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -406,7 +406,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Seed {
 
 /// Dedup(capacity, window_ms, generations=4, bits_per_generation=1<<20, seed=0)
 ///
-/// Idempotency cache (conv, cid) -> first seq. Time is passed explicitly.
+/// Idempotency cache (conv, sender, cid) -> first seq. Time is passed explicitly.
 #[pyclass(module = "chatgw_native")]
 pub struct Dedup {
     core: DedupCore,
@@ -457,42 +457,45 @@ impl Dedup {
         })
     }
 
-    /// Seq stored for (conv, cid) if present and within the window, else None.
+    /// Seq stored for (conv, sender, cid) if present and within the window, else None.
     fn get(
         slf: &Bound<'_, Self>,
         conv: &Bound<'_, PyAny>,
+        sender: &Bound<'_, PyAny>,
         cid: &Bound<'_, PyAny>,
         now_ms: &Bound<'_, PyAny>,
     ) -> PyResult<Option<u64>> {
-        let key = dedup_key(conv, cid)?;
+        let key = dedup_key(conv, sender, cid)?;
         let now = u64_arg(now_ms)?;
         let mut this = slf.try_borrow_mut()?;
         Ok(this.core.get(key.as_bytes(), now))
     }
 
-    /// Record (conv, cid) -> seq at now_ms.
+    /// Record (conv, sender, cid) -> seq at now_ms.
     fn put(
         slf: &Bound<'_, Self>,
         conv: &Bound<'_, PyAny>,
+        sender: &Bound<'_, PyAny>,
         cid: &Bound<'_, PyAny>,
         seq: &Bound<'_, PyAny>,
         now_ms: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let key = dedup_key(conv, cid)?;
+        let key = dedup_key(conv, sender, cid)?;
         let seq = u64_arg(seq)?;
         let now = u64_arg(now_ms)?;
         let mut this = slf.try_borrow_mut()?;
         this.core.put(key.as_bytes(), seq, now)
     }
 
-    /// Test hook: does the bloom filter say "maybe" for (conv, cid)?
+    /// Test hook: does the bloom filter say "maybe" for (conv, sender, cid)?
     fn _bloom_maybe(
         slf: &Bound<'_, Self>,
         conv: &Bound<'_, PyAny>,
+        sender: &Bound<'_, PyAny>,
         cid: &Bound<'_, PyAny>,
         now_ms: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let key = dedup_key(conv, cid)?;
+        let key = dedup_key(conv, sender, cid)?;
         let now = u64_arg(now_ms)?;
         let mut this = slf.try_borrow_mut()?;
         Ok(this.core.bloom_maybe(key.as_bytes(), now))

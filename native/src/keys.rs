@@ -18,7 +18,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyString};
 
-/// Longest Dedup key (conv bytes + cid bytes) and longest agent/group id.
+/// Longest Dedup key (conv + sender + cid bytes) and longest agent/group id.
 pub const MAX_KEY_BYTES: usize = 1024;
 
 const UTF8: &[u8] = b"utf-8\0";
@@ -92,10 +92,10 @@ fn too_long() -> PyErr {
     PyValueError::new_err(format!("key longer than {MAX_KEY_BYTES} bytes"))
 }
 
-/// A Dedup key: `len(conv) as u16 LE || conv || cid`, at most
-/// 2 + [`MAX_KEY_BYTES`] bytes, kept on the stack.
+/// A Dedup key: `len(conv) as u16 LE || conv || len(sender) as u16 LE || sender || cid`,
+/// at most 4 + [`MAX_KEY_BYTES`] bytes, kept on the stack.
 pub struct DedupKey {
-    buf: [u8; MAX_KEY_BYTES + 2],
+    buf: [u8; MAX_KEY_BYTES + 4],
     len: usize,
 }
 
@@ -105,27 +105,33 @@ impl DedupKey {
     }
 }
 
-/// Build the unambiguous Dedup key from (conv, cid).
-/// Order of checks: type of conv, type of cid (TypeError), then the combined
-/// length (ValueError).
-pub fn dedup_key(conv: &Bound<'_, PyAny>, cid: &Bound<'_, PyAny>) -> PyResult<DedupKey> {
-    let a = part(conv, "conv")?;
-    let b = part(cid, "cid")?;
+/// Build the unambiguous Dedup key from (conv, sender, cid): a client id is
+/// chosen by its sender, so two senders' equal ids are two keys.
+/// Order of checks: type of conv, sender, cid (TypeError), then the combined
+/// length of the three (ValueError).
+pub fn dedup_key(
+    conv: &Bound<'_, PyAny>,
+    sender: &Bound<'_, PyAny>,
+    cid: &Bound<'_, PyAny>,
+) -> PyResult<DedupKey> {
+    let parts = [part(conv, "conv")?, part(sender, "sender")?, part(cid, "cid")?];
     // Cheap early rejection: a str of n code points encodes to >= n bytes.
-    let lower = |p: &Part<'_, '_>| -> PyResult<usize> {
-        Ok(match p {
+    let mut lower = 0usize;
+    for p in &parts {
+        lower = lower.saturating_add(match p {
             Part::Bytes(b) => b.as_bytes().len(),
             Part::Str(s) => code_points(s)?,
-        })
-    };
-    if lower(&a)?.saturating_add(lower(&b)?) > MAX_KEY_BYTES {
+        });
+    }
+    if lower > MAX_KEY_BYTES {
         return Err(too_long());
     }
     let mut key = DedupKey {
-        buf: [0u8; MAX_KEY_BYTES + 2],
-        len: 2,
+        buf: [0u8; MAX_KEY_BYTES + 4],
+        len: 0,
     };
-    let push = |p: &Part<'_, '_>, key: &mut DedupKey| -> PyResult<usize> {
+    let mut body = 0usize; // bytes of the parts themselves, without length prefixes
+    for (i, p) in parts.iter().enumerate() {
         let owned;
         let bytes: &[u8] = match p {
             Part::Bytes(b) => b.as_bytes(),
@@ -134,18 +140,18 @@ pub fn dedup_key(conv: &Bound<'_, PyAny>, cid: &Bound<'_, PyAny>) -> PyResult<De
                 owned.as_bytes()
             }
         };
-        let end = key.len + bytes.len();
-        if end > MAX_KEY_BYTES + 2 {
+        body += bytes.len();
+        if body > MAX_KEY_BYTES {
             return Err(too_long());
         }
-        key.buf[key.len..end].copy_from_slice(bytes);
-        key.len = end;
-        Ok(bytes.len())
-    };
-    let conv_len = push(&a, &mut key)?;
-    push(&b, &mut key)?;
-    // conv_len <= MAX_KEY_BYTES < 2**16 here.
-    key.buf[..2].copy_from_slice(&(conv_len as u16).to_le_bytes());
+        if i < 2 {
+            // body <= MAX_KEY_BYTES < 2**16 here.
+            key.buf[key.len..key.len + 2].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
+            key.len += 2;
+        }
+        key.buf[key.len..key.len + bytes.len()].copy_from_slice(bytes);
+        key.len += bytes.len();
+    }
     Ok(key)
 }
 
