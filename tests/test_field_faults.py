@@ -1,0 +1,241 @@
+"""Faults people hit in the field (issue 10), each as the reported input with the right answer.
+
+Real gateway processes, real sockets; the cluster variants run on a real Redis and a real
+Redis Cluster (tests/test_cluster_e2e.py's `nodes` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from .support import Client, uid, wait_for
+from .test_cluster_e2e import nodes  # noqa: F401 - the fixture, reused
+from .test_e2e_chat import agent_online, open_conv
+from .wsraw import RawWS
+
+
+async def _assigned_pair(gw, tenant: str, agent_gw=None) -> tuple[Client, Client, str]:
+    a = await agent_online(agent_gw or gw, tenant, uid("agent"))
+    v, c = await open_conv(gw, tenant)
+    cid = c["conv"]
+    await a.next("assigned", lambda e: e["conv"] == cid)
+    await v.next("event", lambda e: e["ev"] == "assigned")
+    return v, a, cid
+
+
+async def _two_senders_reuse_an_id(v: Client, a: Client, cid: str) -> None:
+    """Item 4: the visitor sends id "1", then the agent a different message with id "1"."""
+    first = await v.msg(cid, "visitor's one", cid="1")
+    second = await a.msg(cid, "agent's one", cid="1")
+    assert first["dup"] is False and second["dup"] is False
+    assert second["seq"] == first["seq"] + 1
+    got = await v.next("msg", lambda e: e["text"] == "agent's one")
+    assert got["seq"] == second["seq"] and got["from"] == a.welcome["user"]
+    # Each sender's retry is still recognised as its own.
+    assert (await v.msg(cid, "visitor's one", cid="1"))["seq"] == first["seq"]
+    retry = await a.msg(cid, "agent's one", cid="1")
+    assert retry["seq"] == second["seq"] and retry["dup"] is True
+    hist = await v.request({"t": "history", "conv": cid}, "history")
+    texts = [m["text"] for m in hist["msgs"] if m["t"] == "msg"]
+    assert texts == ["visitor's one", "agent's one"]
+
+
+async def test_two_senders_may_reuse_each_others_client_ids(gateway):
+    v, a, cid = await _assigned_pair(gateway, uid("t"))
+    await _two_senders_reuse_an_id(v, a, cid)
+
+
+async def test_two_senders_may_reuse_each_others_client_ids_across_nodes(nodes):  # noqa: F811
+    n1, n2 = nodes()
+    v, a, cid = await _assigned_pair(n1, uid("t"), agent_gw=n2)
+    await _two_senders_reuse_an_id(v, a, cid)
+
+
+async def test_resume_cursors_below_at_and_past_the_end(gateway):
+    """Item 5: a conversation at seq 3; a second tab resumes after 1000, then after 0."""
+    tenant = uid("t")
+    v, a, cid = await _assigned_pair(gateway, tenant)
+    ack = await v.msg(cid, "hello")
+    assert ack["seq"] == 3
+    tab = await Client.connect(gateway, "visitor", v.welcome["user"], tenant)
+    err = await tab.request({"t": "resume", "conv": cid, "after": 1000}, "error")
+    assert (err["code"], err["field"], err["seq"]) == ("bad_field", "after", 3)
+    # At the end: nothing replayed, subscribed from there; the next message arrives live.
+    done = await tab.request({"t": "resume", "conv": cid, "after": 3}, "resumed")
+    assert done["seq"] == 3 and tab.entries(cid) == []
+    reply = await a.msg(cid, "seq four")
+    assert (await tab.next("msg", lambda e: e["text"] == "seq four"))["seq"] == reply["seq"] == 4
+    # Below: a fresh tab gets everything from the start, in order, once.
+    tab2 = await Client.connect(gateway, "visitor", v.welcome["user"], tenant)
+    await tab2.request({"t": "resume", "conv": cid, "after": 1000}, "error")
+    done = await tab2.request({"t": "resume", "conv": cid, "after": 0}, "resumed")
+    assert [e["seq"] for e in tab2.entries(cid)] == [1, 2, 3, 4] and done["seq"] == 4
+
+
+async def test_requeue_keeps_the_original_order(gateway_factory):
+    """Item 6: an agent holding c1, c2, c3 (assigned in that order) vanishes past its grace period."""
+    gw = gateway_factory(agent_grace_s=0.3)
+    tenant = uid("t")
+    a = await agent_online(gw, tenant, "leaver", capacity=3)
+    convs = []
+    for _ in range(3):
+        v, c = await open_conv(gw, tenant)
+        await a.next("assigned", lambda e, c=c: e["conv"] == c["conv"])
+        convs.append((v, c["conv"]))
+    await a.close()
+    for v, cid in convs:
+        await v.next("event", lambda e, cid=cid: e["ev"] == "requeued" and e["conv"] == cid, timeout=15)
+
+    def told(v: Client, cid: str) -> int | None:
+        positions = [e["position"] for e in v.seen if e["t"] == "queue" and e["conv"] == cid]
+        return positions[-1] if positions else None
+
+    await wait_for(lambda: [told(v, cid) for v, cid in convs] == [1, 2, 3], what="positions 1, 2, 3")
+    b = await agent_online(gw, tenant, "next", capacity=1)
+    got = await b.next("assigned")
+    assert got["conv"] == convs[0][1]
+
+
+async def test_transfer_to_the_own_group_goes_to_another_agent(gateway):
+    """Item 7: A and B online with room; A transfers its conversation to its own group."""
+    tenant = uid("t")
+    a = await agent_online(gateway, tenant, "a1", capacity=3)
+    b = await agent_online(gateway, tenant, "b1", capacity=3)
+    v, c = await open_conv(gateway, tenant)
+    cid = c["conv"]
+    ev = await v.next("event", lambda e: e["ev"] == "assigned")
+    holder, other = (a, b) if ev["agent"] == "a1" else (b, a)
+    # Item 8: the reply to the transfer (the `unassigned` frame) carries the request's rid.
+    un = await holder.request({"t": "transfer", "conv": cid, "group": "default"}, "unassigned")
+    assert un["conv"] == cid
+    got = await v.next("event", lambda e: e["ev"] == "assigned" and e["seq"] > ev["seq"])
+    assert got["agent"] == other.welcome["user"]
+    await other.next("assigned", lambda e: e["conv"] == cid)
+
+
+async def test_transfer_to_group_returns_only_when_nobody_else_has_room(gateway):
+    tenant = uid("t")
+    a = await agent_online(gateway, tenant, "a1", capacity=2)
+    v, c = await open_conv(gateway, tenant)
+    cid = c["conv"]
+    ev = await v.next("event", lambda e: e["ev"] == "assigned")
+    await a.request({"t": "transfer", "conv": cid, "group": "default"}, "unassigned")
+    got = await v.next("event", lambda e: e["ev"] == "assigned" and e["seq"] > ev["seq"])
+    assert got["agent"] == "a1"  # the only agent: waiting for nobody would strand the visitor
+
+
+async def test_flood_gets_a_closing_envelope_before_1008(gateway_factory):
+    """Item 9: the close of a flood is explained in an envelope first."""
+    gw = gateway_factory(rate_per_s=5, rate_burst=5, flood_strikes=3)
+    flooder = await Client.connect(gw, "visitor", uid("v"), uid("t"))
+    for i in range(50):
+        if flooder.closed.done():
+            break
+        await flooder.send({"t": "ping", "rid": str(i)})
+    closing = await flooder.next("closing")
+    assert (closing["code"], closing["reason"]) == (1008, "flood")
+    assert await asyncio.wait_for(flooder.closed, 10) == 1008
+
+
+async def _long_conversation(gw, tenant: str, n: int, size: int) -> tuple[Client, Client, str]:
+    v, a, cid = await _assigned_pair(gw, tenant)
+    text = "z" * size
+    for i in range(0, n, 100):
+        for j in range(i, min(i + 100, n)):
+            await a.send({"t": "msg", "conv": cid, "id": f"h{j}", "text": text})
+        last = min(i + 100, n) - 1
+        await a.next("ack", lambda e, last=last: e["id"] == f"h{last}", timeout=30)
+    return v, a, cid
+
+
+async def test_a_long_history_reaches_a_client_that_reads(gateway_factory):
+    """A resume of about 12 MB is paced by what the client reads, not refused as a slow reader."""
+    gw = gateway_factory(rate_per_s=100000, rate_burst=100000, max_write_buffer=262144)
+    tenant = uid("t")
+    v, a, cid = await _long_conversation(gw, tenant, 3000, 4000)
+    tab = await Client.connect(gw, "visitor", v.welcome["user"], tenant)
+    done = await tab.request({"t": "resume", "conv": cid, "after": 0}, "resumed")
+    seqs = [e["seq"] for e in tab.entries(cid)]
+    assert seqs == list(range(1, done["seq"] + 1)) and done["seq"] >= 3002
+
+
+async def test_a_client_that_stops_reading_history_gets_1008_not_a_reset(gateway_factory):
+    """Item 9: it stops reading while it is sent about 12 MB of history; it reads again later."""
+    gw = gateway_factory(rate_per_s=100000, rate_burst=100000, heartbeat_timeout_s=1)
+    tenant = uid("t")
+    v, _a, cid = await _long_conversation(gw, tenant, 3000, 4000)
+    token = gw.token("visitor", v.welcome["user"], tenant)
+    sloth, status, _ = await RawWS.connect("127.0.0.1", gw.ws_port, f"/ws?v=1&token={token}", rcvbuf=4096)
+    assert status == 101
+    sloth.send_frame(0x1, b'{"t":"resume","conv":"%s","after":0}' % cid.encode())
+    async with aiohttp.ClientSession() as s:
+        async def dropped() -> bool:
+            async with s.get(gw.http_url + "/metrics") as r:
+                return "chatgw_slow_readers_total 1.0" in await r.text()
+
+        await wait_for(dropped, timeout=30, what="the slow reader to be closed")
+    # Reading again: what was buffered, then the explanation and the close frame (no reset).
+    frames = []
+    while True:
+        op, payload = await asyncio.wait_for(sloth.read_frame(), 10)
+        frames.append((op, payload))
+        if op == 0x8:
+            break
+    assert int.from_bytes(frames[-1][1][:2], "big") == 1008
+    assert b'"closing"' in frames[-2][1] and b'"slow_reader"' in frames[-2][1]
+    # The node held at most the write limit and a replay chunk for it, never the 12 MB.
+    received = sum(len(p) for _, p in frames)
+    assert received < 4 * 1024 * 1024, received
+    assert gw.alive()
+
+
+async def test_expired_token_closes_the_connection_and_refresh_extends_it(gateway_factory):
+    """Item 3: a token that expires in 3 s must not keep working 6 s later."""
+    gw = gateway_factory()
+    tenant = uid("t")
+    exp = int(time.time()) + 3
+    v = await Client.connect(gw, "visitor", uid("v"), tenant, ttl_s=3)
+    assert abs(v.welcome["exp"] - exp) <= 1
+    conv = await v.request({"t": "open"}, "conv")
+    closing = await v.next("closing", timeout=15)
+    assert (closing["code"], closing["reason"]) == (3000, "token_expired")
+    assert await asyncio.wait_for(v.closed, 10) == 3000
+    del conv
+
+    # A client that refreshes in time stays, and keeps working past the first token's expiry.
+    user = uid("v")
+    r = await Client.connect(gw, "visitor", user, tenant, ttl_s=3)
+    start = r.welcome["exp"]
+    fresh = await r.request({"t": "refresh", "token": gw.token("visitor", user, tenant, ttl_s=600)}, "refreshed")
+    assert fresh["exp"] > start + 500
+    c = await r.request({"t": "open"}, "conv")
+    await wait_for(lambda: time.time() > start + 1, timeout=10, what="the first token's expiry")
+    ack = await r.msg(c["conv"], "still here")
+    assert ack["seq"] >= 1 and not r.closed.done()
+
+
+@pytest.mark.parametrize(
+    "token, code",
+    [
+        ("not a jwt", "unauthorized"),
+        ("expired", "unauthorized"),
+        ("other user", "forbidden"),
+        ("other role", "forbidden"),
+    ],
+)
+async def test_bad_refresh_is_refused_and_the_connection_stays(gateway, token, code):
+    tenant, user = uid("t"), uid("v")
+    c = await Client.connect(gateway, "visitor", user, tenant)
+    tokens = {
+        "not a jwt": "not a jwt",
+        "expired": gateway.token("visitor", user, tenant, ttl_s=-10),
+        "other user": gateway.token("visitor", uid("v"), tenant),
+        "other role": gateway.token("agent", user, tenant),
+    }
+    err = await c.request({"t": "refresh", "token": tokens[token]}, "error")
+    assert (err["code"], err["field"]) == (code, "token")
+    assert (await c.request({"t": "ping"}, "pong"))["t"] == "pong"
