@@ -60,7 +60,10 @@ async def dev_token(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="role must be visitor|agent|service; sub and tenant 1..128 characters")
     groups = [g for g in q.get("groups", "").split(",") if g] or None
     capacity = int(q["capacity"]) if q.get("capacity", "").isdigit() else None
-    token = auth.mint(cfg.jwt_secret, tenant=tenant, user=sub, role=role, groups=groups, capacity=capacity, issuer=cfg.jwt_issuer)
+    # `ttl` (seconds, 5..43200) lets the demo show token refresh without waiting hours.
+    ttl = min(max(int(q["ttl"]), 5), 43200) if q.get("ttl", "").isdigit() else 12 * 3600
+    token = auth.mint(cfg.jwt_secret, tenant=tenant, user=sub, role=role, groups=groups, capacity=capacity,
+                      issuer=cfg.jwt_issuer, ttl_s=ttl)
     return web.json_response({"token": token, "sub": sub, "role": role, "tenant": tenant})
 
 

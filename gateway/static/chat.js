@@ -159,6 +159,7 @@
     this.failedBeforeWelcome = 0;
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
+    this.refreshTimer = null;     // presents a fresh token before welcome.exp (docs/protocol.md, Tokens)
     this.lastRx = 0;
     this.hb = 30;
     this.welcome = null;
@@ -225,6 +226,7 @@
   Client.prototype.stop = function () {
     this._setState('stopped');
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.refreshTimer);
     this._stopHeartbeat();
     if (this.ws) {
       var ws = this.ws;
@@ -347,6 +349,29 @@
         self._send({ t: 'ping', rid: self._rid('ping') });
       }
     }, Math.max(500, hbMs / 2));
+  };
+
+  /* Before the token expires (a minute before `exp`, or a quarter of its remaining life
+   * before it for short tokens), mint a fresh one and present it on the open connection. */
+  Client.prototype._scheduleRefresh = function (exp) {
+    var self = this;
+    clearTimeout(this.refreshTimer);
+    if (!this.mint || !exp) return;
+    var left = exp * 1000 - Date.now();
+    var delay = Math.max(1000, left - Math.min(60000, left / 4));
+    this.refreshTimer = setTimeout(function () {
+      self.mint().then(function (t) {
+        return self.request({ t: 'refresh', token: t }).then(function (r) {
+          self.token = t;  // the next reconnect uses it too
+          self.log('token refreshed until ' + new Date(r.exp * 1000).toISOString());
+          self.emit('refreshed', r);
+          self._scheduleRefresh(r.exp);
+        });
+      }).catch(function (e) {
+        self.log('token refresh failed: ' + e.message);
+        self._scheduleRefresh(Date.now() / 1000 + 5);
+      });
+    }, delay);
   };
 
   Client.prototype._stopHeartbeat = function () {
@@ -593,12 +618,14 @@
         this.emit('status', env);
         return;
       case 'pong':
+      case 'refreshed':
         this._settle(env.rid, null, env);
         return;
       case 'error':
         return this._onError(env);
       case 'closing':
         this.log('server closing: ' + env.code + ' ' + (env.message || ''));
+        if (env.reason === 'token_expired') this.failedBeforeWelcome = 2;  // mint before reconnecting
         this.emit('closing', env);
         return;
       default:
@@ -619,6 +646,7 @@
     this._setState('ready');
     this.emit('welcome', env);
     this._startHeartbeat();
+    this._scheduleRefresh(env.exp);
 
     // 1. Catch up on every conversation we know (and that isn't over).
     var resumed = {};
