@@ -439,7 +439,7 @@ class Hub:
             return
         entry = _new_entry(conn, conv, env, _now_ms())
         seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
-        conn.send_env({"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup})
+        conn.send_env(_ack(conv.id, env, seq, dup))
         if dup:
             METRICS.hot.duplicates += 1
             return  # one node holds everything: the first append was delivered then
@@ -456,7 +456,7 @@ class Hub:
         if seq is None:
             raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
         METRICS.hot.duplicates += 1
-        conn.send_env({"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": True})
+        conn.send_env(_ack(conv.id, env, seq, True))
 
     async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
         if self._eager:  # queued behind this connection's earlier envelopes: the same inline code
@@ -470,7 +470,7 @@ class Hub:
         seq = self._dedup.get(conv.id, conn.user, cid, now)
         if seq is not None:
             METRICS.hot.duplicates += 1
-            conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": True})
+            conn.send_env(_ack(conv.id, env, seq, True))
             return
         if conv.state == "closed":
             self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
@@ -478,7 +478,7 @@ class Hub:
         entry = _new_entry(conn, conv, env, now)
         seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
         self._dedup.put(conv.id, conn.user, cid, seq, now)
-        conn.send_env({"t": "ack", "conv": conv.id, "id": cid, "seq": seq, "dup": dup})
+        conn.send_env(_ack(conv.id, env, seq, dup))
         if dup:
             METRICS.hot.duplicates += 1
             # The log knew it but this node did not: the node that appended it may have died
@@ -498,6 +498,7 @@ class Hub:
 
     async def h_read(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
+        await self._within_log(conv, env, "seq")
         await self.delivery.relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
 
     async def h_history(self, conn: Connection, env: dict[str, Any]) -> None:
@@ -505,14 +506,19 @@ class Hub:
         entries, first = await self.coord.read_before(conv.tenant, conv.id, env.get("before"), env.get("limit") or 50)
         conn.send_env({"t": "history", "conv": conv.id, "msgs": entries, "first": first, "rid": env.get("rid")})
 
+    async def _within_log(self, conv: Conversation, env: dict[str, Any], field: str) -> None:
+        """Refuse a cursor the log never reached (a client whose state is not this conversation's).
+
+        The error names the real last seq; nothing about the connection changes.
+        """
+        last = await self.coord.last_seq(conv.tenant, conv.id)
+        if env[field] > last:
+            raise ProtocolError("bad_field", f"{env['t']}: {field!r} {env[field]} is past the end of the log (last seq {last})",
+                                field, env.get("rid"), seq=last)
+
     async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
-        last = await self.coord.last_seq(conv.tenant, conv.id)
-        if env["after"] > last:
-            # A cursor the log never reached: the client's state is not this conversation's. Say
-            # so, with the real end; the connection's subscription stays as it was.
-            raise ProtocolError("bad_field", f"resume: 'after' {env['after']} is past the end of the log (last seq {last})",
-                                "after", env.get("rid"), seq=last)
+        await self._within_log(conv, env, "after")
         await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
 
     async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
@@ -678,6 +684,15 @@ def _taking_part(conn: Connection, env: dict[str, Any], conv: Conversation | Non
         # A conversation of another tenant or another visitor looks exactly like a missing one.
         raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
     return conv
+
+
+def _ack(conv_id: str, env: dict[str, Any], seq: int, dup: bool) -> dict[str, Any]:
+    """The reply to a `msg`: its client id and seq, and its `rid` when it carried one."""
+    ack = {"t": "ack", "conv": conv_id, "id": env["id"], "seq": seq, "dup": dup}
+    rid = env.get("rid")
+    if rid is not None:
+        ack["rid"] = rid
+    return ack
 
 
 def _new_entry(conn: Connection, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:

@@ -16,17 +16,18 @@ from .wsraw import RawWS
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
+# Debian's firefox-esr 153, captured; earlier Firefox releases send `Connection: keep-alive, Upgrade`.
 FIREFOX = [
     ("Host", "{host}"),
-    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:153.0) Gecko/20100101 Firefox/153.0"),
     ("Accept", "*/*"),
-    ("Accept-Language", "en-US,en;q=0.5"),
+    ("Accept-Language", "en-US,en;q=0.9"),
     ("Accept-Encoding", "gzip, deflate, br, zstd"),
     ("Sec-WebSocket-Version", "13"),
     ("Origin", "http://127.0.0.1:8080"),
     ("Sec-WebSocket-Extensions", "permessage-deflate"),
     ("Sec-WebSocket-Key", "{key}"),
-    ("Connection", "keep-alive, Upgrade"),
+    ("Connection", "Upgrade"),
     ("Sec-Fetch-Dest", "empty"),
     ("Sec-Fetch-Mode", "websocket"),
     ("Sec-Fetch-Site", "same-site"),
@@ -84,6 +85,7 @@ def _with(base: list[tuple[str, str]], **changes: str | list[str] | None) -> lis
 
 ACCEPTED = {
     "firefox": FIREFOX,
+    "firefox with keep-alive": _with(FIREFOX, connection="keep-alive, Upgrade"),
     "chromium": CHROMIUM,
     "safari": SAFARI,
     "minimal": MINIMAL,
@@ -182,6 +184,17 @@ async def test_handshake_is_checked_before_path_and_token(gateway):
     """A broken handshake is a 400 whatever else is wrong; a good one then meets 404 / 400 / 401."""
     assert (await _send(gateway, _with(MINIMAL, connection="close"), target="/nowhere"))[1] == 400
     assert (await _send(gateway, _with(MINIMAL, sec_websocket_version="12"), target="/ws?v=1&token=bad"))[1] == 426
-    assert (await _send(gateway, FIREFOX, target="/nowhere"))[1] == 404
-    assert (await _send(gateway, FIREFOX, target="/ws?v=2&token=x"))[1] == 400
-    assert (await _send(gateway, FIREFOX, target="/ws?v=1&token=bad"))[1] == 401
+    firefox = ACCEPTED["firefox with keep-alive"]
+    assert (await _send(gateway, firefox, target="/nowhere"))[1] == 404
+    assert (await _send(gateway, firefox, target="/ws?v=2&token=x"))[1] == 400
+    assert (await _send(gateway, firefox, target="/ws?v=1&token=bad"))[1] == 401
+
+
+async def test_a_half_open_upgrade_is_closed(gateway):
+    """An upgrade that never completes does not hold its socket (docs/protocol.md: 5 s to upgrade)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ws_port)
+    writer.write(b"GET /ws?v=1 HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    assert await asyncio.wait_for(reader.read(), 30) == b""  # EOF: the server closed it
+    writer.close()

@@ -241,6 +241,7 @@ class RedisCoordinator(Coordinator):
         self._live_nodes: set[str] = set()
         self._dead_nodes: dict[str, float] = {}  # node -> when we learnt it died
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
         self._probe_waiters: dict[str, asyncio.Future[None]] = {}
         self._subscribed = asyncio.Event()
         self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
@@ -307,9 +308,14 @@ class RedisCoordinator(Coordinator):
         await self.r.aclose()
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            # A cancel that lands inside a redis-py read can come out as a timeout and be lost
+            # (the subscriber then just reads again): cancel again until every loop has ended.
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         try:
             await self.r.zrem(f"{self._p}:nodes", self.node_id)
         except (RedisError, OSError):
@@ -582,7 +588,7 @@ class RedisCoordinator(Coordinator):
         channel = self._channel(self.node_id)
         delay = 0.05
         lost = False
-        while True:
+        while not self._closing:
             # A client of its own, made afresh for every attempt: after a cluster restart a
             # long-lived client can keep stale topology and never subscribe again.
             client = self._client()
@@ -599,7 +605,7 @@ class RedisCoordinator(Coordinator):
                     # (a failure here counts as a lost subscription: tried again).
                     await self._rejoin()
                 lost = False
-                while True:
+                while not self._closing:
                     msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0) \
                         if hasattr(pubsub, "get_sharded_message") else await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None or msg.get("type") not in ("smessage", "message"):
