@@ -30,6 +30,7 @@ class Delivery:
         self.coord = coord
         self._spawn = spawn
         self._stall_s = stall_s
+        self._waiting: dict[Connection, asyncio.Future[bool]] = {}  # replays waiting for a client to read
         # A tuple, not a set: most users have one connection, and a 1-tuple is a quarter of an
         # empty set's size (idle memory per connection); it is also a ready snapshot to iterate.
         self.users: dict[tuple[str, str], tuple[Connection, ...]] = {}
@@ -95,15 +96,22 @@ class Delivery:
         if not conn.paused:
             return True
         loop = asyncio.get_running_loop()
-        fut = conn.drained = loop.create_future()
-        timer = loop.call_later(self._stall_s, lambda: fut.done() or fut.set_result(False))
+        fut = self._waiting[conn] = loop.create_future()
+        timer = loop.call_later(self._stall_s, self.wake, conn, False)
         try:
             writable = await fut
         finally:
             timer.cancel()
+            self._waiting.pop(conn, None)
         if not writable and not conn.closed:
             conn.slow_reader()
         return writable
+
+    def wake(self, conn: Connection, writable: bool) -> None:
+        """End a replay's wait on `conn`: it can write again (True), or it is gone or stalled (False)."""
+        fut = self._waiting.pop(conn, None)
+        if fut is not None and not fut.done():
+            fut.set_result(writable)
 
     async def replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
         """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""

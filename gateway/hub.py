@@ -123,6 +123,7 @@ class Hub:
     def disconnected(self, conn: Connection) -> None:
         if self.conns.pop(conn.cid, None) is None:
             return
+        self.delivery.wake(conn, False)
         METRICS.connections.labels(conn.role or "echo").dec()
         if conn.echo:
             return
@@ -311,6 +312,9 @@ class Hub:
         transport = conn.transport
         self.loop.call_later(CLOSE_WAIT_S, transport.disconnect)
         self.loop.call_later(CLOSE_WAIT_S + self.cfg.heartbeat_timeout_s, transport.disconnect, False)
+
+    def resumed_writing(self, conn: Connection) -> None:
+        self.delivery.wake(conn, True)
 
     def slow_reader(self, conn: Connection) -> None:
         METRICS.slow_readers.inc()

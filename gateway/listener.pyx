@@ -99,7 +99,6 @@ cdef class Connection(WSListener):
     cdef public object inbox         # envelopes waiting for the hub's worker; None when idle
     cdef public object worker
     cdef public bint paused          # the transport's write buffer is above its high-water mark
-    cdef public object drained       # a future a replay waits on until writing resumes; None when none
     cdef public double expires       # the token's `exp` (Unix seconds); 0 for none (echo)
 
     def __init__(self, hub, Limits limits, ident, bint echo=False):
@@ -131,22 +130,15 @@ cdef class Connection(WSListener):
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.closed = True
         self.outbox = None
-        self._wake(False)
         self.hub.disconnected(self)
 
     cpdef pause_writing(self):
         self.paused = True
 
     cpdef resume_writing(self):
+        # Rare (a replay or a burst filled the transport's buffer): the hub wakes a waiting replay.
         self.paused = False
-        self._wake(True)
-
-    cdef _wake(self, bint writable):
-        fut = self.drained
-        if fut is not None:
-            self.drained = None
-            if not fut.done():
-                fut.set_result(writable)
+        self.hub.resumed_writing(self)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType msg_type = frame.msg_type
