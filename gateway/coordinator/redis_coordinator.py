@@ -302,12 +302,10 @@ class RedisCoordinator(Coordinator):
 
     async def crash(self) -> None:
         """Stop without deregistering, as a killed process would (tests of node loss)."""
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         await self.r.aclose()
 
-    async def close(self) -> None:
+    async def _stop_tasks(self) -> None:
         self._closing = True
         pending = set(self._tasks)
         while pending:
@@ -316,6 +314,9 @@ class RedisCoordinator(Coordinator):
             # A cancel that lands inside a redis-py read can come out as a timeout and be lost
             # (the subscriber then just reads again): cancel again until every loop has ended.
             _, pending = await asyncio.wait(pending, timeout=0.5)
+
+    async def close(self) -> None:
+        await self._stop_tasks()
         try:
             await self.r.zrem(f"{self._p}:nodes", self.node_id)
         except (RedisError, OSError):
