@@ -443,7 +443,11 @@ class Hub:
             return
         entry = _new_entry(conn, conv, env, _now_ms())
         seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
-        conn.send_env(_ack(conv.id, env, seq, dup))
+        ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # _ack, inline: every message
+        rid = env.get("rid")
+        if rid is not None:
+            ack["rid"] = rid
+        conn.send_env(ack)
         if dup:
             METRICS.hot.duplicates += 1
             return  # one node holds everything: the first append was delivered then

@@ -19,7 +19,7 @@ import orjson
 
 from routing.load_index import make_load_index
 
-from .base import Agent, Conversation, Coordinator, DeliveryHandler, idempotency_key
+from .base import Agent, Conversation, Coordinator, DeliveryHandler
 
 _pack = orjson.dumps
 _unpack = orjson.loads
@@ -33,7 +33,7 @@ class _Log:
     def __init__(self) -> None:
         self.entries: deque[bytes] = deque()
         self.first = 1  # seq of entries[0]
-        self.ids: OrderedDict[str, int] = OrderedDict()  # client id -> seq, trimmed with the log
+        self.ids: OrderedDict[tuple[str, str], int] = OrderedDict()  # (sender, client id) -> seq, trimmed with the log
 
 
 class EmbeddedCoordinator(Coordinator):
@@ -119,7 +119,7 @@ class EmbeddedCoordinator(Coordinator):
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
         """The seq the log gave `sender`'s `client_id`, while its entry is kept."""
         log = self._logs.get((tenant, conv_id))
-        return None if log is None else log.ids.get(idempotency_key(sender, client_id))
+        return None if log is None else log.ids.get((sender, client_id))
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
@@ -127,7 +127,7 @@ class EmbeddedCoordinator(Coordinator):
         if log is None:
             raise KeyError(conv_id)
         if client_id is not None:
-            client_id = idempotency_key(entry["from"], client_id)
+            client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
             seq = log.ids.get(client_id)
             if seq is not None:
                 return seq, True, b""
