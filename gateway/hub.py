@@ -48,6 +48,10 @@ class Hub:
         self.router = Router(coord, self)
         self.loop = asyncio.get_event_loop()
         self.delivery = Delivery(coord, self._spawn, stall_s=cfg.heartbeat_timeout_s)
+        # What a client must respect, told once in `welcome` (docs/protocol.md); one dict for all.
+        self._limits = {"max_text": cfg.max_text, "max_frame": cfg.max_frame, "rate_per_s": cfg.rate_per_s,
+                        "rate_burst": cfg.rate_burst, "flood_strikes": cfg.flood_strikes,
+                        "heartbeat_timeout_s": cfg.heartbeat_timeout_s}
         self.users = self.delivery.users  # this node's connections by (tenant, user)
         self.conns: dict[int, Connection] = {}
         self._next_id = 0
@@ -179,6 +183,7 @@ class Hub:
                 "convs": convs,
                 "hb": self.cfg.heartbeat_s,
                 "exp": int(conn.expires),
+                "limits": self._limits,
             }
         )
 

@@ -244,7 +244,7 @@ cdef class Connection(WSListener):
         if not self._format_known:
             self._format_known = True
             self.binary = msg_type == WSMsgType.BINARY
-        if not self._take_token():
+        if not self._take_token(env):
             return
         if bad is None:
             try:
@@ -256,7 +256,7 @@ cdef class Connection(WSListener):
             return
         self.hub.submit(self, env)
 
-    cdef bint _take_token(self):
+    cdef bint _take_token(self, env):
         cdef double now = self.last_rx
         self._tokens = fmin(self.limits.burst, self._tokens + (now - self._refilled) * self.limits.rate)
         self._refilled = now
@@ -268,8 +268,11 @@ cdef class Connection(WSListener):
         if self._strikes > self.limits.strikes:
             self.fail(WSCloseCode.POLICY_VIOLATION, "flood: too many envelopes", "flood")
         else:
-            self.send_env({"t": "error", "code": "rate_limited",
-                           "message": "too many envelopes; this one was dropped, retry later"})
+            err = {"t": "error", "code": "rate_limited", "message": "too many envelopes; this one was dropped, retry later"}
+            rid = env.get("rid") if type(env) is dict else None
+            if rid is not None:
+                err["rid"] = rid  # the client can tell which request was dropped
+            self.send_env(err)
         return False
 
     # sending

@@ -139,6 +139,12 @@ async def test_flood_gets_a_closing_envelope_before_1008(gateway_factory):
     closing = await flooder.next("closing")
     assert (closing["code"], closing["reason"]) == (1008, "flood")
     assert await asyncio.wait_for(flooder.closed, 10) == 1008
+    # Each dropped request is named by its rid, and none of them was answered.
+    dropped = [e["rid"] for e in flooder.seen if e.get("code") == "rate_limited"]
+    answered = {e["rid"] for e in flooder.seen if e["t"] == "pong"}
+    assert dropped and not set(dropped) & answered
+    assert flooder.welcome["limits"] == {"max_text": 4000, "max_frame": 65536, "rate_per_s": 5.0, "rate_burst": 5.0,
+                                         "flood_strikes": 3, "heartbeat_timeout_s": 10.0}
 
 
 async def _long_conversation(gw, tenant: str, n: int, size: int) -> tuple[Client, Client, str]:
