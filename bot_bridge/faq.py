@@ -1,9 +1,7 @@
 """Built-in FAQ bot: BM25 retrieval over a question/answer file, Chinese segmented with jieba.
 
-Retrieval is ``bm25s`` (Lucene BM25, k1=1.5, b=0.75) when it imports, else an
-equivalent small implementation here (same formula, same scores;
-``engine = "builtin"`` forces it). Every phrasing of a question (and the
-entry's keywords) is one document.
+Retrieval is ``bm25s`` (Lucene BM25, k1=1.5, b=0.75). Every phrasing of a
+question (and the entry's keywords) is one document.
 
 Confidence is the share of the question's information that a phrasing covers:
 the summed IDF of the question's terms found in the phrasing (or its entry's
@@ -21,7 +19,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,45 +155,10 @@ def load_entries(path: str | Path) -> list[FaqEntry]:
     return entries
 
 
-class SimpleBM25:
-    """Lucene-variant BM25 (what bm25s computes by default), for when bm25s is not installed."""
-
-    def __init__(self, corpus: list[list[str]], k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self.docs = [_counts(d) for d in corpus]
-        self.lens = [len(d) for d in corpus]
-        self.avg = sum(self.lens) / max(1, len(self.lens))
-        n = len(corpus)
-        df: dict[str, int] = {}
-        for d in self.docs:
-            for t in d:
-                df[t] = df.get(t, 0) + 1
-        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
-
-    def get_scores(self, query: list[str]) -> list[float]:
-        scores = []
-        for counts, length in zip(self.docs, self.lens, strict=True):
-            s = 0.0
-            norm = self.k1 * (1 - self.b + self.b * length / (self.avg or 1))
-            for t in query:
-                tf = counts.get(t)
-                if tf:
-                    s += self.idf[t] * tf / (tf + norm)
-            scores.append(s)
-        return scores
-
-
-def _counts(tokens: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in tokens:
-        out[t] = out.get(t, 0) + 1
-    return out
-
-
 class FaqIndex:
     """The retrieval part, usable on its own: ``lookup(question) -> FaqHit | None``."""
 
-    def __init__(self, entries: list[FaqEntry], *, engine: str = "auto", min_score: float = 0.0) -> None:
+    def __init__(self, entries: list[FaqEntry], *, min_score: float = 0.0) -> None:
         self.entries = entries
         self.min_score = min_score
         self.doc_entry: list[int] = []
@@ -217,20 +180,10 @@ class FaqIndex:
                 df[t] = df.get(t, 0) + 1
         self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
         self.unknown_idf = math.log(1 + (n + 0.5) / 0.5)
-        self.engine = "builtin"
-        self._bm25: Any = None
-        if engine in ("auto", "bm25s"):
-            try:
-                import bm25s
+        import bm25s  # numpy and friends: imported only where a FAQ bot is built (the bot worker)
 
-                self._bm25 = bm25s.BM25()
-                self._bm25.index(corpus, show_progress=False)
-                self.engine = "bm25s"
-            except ImportError:
-                if engine == "bm25s":
-                    raise
-        if self._bm25 is None:
-            self._bm25 = SimpleBM25(corpus)
+        self._bm25 = bm25s.BM25()
+        self._bm25.index(corpus, show_progress=False)
 
     def lookup(self, question: str) -> FaqHit | None:
         """The best entry for the question with its confidence, or None when nothing matches."""
@@ -257,14 +210,14 @@ class FaqIndex:
 
 
 class FaqBackend:
-    """Options: path (default: the bundled demo FAQ), engine ("auto" | "bm25s" | "builtin"), min_score."""
+    """Options: path (default: the bundled demo FAQ), min_score."""
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         options = options or {}
         self.name = name
         self.path = Path(options.get("path") or DEFAULT_PATH)
         self.index = FaqIndex(
-            load_entries(self.path), engine=str(options.get("engine", "auto")), min_score=float(options.get("min_score", 0.0))
+            load_entries(self.path), min_score=float(options.get("min_score", 0.0))
         )
 
     def lookup(self, question: str) -> FaqHit | None:

@@ -1,4 +1,4 @@
-"""Built-in FAQ bot: BM25 (bm25s, and the builtin fallback engine) with jieba segmentation over the
+"""Built-in FAQ bot: BM25 (bm25s) with jieba segmentation over the
 bundled bilingual demo FAQ and over user files; confidence from query coverage."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bot_bridge.base import BotContext, BotResult
-from bot_bridge.faq import DEFAULT_PATH, FaqBackend, FaqIndex, load_entries, tokenize
+from bot_bridge.faq import DEFAULT_PATH, FaqBackend, load_entries, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,6 @@ async def test_stream_yields_a_result_with_confidence(faq):
     assert items == [BotResult("", 0.0)] or items[0].confidence < 0.4
 
 
-def test_builtin_engine_matches_bm25s(faq):
-    builtin = FaqIndex(load_entries(DEFAULT_PATH), engine="builtin")
-    assert faq.index.engine == "bm25s" and builtin.engine == "builtin"
-    for q in ["when will my parcel arrive", "My package arrived broken", "优惠码用不了", "can I get my money back", "hello"]:
-        a, b = faq.lookup(q), builtin.lookup(q)
-        assert (a.entry_id, a.confidence) == (b.entry_id, b.confidence)
-        assert a.score == pytest.approx(b.score, rel=1e-4)
-
-
 def test_demo_faq_is_bilingual_and_big_enough():
     entries = load_entries(DEFAULT_PATH)
     assert len(entries) >= 20
@@ -83,7 +74,7 @@ def test_json_file_with_plain_entries(tmp_path):
         json.dumps([{"q": ["Do you sell gift cards?"], "a": "Yes, from $10."}, {"q": "礼品卡怎么用", "a": "结算时输入卡号。"}]),
         encoding="utf-8",
     )
-    backend = FaqBackend("mine", {"path": str(path), "engine": "builtin"})
+    backend = FaqBackend("mine", {"path": str(path)})
     assert backend.lookup("gift cards?").answer == "Yes, from $10."
     assert backend.lookup("礼品卡").answer == "结算时输入卡号。"
 

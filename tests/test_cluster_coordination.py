@@ -74,6 +74,12 @@ async def test_presence_counts_nodes(pair):
     assert not await a.is_present("t", "u")
 
 
+async def crash(node) -> None:
+    """Stop a coordinator without deregistering it, as a killed process would."""
+    await node._stop_tasks()
+    await node.r.aclose()
+
+
 async def test_dead_node_is_reaped_and_its_users_reported(pair):
     a, b = pair
     lost: list = []
@@ -84,7 +90,7 @@ async def test_dead_node_is_reaped_and_its_users_reported(pair):
     a.on_node_lost(on_lost)
     await b.set_present("t", "agent-9", True, "agent")
     await b.set_present("t", "visitor-9", True, "visitor")
-    await b.crash()
+    await crash(b)
     await wait_for(lambda: len(lost) == 2, what="node b reaped")
     assert sorted(lost) == [("t", "agent-9", "agent"), ("t", "visitor-9", "visitor")]
     assert not await a.is_present("t", "agent-9")

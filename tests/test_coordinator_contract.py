@@ -117,7 +117,6 @@ async def test_queue_is_fifo_with_front_insert(coord):
     assert await coord.queue_remove("t", "g", "c1") is True
     assert await coord.queue_remove("t", "g", "c1") is False
     assert await coord.queue_head("t", "g") == "c0"
-    assert await coord.groups_with_queue("t") == ["g"]
 
 
 async def test_conversation_state_and_agent_index(coord):

@@ -184,9 +184,6 @@ class Coordinator(ABC):
     @abstractmethod
     async def queue_list(self, tenant: str, group: str) -> list[str]: ...
 
-    @abstractmethod
-    async def groups_with_queue(self, tenant: str) -> list[str]: ...
-
     # delivery to other nodes
     @abstractmethod
     async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:

@@ -227,9 +227,6 @@ class EmbeddedCoordinator(Coordinator):
     async def queue_list(self, tenant: str, group: str) -> list[str]:
         return list(self._queues.get((tenant, group), ()))
 
-    async def groups_with_queue(self, tenant: str) -> list[str]:
-        return [g for (t, g), q in self._queues.items() if t == tenant and q]
-
     # delivery: one node holds everyone, so nothing is remote
     async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
         return None

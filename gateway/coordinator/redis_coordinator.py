@@ -6,7 +6,7 @@ Key layout (every id is percent-encoded, so ':' '{' '}' in ids can't collide):
                                   (one hash tag: a conversation stays in one slot, scripts stay atomic)
     cg:{v:T:V}:open|sticky        a visitor's open conversation and last agent
     cg:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
-    cg:{q:T}:q:G, cg:{q:T}:groups  waiting queues
+    cg:{q:T}:q:G                  waiting queues
     cg:{l:T:S}:lock|fence         segment lock S of tenant T, with its fencing counter
     cg:{p:T:U}:nodes              which nodes hold user U (presence)
     cg:{n:N}:users                who node N holds (for cleaning up after it dies)
@@ -189,7 +189,6 @@ return load
 _ENQUEUE = """
 if redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
 if ARGV[2] == '1' then redis.call('LPUSH', KEYS[1], ARGV[1]) else redis.call('RPUSH', KEYS[1], ARGV[1]) end
-redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -299,11 +298,6 @@ class RedisCoordinator(Coordinator):
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         await asyncio.wait_for(self._subscribed.wait(), 10)
         await self._probe()
-
-    async def crash(self) -> None:
-        """Stop without deregistering, as a killed process would (tests of node loss)."""
-        await self._stop_tasks()
-        await self.r.aclose()
 
     async def _stop_tasks(self) -> None:
         self._closing = True
@@ -482,8 +476,7 @@ class RedisCoordinator(Coordinator):
     # queues
     @_available_errors
     async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None:
-        await self._enqueue_s(keys=[self._qk(tenant, "q:" + _q(group)), self._qk(tenant, "groups")],
-                              args=[conv_id, "1" if front else "0", group])
+        await self._enqueue_s(keys=[self._qk(tenant, "q:" + _q(group))], args=[conv_id, "1" if front else "0"])
 
     @_available_errors
     async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool:
@@ -497,11 +490,6 @@ class RedisCoordinator(Coordinator):
     @_available_errors
     async def queue_list(self, tenant: str, group: str) -> list[str]:
         return [v.decode() for v in await self.r.lrange(self._qk(tenant, "q:" + _q(group)), 0, -1)]
-
-    @_available_errors
-    async def groups_with_queue(self, tenant: str) -> list[str]:
-        groups = sorted(g.decode() for g in await self.r.smembers(self._qk(tenant, "groups")))
-        return [g for g in groups if await self.r.llen(self._qk(tenant, "q:" + _q(g)))]
 
     # presence
     @_available_errors
