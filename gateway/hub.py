@@ -102,6 +102,7 @@ class Hub:
             await self.bots.close()
         for conn in list(self.conns.values()):
             conn.close_going_away("node shutting down")
+            conn.transport.disconnect()  # the ticker is gone: flush the close frame and close now
 
     def _mono_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
@@ -274,6 +275,13 @@ class Hub:
             conn = self.conns.get(key // 4)
             if conn is None:
                 continue
+            if conn.closed:  # we closed it (hub.closing moved its heartbeat key): close the socket
+                if conn.transport.underlying_transport.is_closing():
+                    conn.transport.disconnect(False)  # still unread after the grace: cut it off
+                else:
+                    conn.transport.disconnect()  # flushes the backlog and our close frame, then closes
+                    self._wheel.schedule(conn.cid * 4, now_ms + int(self.cfg.heartbeat_timeout_s * 1000))
+                continue
             if key & 2:
                 left = self._ms_until(conn.expires)
                 if left > 0:  # refreshed meanwhile
@@ -314,16 +322,15 @@ class Hub:
         Closing flushes what is still buffered (a slow reader's backlog, then our close frame)
         while the peer reads; one that reads nothing is cut off `heartbeat_timeout_s` later.
         """
-        transport = conn.transport
-        self.loop.call_later(CLOSE_WAIT_S, transport.disconnect)
-        self.loop.call_later(CLOSE_WAIT_S + self.cfg.heartbeat_timeout_s, transport.disconnect, False)
+        # The connection's heartbeat key in the wheel becomes its close deadline: no timer of its own.
+        self._wheel.schedule(conn.cid * 4, self._mono_ms() + int(CLOSE_WAIT_S * 1000))
 
     def resumed_writing(self, conn: Connection) -> None:
         self.delivery.wake(conn, True)
 
     def slow_reader(self, conn: Connection) -> None:
         METRICS.slow_readers.inc()
-        log.info("dropping slow reader %s/%s: write buffer over %d bytes", conn.tenant, conn.user, self.cfg.max_write_buffer)
+        log.info("closing slow reader %s/%s (1008): it stopped reading what it was sent", conn.tenant, conn.user)
 
     # incoming
 

@@ -282,3 +282,34 @@ async def test_max_text_counts_code_points(gateway, text, ok):
     reply = await v.request({"t": "msg", "conv": cid, "id": uid("m"), "text": text}, "ack" if ok else "error")
     if not ok:
         assert (reply["code"], reply["field"]) == ("bad_field", "text")
+
+
+async def test_a_slow_reader_that_never_reads_again_is_released(gateway_factory):
+    """Its close can't be delivered: after the close grace and heartbeat_timeout_s the node lets it go."""
+    gw = gateway_factory(rate_per_s=100000, rate_burst=100000, heartbeat_timeout_s=1)
+    tenant = uid("t")
+    # More history than the kernel's socket buffers hold (tcp_wmem max 4 MiB here), so the node
+    # itself sees the client stop reading.
+    v, _a, cid = await _long_conversation(gw, tenant, 3000, 4000)
+    token = gw.token("visitor", v.welcome["user"], tenant)
+    sloth, status, _ = await RawWS.connect("127.0.0.1", gw.ws_port, f"/ws?v=1&token={token}", rcvbuf=4096)
+    assert status == 101
+    sloth.send_frame(0x1, b'{"t":"resume","conv":"%s","after":0}' % cid.encode())
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gw.admin_token}"}) as s:
+        async def metrics() -> str:
+            async with s.get(gw.http_url + "/metrics") as r:
+                return await r.text()
+
+        async def connections() -> int:
+            async with s.get(gw.http_url + "/admin/stats") as r:
+                return (await r.json())["hub"]["connections"]
+
+        await wait_for(lambda: _equals(connections(), 2), timeout=30, what="the sloth to be released")
+        # Released as a slow reader (not by the 20 s heartbeat): 1008 queued, then cut off.
+        assert "chatgw_slow_readers_total 1.0" in await metrics()
+    assert gw.alive()
+    sloth.close()
+
+
+async def _equals(coro, value) -> bool:
+    return (await coro) == value
