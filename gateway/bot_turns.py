@@ -13,11 +13,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .coordinator import Conversation
+from .coordinator import Conversation, Coordinator
+from .delivery import Delivery
 from .metrics import METRICS
+from .tasks import TaskSet
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from routing import Router
+
+    from .conversation_events import ConversationEvents
 
 log = logging.getLogger("gateway.bots")
 
@@ -25,9 +29,20 @@ HISTORY_TURNS = 40
 
 
 class BotTurns:
-    def __init__(self, hub: Hub, bridge: Any):
-        self.hub = hub
+    """The running bot calls of this node, one per conversation.
+
+    `bridge` answers questions (bot_bridge.worker.WorkerBridge); the rest is what a turn
+    needs to read history, log the answer, deliver it and hand the conversation off.
+    """
+
+    def __init__(self, bridge: Any, coord: Coordinator, delivery: Delivery, events: ConversationEvents,
+                 router: Router, tasks: TaskSet):
         self.bridge = bridge
+        self.coord = coord
+        self.delivery = delivery
+        self.events = events
+        self.router = router
+        self._tasks = tasks
         self._calls: dict[tuple[str, str], asyncio.Task[Any]] = {}
 
     @property
@@ -37,14 +52,12 @@ class BotTurns:
     def start(self, conv: Conversation, question: dict[str, Any]) -> None:
         key = (conv.tenant, conv.id)
         self.cancel(conv.tenant, conv.id, "newer question")  # answer the latest question only
-        task = self.hub.loop.create_task(self._turn(conv, question))
+        task = self._tasks.spawn(self._turn(conv, question))
         self._calls[key] = task
-        self.hub._tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
             if self._calls.get(key) is t:
                 del self._calls[key]
-            self.hub._task_done(t)
 
         task.add_done_callback(done)
 
@@ -62,7 +75,7 @@ class BotTurns:
     async def _turn(self, conv: Conversation, question: dict[str, Any]) -> None:
         from bot_bridge import BotContext, Turn
 
-        hub, coord = self.hub, self.hub.coord
+        coord, delivery = self.coord, self.delivery
         earlier, _ = await coord.read_before(conv.tenant, conv.id, question["seq"], HISTORY_TURNS)
         history = [Turn(e.get("role", "visitor"), e["text"]) for e in earlier if e.get("t") == "msg" and e.get("text")]
         ctx = BotContext(conv.tenant, conv.id, conv.group, conv.visitor, question["text"], history, conv.meta,
@@ -70,7 +83,7 @@ class BotTurns:
         audience = conv.participants()
 
         async def on_chunk(text: str) -> None:
-            await hub.delivery.send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
+            await delivery.send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
 
         result = await self.bridge.answer(ctx, on_chunk)
         METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
@@ -93,11 +106,11 @@ class BotTurns:
             # The client id makes the answer idempotent: a retried turn can't log it twice.
             _, dup = await coord.append(conv.tenant, conv.id, entry, f"bot:{question['seq']}")
             if not dup:
-                await hub.delivery.deliver(conv, entry)
+                await delivery.deliver(conv, entry)
         if result.handoff:
             METRICS.bot_handoffs.labels(result.reason or "backend").inc()
-            await hub.delivery.deliver(current, await hub._event(current, "handoff", reason=result.reason))
-            await hub.router.enqueue_new(current)
+            await delivery.deliver(current, await self.events.event(current, "handoff", reason=result.reason))
+            await self.router.enqueue_new(current)
 
 
 def last_bot_answer(result: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The hub's inline handler start and its trampoline (`_resume`): same results as a task would give.
+"""The dispatcher's inline handler start and its trampoline (`resume`): same results as a task would give.
 
-Each test steps the coroutine once inline, as Hub.submit does, then lets a task finish it.
+Each test steps the coroutine once inline, as Dispatcher.submit does, then lets a task finish it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from gateway.hub import _resume
+from gateway.dispatch import resume as _resume
 
 
 class _BareYield:

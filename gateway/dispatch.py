@@ -1,0 +1,138 @@
+"""Per-connection order and inline starts: how an envelope reaches its handler (docs/hub.md, 1-6a).
+
+A connection's envelopes run one after the other, in arrival order. An idle connection owns
+no task: its envelope starts inline when the coordinator allows it, and only a handler that
+suspends is finished by a task, behind which later envelopes queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from routing.router import RoutingError
+
+from .coordinator import Unavailable
+from .listener import Connection
+from .metrics import METRICS
+from .protocol import ProtocolError
+from .tasks import TaskSet
+
+log = logging.getLogger("gateway.dispatch")
+
+Handler = Callable[[Connection, dict[str, Any]], Awaitable[None]]
+InlineHandler = Callable[[Connection, dict[str, Any]], None]
+
+
+class Dispatcher:
+    """Runs each validated envelope through the handler registered for its kind.
+
+    `handlers` maps every kind to a coroutine function (conn, env). `inline` maps kinds that
+    have a synchronous version to it; those run with no coroutine at all when `eager` (the
+    coordinator never needs a current task: the embedded one). A handler's exception becomes
+    the client's `error` (see `report`); nothing a handler raises reaches the listener.
+    """
+
+    def __init__(self, tasks: TaskSet, handlers: Mapping[str, Handler], *, eager: bool,
+                 inline: Mapping[str, InlineHandler] | None = None):
+        self._tasks = tasks
+        self._handlers = handlers
+        self._eager = eager
+        self._inline = dict(inline or {}) if eager else {}
+
+    def submit(self, conn: Connection, env: dict[str, Any]) -> None:
+        """Run `env` for `conn` after the envelopes before it (per-connection order)."""
+        METRICS.hot.envelopes_in += 1
+        if conn.inbox is not None:
+            conn.inbox.append(env)
+            return
+        if self._eager:
+            fast = self._inline.get(env["t"])
+            if fast is not None:  # the hot path (`msg`): no coroutine at all
+                try:
+                    fast(conn, env)
+                except Exception as e:
+                    report(conn, env, e)
+                return
+            # Nothing else of this connection can run until this returns (frames are handled one
+            # at a time), so the inbox is only needed once the handler suspends.
+            coro = self._handle_safe(conn, env)
+            try:
+                fut = coro.send(None)
+            except StopIteration:
+                return
+            conn.inbox = deque()
+            task = self._tasks.spawn(self._finish_then_drain(conn, coro, fut))
+        else:
+            conn.inbox = deque((env,))
+            task = self._tasks.spawn(self._drain(conn))
+        conn.worker = task
+
+    async def _finish_then_drain(self, conn: Connection, coro: Any, fut: Any) -> None:
+        try:
+            await resume(coro, fut)
+        finally:
+            await self._drain(conn)
+
+    async def _drain(self, conn: Connection) -> None:
+        inbox = conn.inbox
+        try:
+            while inbox:
+                await self._handle_safe(conn, inbox.popleft())
+        finally:
+            conn.inbox = None
+            conn.worker = None
+
+    async def _handle_safe(self, conn: Connection, env: dict[str, Any]) -> None:
+        try:
+            await self._handlers[env["t"]](conn, env)
+        except Exception as e:
+            report(conn, env, e)
+
+
+def report(conn: Connection, env: dict[str, Any], e: Exception) -> None:
+    """Tell the client why its envelope failed (an `error` with its rid); log what is our fault."""
+    if isinstance(e, ProtocolError):
+        conn.send_env(e.envelope())
+    elif isinstance(e, RoutingError):
+        conn.send_env(ProtocolError(e.code, str(e), rid=env.get("rid")).envelope())
+    elif isinstance(e, Unavailable):
+        conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.get("rid")).envelope())
+    else:
+        log.error("handling %s from %s/%s", env.get("t"), conn.tenant, conn.user, exc_info=e)
+        conn.send_env(ProtocolError("internal", "internal error", rid=env.get("rid")).envelope())
+
+
+class _Yield:
+    """Hand a future a coroutine is blocked on to the task now driving that coroutine."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Any):
+        self.fut = fut
+
+    def __await__(self):
+        return (yield self.fut)
+
+
+async def resume(coro: Any, fut: Any) -> Any:
+    """Finish, inside a task, a coroutine that was started inline and suspended on `fut`.
+
+    The task waits on the very object the coroutine yielded (a future, or None for a bare
+    yield), then steps the coroutine again; a cancellation of the task is thrown into it.
+    """
+    while True:
+        try:
+            await _Yield(fut)
+        except BaseException as e:  # noqa: BLE001 - cancellation and the like belong to the coroutine
+            try:
+                fut = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            fut = coro.send(None)
+        except StopIteration as stop:
+            return stop.value

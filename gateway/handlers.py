@@ -1,0 +1,279 @@
+"""What each envelope does: one handler per kind, taking what it needs (docs/protocol.md).
+
+The dispatcher (gateway/dispatch.py) calls them in per-connection order; a handler answers
+the connection, changes state through the coordinator and the router, and hands log
+entries to delivery. `msg` has a synchronous twin (`msg_inline`) for an in-process log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+from dedup.window import make_dedup
+from routing import Router
+
+from . import auth
+from .bot_turns import BotTurns
+from .conversation_events import ConversationEvents
+from .coordinator import Agent, Conversation, Coordinator
+from .delivery import Delivery
+from .dispatch import Handler, InlineHandler
+from .listener import Connection
+from .metrics import METRICS
+from .protocol import Outgoing, ProtocolError
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Handlers:
+    """The envelope handlers of one node; `table()` is the dispatcher's registry."""
+
+    def __init__(self, cfg: Any, coord: Coordinator, router: Router, delivery: Delivery, events: ConversationEvents,
+                 bots: Any, bot_turns: BotTurns | None):
+        self.cfg = cfg
+        self.coord = coord
+        self.router = router
+        self.delivery = delivery
+        self._events = events
+        self.bots = bots
+        self.bot_turns = bot_turns
+        # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
+        # current task): the embedded one. Redis clients time out their reads that way.
+        self.eager = bool(getattr(coord, "eager_safe", False))
+        # The dedup cache saves a round trip to a remote log; an in-process log answers a retry
+        # exactly by itself (docs/hub.md, 6a). The cache is this node's alone (the log is the
+        # shared record), so a random seed is right: client-chosen ids can't be crafted to
+        # collide in a hash nobody outside knows.
+        self.dedup = None if self.eager else make_dedup(
+            cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
+
+    def table(self) -> dict[str, Handler]:
+        """Kind -> handler, for every kind a client may send (protocol.SCHEMA)."""
+        return {"open": self.h_open, "msg": self.h_msg, "typing": self.h_typing, "read": self.h_read,
+                "history": self.h_history, "resume": self.h_resume, "close": self.h_close, "status": self.h_status,
+                "transfer": self.h_transfer, "ping": self.h_ping, "refresh": self.h_refresh}
+
+    def inline(self) -> dict[str, InlineHandler]:
+        """Kinds with a synchronous handler, used when the coordinator is in-process."""
+        return {"msg": self.msg_inline}
+
+    async def _participant(self, conn: Connection, env: dict[str, Any]) -> Conversation:
+        """The conversation, read-only, if this connection's user takes part in it."""
+        return _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env["conv"]))
+
+    async def h_open(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "visitor":
+            raise ProtocolError("forbidden", "only visitors open conversations", rid=env.get("rid"))
+        existing = await self.coord.open_conversation_of(conn.tenant, conn.user)
+        if existing:
+            conv = await self.coord.get_conversation(conn.tenant, existing)
+            if conv is not None:
+                view = await self._events.conv_view(conv)
+                view["rid"] = env.get("rid")
+                conn.send_env(view)
+                return
+        group = env.get("group") or "default"
+        with_bot = self.bots is not None and self.bots.has_bot(conn.tenant, group)
+        conv = Conversation(
+            id=uuid.uuid4().hex,
+            tenant=conn.tenant,
+            visitor=conn.user,
+            group=group,
+            state="bot" if with_bot else "queued",
+            created_ms=_now_ms(),
+            meta=env.get("meta") or {},
+        )
+        await self.coord.create_conversation(conv)
+        METRICS.conversations_opened.inc()
+        if conn.sent is None:
+            conn.sent = {}
+        conn.sent[conv.id] = 0  # the opener is subscribed from the first entry
+        view = await self._events.conv_view(conv)
+        view["rid"] = env.get("rid")
+        if with_bot:
+            conn.send_env(view)
+            await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
+        else:
+            # The reply carries the queue position it joined at; `queue` frames follow as usual.
+            view["position"] = await self.router.join(conv)
+            conn.send_env(view)
+            await self.router.joined(conv)
+
+    def msg_inline(self, conn: Connection, env: dict[str, Any]) -> None:
+        """`h_msg` for a coordinator whose state is in this process: no coroutine, one encoding.
+
+        Same steps and answers as `h_msg`; the node's dedup cache is skipped because the
+        embedded log's own client-id map is exact for as long as the entry is kept.
+        """
+        conv = _taking_part(conn, env, self.coord.peek_now(conn.tenant, env["conv"]))
+        if conv.state == "closed":
+            self._closed_retry(conn, conv, env, self.coord.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
+            return
+        entry = _new_entry(conn, conv, env, _now_ms())
+        seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
+        ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # _ack, inline: every message
+        rid = env.get("rid")
+        if rid is not None:
+            ack["rid"] = rid
+        conn.send_env(ack)
+        if dup:
+            METRICS.hot.duplicates += 1
+            return  # one node holds everything: the first append was delivered then
+        METRICS.hot.messages += 1
+        out = Outgoing(entry, packed)
+        apply = self.delivery.apply
+        for user in conv.participants():
+            apply(conv.tenant, user, out)
+        if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
+            self.bot_turns.start(conv, entry)
+
+    def _closed_retry(self, conn: Connection, conv: Conversation, env: dict[str, Any], seq: int | None) -> None:
+        """A closed conversation takes no new message, but a retry of a logged one still gets its ack."""
+        if seq is None:
+            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
+        METRICS.hot.duplicates += 1
+        conn.send_env(_ack(conv.id, env, seq, True))
+
+    async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
+        if self.eager:  # queued behind this connection's earlier envelopes: the same inline code
+            self.msg_inline(conn, env)
+            return
+        conv = await self._participant(conn, env)
+        cid = env["id"]
+        # Conversation ids are random and unique across tenants, and the tenant was checked above.
+        # Client ids are the sender's own: the key is (conversation, sender, id).
+        now = _now_ms()
+        seq = self.dedup.get(conv.id, conn.user, cid, now)
+        if seq is not None:
+            METRICS.hot.duplicates += 1
+            conn.send_env(_ack(conv.id, env, seq, True))
+            return
+        if conv.state == "closed":
+            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
+            return
+        entry = _new_entry(conn, conv, env, now)
+        seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
+        self.dedup.put(conv.id, conn.user, cid, seq, now)
+        conn.send_env(_ack(conv.id, env, seq, dup))
+        if dup:
+            METRICS.hot.duplicates += 1
+            # The log knew it but this node did not: the node that appended it may have died
+            # before delivering. Deliver again; connections drop what they already have.
+            first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
+            if first and first[0]["seq"] == seq:
+                await self.delivery.deliver(conv, first[0])
+            return
+        METRICS.hot.messages += 1
+        await self.delivery.deliver(conv, entry)
+        if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
+            self.bot_turns.start(conv, entry)
+
+    async def h_typing(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self.delivery.relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
+
+    async def h_read(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self._within_log(conv, env, "seq")
+        await self.delivery.relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
+
+    async def h_history(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        entries, first = await self.coord.read_before(conv.tenant, conv.id, env.get("before"), env.get("limit") or 50)
+        conn.send_env({"t": "history", "conv": conv.id, "msgs": entries, "first": first, "rid": env.get("rid")})
+
+    async def _within_log(self, conv: Conversation, env: dict[str, Any], field: str) -> None:
+        """Refuse a cursor the log never reached (a client whose state is not this conversation's).
+
+        The error names the real last seq; nothing about the connection changes.
+        """
+        last = await self.coord.last_seq(conv.tenant, conv.id)
+        if env[field] > last:
+            raise ProtocolError("bad_field", f"{env['t']}: {field!r} {env[field]} is past the end of the log (last seq {last})",
+                                field, env.get("rid"), seq=last)
+
+    async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        await self._within_log(conv, env, "after")
+        await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
+
+    async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
+        conv = await self._participant(conn, env)
+        if conn.role == "agent" and conv.agent != conn.user:
+            raise ProtocolError("forbidden", "only the assigned agent can close", rid=env.get("rid"))
+        await self.router.close(conn.tenant, conv.id, by=conn.user)
+
+    async def h_status(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "agent":
+            raise ProtocolError("forbidden", "only agents have a status", rid=env.get("rid"))
+        agent = await self.coord.get_agent(conn.tenant, conn.user)
+        if agent is None:  # _welcome has not finished yet; it will create the record
+            agent = Agent(conn.tenant, conn.user, tuple(conn.ident.groups), self.cfg.agent_capacity, connected=True)
+        agent.status = env["status"]
+        agent.connected = True
+        if env.get("capacity") is not None:
+            agent.capacity = env["capacity"]
+        agent = await self.coord.upsert_agent(agent)
+        conn.send_env(
+            {
+                "t": "status",
+                "status": agent.status,
+                "capacity": agent.capacity,
+                "groups": list(agent.groups),
+                "load": agent.load,
+                "rid": env.get("rid"),
+            }
+        )
+        await self.router.agent_changed(agent)
+
+    async def h_transfer(self, conn: Connection, env: dict[str, Any]) -> None:
+        if conn.role != "agent":
+            raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.get("rid"))
+        conv = await self._participant(conn, env)
+        await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"), env.get("rid"))
+
+    async def h_ping(self, conn: Connection, env: dict[str, Any]) -> None:
+        conn.send_env({"t": "pong", "rid": env.get("rid")})
+
+    async def h_refresh(self, conn: Connection, env: dict[str, Any]) -> None:
+        """A fresh token for the same identity moves the connection's expiry (docs/protocol.md, Tokens)."""
+        rid = env.get("rid")
+        try:
+            ident = auth.verify(env["token"], self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer)
+        except auth.AuthError as e:
+            METRICS.auth_failures.inc()
+            raise ProtocolError("unauthorized", str(e), "token", rid) from None
+        if (ident.tenant, ident.user, ident.role) != (conn.tenant, conn.user, conn.role):
+            raise ProtocolError("forbidden", "the token is for another identity", "token", rid)
+        conn.expires = ident.expires
+        conn.send_env({"t": "refreshed", "exp": int(ident.expires), "rid": rid})
+
+
+def _taking_part(conn: Connection, env: dict[str, Any], conv: Conversation | None) -> Conversation:
+    if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
+        # A conversation of another tenant or another visitor looks exactly like a missing one.
+        raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
+    return conv
+
+
+def _ack(conv_id: str, env: dict[str, Any], seq: int, dup: bool) -> dict[str, Any]:
+    """The reply to a `msg`: its client id and seq, and its `rid` when it carried one."""
+    ack = {"t": "ack", "conv": conv_id, "id": env["id"], "seq": seq, "dup": dup}
+    rid = env.get("rid")
+    if rid is not None:
+        ack["rid"] = rid
+    return ack
+
+
+def _new_entry(conn: Connection, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:
+    """The log entry for a `msg` envelope (seq is set by the coordinator's append)."""
+    entry: dict[str, Any] = {"t": "msg", "conv": conv.id, "seq": 0, "id": env["id"], "from": conn.user,
+                             "role": conn.role, "text": env["text"], "ts": now}
+    if env.get("att"):
+        entry["att"] = env["att"]
+    return entry
