@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -169,8 +170,10 @@ async def test_a_long_history_reaches_a_client_that_reads(gateway_factory):
     assert seqs == list(range(1, done["seq"] + 1)) and done["seq"] >= 3002
 
 
-async def test_a_client_that_stops_reading_history_gets_1008_not_a_reset(gateway_factory):
-    """Item 9: it stops reading while it is sent about 12 MB of history; it reads again later."""
+async def _sloth_resuming_a_long_history(gateway_factory) -> tuple[Any, RawWS]:
+    """A node, and a raw client with a tiny receive buffer that asks for about 12 MB of history, then
+    reads nothing: more than the kernel's socket buffers hold (tcp_wmem max 4 MiB here), so the
+    node itself sees the client stop reading."""
     gw = gateway_factory(rate_per_s=100000, rate_burst=100000, heartbeat_timeout_s=1)
     tenant = uid("t")
     v, _a, cid = await _long_conversation(gw, tenant, 3000, 4000)
@@ -178,6 +181,12 @@ async def test_a_client_that_stops_reading_history_gets_1008_not_a_reset(gateway
     sloth, status, _ = await RawWS.connect("127.0.0.1", gw.ws_port, f"/ws?v=1&token={token}", rcvbuf=4096)
     assert status == 101
     sloth.send_frame(0x1, b'{"t":"resume","conv":"%s","after":0}' % cid.encode())
+    return gw, sloth
+
+
+async def test_a_client_that_stops_reading_history_gets_1008_not_a_reset(gateway_factory):
+    """Item 9: it stops reading while it is sent about 12 MB of history; it reads again later."""
+    gw, sloth = await _sloth_resuming_a_long_history(gateway_factory)
     async with aiohttp.ClientSession() as s:
         async def dropped() -> bool:
             async with s.get(gw.http_url + "/metrics") as r:
@@ -286,15 +295,7 @@ async def test_max_text_counts_code_points(gateway, text, ok):
 
 async def test_a_slow_reader_that_never_reads_again_is_released(gateway_factory):
     """Its close can't be delivered: after the close grace and heartbeat_timeout_s the node lets it go."""
-    gw = gateway_factory(rate_per_s=100000, rate_burst=100000, heartbeat_timeout_s=1)
-    tenant = uid("t")
-    # More history than the kernel's socket buffers hold (tcp_wmem max 4 MiB here), so the node
-    # itself sees the client stop reading.
-    v, _a, cid = await _long_conversation(gw, tenant, 3000, 4000)
-    token = gw.token("visitor", v.welcome["user"], tenant)
-    sloth, status, _ = await RawWS.connect("127.0.0.1", gw.ws_port, f"/ws?v=1&token={token}", rcvbuf=4096)
-    assert status == 101
-    sloth.send_frame(0x1, b'{"t":"resume","conv":"%s","after":0}' % cid.encode())
+    gw, sloth = await _sloth_resuming_a_long_history(gateway_factory)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gw.admin_token}"}) as s:
         async def metrics() -> str:
             async with s.get(gw.http_url + "/metrics") as r:
