@@ -19,6 +19,7 @@ from . import auth
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Conversation, Coordinator
+from .coordinator.ports import SyncLog
 from .delivery import Delivery
 from .dispatch import Handler, InlineHandler
 from .listener import Connection
@@ -44,7 +45,8 @@ class Handlers:
         self.bot_turns = bot_turns
         # Inline handler starts need a coordinator that never uses asyncio.timeout (which wants a
         # current task): the embedded one. Redis clients time out their reads that way.
-        self.eager = bool(getattr(coord, "eager_safe", False))
+        self.eager = isinstance(coord, SyncLog) and coord.eager_safe
+        self._sync: SyncLog | None = coord if self.eager else None  # the log's synchronous fast path
         # The dedup cache saves a round trip to a remote log; an in-process log answers a retry
         # exactly by itself (docs/hub.md, 6a). The cache is this node's alone (the log is the
         # shared record), so a random seed is right: client-chosen ids can't be crafted to
@@ -110,12 +112,12 @@ class Handlers:
         Same steps and answers as `h_msg`; the node's dedup cache is skipped because the
         embedded log's own client-id map is exact for as long as the entry is kept.
         """
-        conv = _taking_part(conn, env, self.coord.peek_now(conn.tenant, env["conv"]))
+        conv = _taking_part(conn, env, self._sync.peek_now(conn.tenant, env["conv"]))
         if conv.state == "closed":
-            self._closed_retry(conn, conv, env, self.coord.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
+            self._closed_retry(conn, conv, env, self._sync.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
             return
         entry = _new_entry(conn, conv, env, _now_ms())
-        seq, dup, packed = self.coord.append_now(conv.tenant, conv.id, entry, env["id"])
+        seq, dup, packed = self._sync.append_now(conv.tenant, conv.id, entry, env["id"])
         ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # _ack, inline: every message
         rid = env.get("rid")
         if rid is not None:

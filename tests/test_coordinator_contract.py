@@ -1,4 +1,8 @@
-"""The coordinator contract: every implementation must pass these (embedded now, redis in cluster mode)."""
+"""The contract of each port (gateway/coordinator/ports.py): every implementation must pass these.
+
+Grouped by port; each group runs against the embedded, Redis and Redis Cluster implementations.
+The node bus and node loss need several nodes: tests/test_cluster_coordination.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import uuid
 
 import pytest
 
-from gateway.coordinator import Agent, Conversation
+from gateway.coordinator import Agent, Conversation, ports
 from gateway.coordinator.embedded import EmbeddedCoordinator
 from gateway.coordinator.redis_coordinator import RedisCoordinator
 
@@ -30,6 +34,17 @@ async def coord(request):
 
 def conv(i: str = "c1", tenant: str = "t", visitor: str = "v1", group: str = "g") -> Conversation:
     return Conversation(id=i, tenant=tenant, visitor=visitor, group=group)
+
+
+def test_every_implementation_provides_every_port(coord):
+    for port in (ports.Locks, ports.ConversationState, ports.ConversationLog, ports.AgentsAndQueue,
+                 ports.NodeBus, ports.Presence):
+        assert isinstance(coord, port), port
+    # The synchronous fast path is declared, and offered only by a log in this process.
+    assert isinstance(coord, ports.SyncLog) == isinstance(coord, EmbeddedCoordinator)
+
+
+# ConversationLog (and SyncLog where offered)
 
 
 async def test_append_allocates_gap_free_seq_and_dedups_client_ids(coord):
@@ -74,12 +89,27 @@ async def test_log_retention_is_bounded_and_reports_first(coord):
     assert (await coord.append("t", "c1", {"n": 0, "from": "v1"}, "id0"))[1] is False
 
 
+async def test_sync_log_answers_as_the_log_does(coord):
+    if not isinstance(coord, ports.SyncLog):
+        pytest.skip("no synchronous fast path: the log is remote")
+    await coord.create_conversation(conv())
+    seq, dup, packed = coord.append_now("t", "c1", {"t": "msg", "from": "v1", "text": "a"}, "x")
+    assert (seq, dup) == (1, False) and b'"seq":1' in packed
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "a"}, "x") == (1, True)
+    assert coord.append_now("t", "c1", {"t": "msg", "from": "a1", "text": "b"}, "x")[:2] == (2, False)
+    assert coord.seq_of_now("t", "c1", "v1", "x") == await coord.seq_of("t", "c1", "v1", "x") == 1
+    assert coord.peek_now("t", "c1") == await coord.get_conversation("t", "c1")
+
+
 async def test_tenants_are_isolated(coord):
     await coord.create_conversation(conv("c1", tenant="a"))
     assert await coord.get_conversation("b", "c1") is None
     assert (await coord.read_after("b", "c1", 0, 10))[0] == []
     assert await coord.open_conversation_of("b", "v1") is None
     assert await coord.open_conversation_of("a", "v1") == "c1"
+
+
+# AgentsAndQueue
 
 
 async def test_reserve_respects_capacity_and_least_load(coord):
@@ -119,6 +149,9 @@ async def test_queue_is_fifo_with_front_insert(coord):
     assert await coord.queue_head("t", "g") == "c0"
 
 
+# ConversationState
+
+
 async def test_conversation_state_and_agent_index(coord):
     c = await coord.create_conversation(conv())
     c.state, c.agent = "assigned", "a1"
@@ -130,6 +163,20 @@ async def test_conversation_state_and_agent_index(coord):
     assert await coord.open_conversation_of("t", "v1") is None
     await coord.set_sticky_agent("t", "v1", "a1")
     assert await coord.sticky_agent("t", "v1") == "a1"
+
+
+# Presence
+
+
+async def test_presence_counts_this_node(coord):
+    assert not await coord.is_present("t", "u1")
+    assert await coord.set_present("t", "u1", True, "visitor") == 1
+    assert await coord.is_present("t", "u1") and not await coord.is_present("t2", "u1")
+    assert await coord.set_present("t", "u1", False, "visitor") == 0
+    assert not await coord.is_present("t", "u1")
+
+
+# Locks
 
 
 async def test_lock_serialises_holders_of_the_same_key(coord):
