@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from gateway.coordinator.redis_coordinator import RedisCoordinator
+from gateway.coordinator.redis import RedisCoordinator
 
 from .support import wait_for
 

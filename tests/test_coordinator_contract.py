@@ -13,7 +13,7 @@ import pytest
 
 from gateway.coordinator import Agent, Conversation, ports
 from gateway.coordinator.embedded import EmbeddedCoordinator
-from gateway.coordinator.redis_coordinator import RedisCoordinator
+from gateway.coordinator.redis import RedisCoordinator
 
 IMPLEMENTATIONS = ["embedded", "redis", "redis-cluster"]
 

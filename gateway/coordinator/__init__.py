@@ -17,7 +17,7 @@ def make_coordinator(cfg: Config) -> Coordinator:
         from .embedded import EmbeddedCoordinator
 
         return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments)
-    from .redis_coordinator import RedisCoordinator
+    from .redis import RedisCoordinator
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,
                             history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,

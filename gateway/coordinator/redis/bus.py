@@ -1,0 +1,164 @@
+"""NodeBus on Redis: deliveries to the nodes holding the recipients (sharded pub/sub), one pipeline per loop turn; the end-to-end probe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import msgpack
+from redis.exceptions import RedisError
+
+from ..base import DeliveryHandler
+from .errors import available_errors
+
+log = logging.getLogger("gateway.redis")
+
+class RedisNodeBus:
+    """The `NodeBus` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
+    the registered scripts and the key builders (keys.py)."""
+
+    # delivery
+    def on_delivery(self, handler: DeliveryHandler) -> None:
+        self._handler = handler
+
+    @available_errors
+    async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
+        by_node: dict[str, list[str]] = {}
+        if len(users) == 1:
+            holders = [await self.r.hkeys(self._pk(tenant, users[0]))]
+        else:
+            async with self.r.pipeline(transaction=False) as p:
+                for u in users:
+                    p.hkeys(self._pk(tenant, u))
+                holders = await p.execute()
+        for user, nodes in zip(users, holders, strict=True):
+            if not nodes:
+                self.stats["no_holder"] += 1
+            for n in nodes:
+                n = n.decode()
+                # Every holder, also one our view still counts as dead: it may be back (it has
+                # re-registered: presence is written only by live nodes and removed by the reaper),
+                # and a publish to a channel nobody hears costs nothing but the publish.
+                if n != self.node_id:
+                    by_node.setdefault(n, []).append(user)
+        for node, us in by_node.items():
+            self._outbox.setdefault(node, []).append((tenant, us, env))
+        if by_node:
+            self._outbox_ready.set()
+
+    async def _flusher(self) -> None:
+        # One flusher, so publishes leave in the order deliveries were queued. Whatever queued
+        # up while the previous pipeline was in flight leaves together: one publish per node.
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            if self._outbox:
+                try:
+                    await self._flush()
+                except Exception:
+                    log.exception("delivery flush failed")
+
+    async def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for node, items in outbox.items():
+                    p.spublish(self._channel(node), msgpack.packb(items))
+                await p.execute()
+            self.stats["pipelines"] += 1
+            self.stats["published"] += len(outbox)
+            self.stats["delivered_items"] += sum(len(v) for v in outbox.values())
+        except (RedisError, OSError) as e:
+            # The entries are in the log: recipients catch up when they resume.
+            log.warning("publish to %d nodes failed: %s", len(outbox), e)
+
+    async def _subscriber(self) -> None:
+        channel = self._channel(self.node_id)
+        delay = 0.05
+        lost = False
+        while not self._closing:
+            # A client of its own, made afresh for every attempt: after a cluster restart a
+            # long-lived client can keep stale topology and never subscribe again.
+            client = self._client()
+            pubsub = client.pubsub()
+            try:
+                if self._cluster:
+                    await client.initialize()  # learn the slots: ClusterPubSub doesn't on its own
+                await pubsub.ssubscribe(channel)
+                self._subscribed.set()
+                delay = 0.05
+                if lost and self._rejoin is not None:
+                    # Whatever was published to us while unsubscribed is only in the logs: the
+                    # hub re-registers its users and catches every connection up from there
+                    # (a failure here counts as a lost subscription: tried again).
+                    await self._rejoin()
+                lost = False
+                while not self._closing:
+                    msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0) \
+                        if hasattr(pubsub, "get_sharded_message") else await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or msg.get("type") not in ("smessage", "message"):
+                        continue
+                    try:
+                        await self._on_message(msg["data"])
+                    except (RedisError, OSError):
+                        raise
+                    except Exception:  # a bad message must not end the subscription
+                        log.exception("bad delivery message dropped")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure (cluster errors are no RedisError): resubscribe
+                self._subscribed.clear()
+                lost = True
+                self.health_state = {"ok": False, "reason": f"subscription lost: {e}"}
+                log.warning("delivery subscription lost (%s: %s); resubscribing", type(e).__name__, e)
+            finally:
+                for closing in (pubsub, client):
+                    try:
+                        await closing.aclose()
+                    except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
+                        pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _on_message(self, data: bytes) -> None:
+        items = msgpack.unpackb(data, raw=False)
+        self.stats["received_items"] += len(items)
+        for tenant, users, env in items:
+            if isinstance(env, dict) and env.get("t") == "_probe":
+                fut = self._probe_waiters.pop(env.get("nonce"), None)
+                if fut and not fut.done():
+                    fut.set_result(None)
+                continue
+            if self._handler is not None:
+                r = self._handler(tenant, users, env)
+                if asyncio.iscoroutine(r):
+                    await r
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self._probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                self.health_state = {"ok": False, "reason": f"probe: {type(e).__name__}: {e}"}
+
+    async def _probe(self) -> None:
+        """Prove end to end delivery: publish to our own channel and receive it."""
+        nonce = os.urandom(8).hex()
+        fut = asyncio.get_running_loop().create_future()
+        self._probe_waiters[nonce] = fut
+        try:
+            await self.r.spublish(self._channel(self.node_id), msgpack.packb([("", [], {"t": "_probe", "nonce": nonce})]))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
+            # the probe comes back, and the loop then never stops (a hung shutdown, seen in tests).
+            async with asyncio.timeout(2.0):
+                await fut
+            self.health_state = {"ok": True, "live_nodes": len(self._live_nodes)}
+        except TimeoutError:
+            self.health_state = {"ok": False, "reason": "delivery probe not received"}
+        finally:
+            self._probe_waiters.pop(nonce, None)

@@ -1,0 +1,111 @@
+"""`RedisCoordinator`: every port on Redis, for any number of nodes (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from ..base import Coordinator, DeliveryHandler, Unavailable
+from .agents import RedisAgentsAndQueue
+from .bus import RedisNodeBus
+from .conversations import RedisConversations
+from .keys import Keys
+from .locks import RedisLocks
+from .log import RedisLog
+from .presence import RedisPresence
+from .scripts import lua
+
+HEARTBEAT_S = 1.0
+NODE_TTL_S = 5.0
+
+
+class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgentsAndQueue, RedisPresence,
+                       RedisNodeBus, Coordinator):
+    """The Redis ports over one client (standalone or cluster), with this node's background loops:
+    the delivery subscriber and flusher, the node heartbeat and the delivery probe."""
+
+    def __init__(self, node_id: str, url: str, *, cluster: bool = False, history_keep: int = 10_000,
+                 lock_segments: int = 1024, prefix: str = "cg", heartbeat_s: float = HEARTBEAT_S,
+                 node_ttl_s: float = NODE_TTL_S):
+        self.node_id = node_id
+        self._url = url
+        self._cluster = cluster
+        self._keep = history_keep
+        self._segments = lock_segments
+        self._p = prefix
+        self._heartbeat_s = heartbeat_s
+        self._node_ttl_s = node_ttl_s
+        self._local_locks = [asyncio.Lock() for _ in range(min(lock_segments, 4096))]
+        self._handler: DeliveryHandler | None = None
+        self._node_lost: Callable[[list[tuple[str, str, str]]], Awaitable[None]] | None = None
+        self._rejoin: Callable[[], Awaitable[None]] | None = None
+        self._last_beat = time.monotonic()
+        self._beats = 0
+        self._outbox: dict[str, list[Any]] = {}
+        self._outbox_ready = asyncio.Event()
+        self._live_nodes: set[str] = set()
+        self._dead_nodes: dict[str, float] = {}  # node -> when we learnt it died
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
+        self._probe_waiters: dict[str, asyncio.Future[None]] = {}
+        self._subscribed = asyncio.Event()
+        self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
+        self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0}
+        self.r: Any = None
+
+    def _client(self) -> Any:
+        kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}
+        if self._cluster:
+            return RedisCluster.from_url(self._url, **kw)
+        return aioredis.Redis.from_url(self._url, **kw)
+
+    # lifecycle
+    async def start(self) -> None:
+        self.r = self._client()
+        s = self.r.register_script
+        self._append_s = s(lua("append"))
+        self._read_s = s(lua("read"))
+        self._save_s = s(lua("save"))
+        self._lock_s = s(lua("lock"))
+        self._unlock_s = s(lua("unlock"))
+        self._upsert_s = s(lua("upsert_agent"))
+        self._reserve_s = s(lua("reserve"))
+        self._release_s = s(lua("release"))
+        self._enqueue_s = s(lua("enqueue"))
+        try:
+            await self._heartbeat_once()
+        except (RedisError, OSError) as e:
+            raise Unavailable(f"redis at {self._url} unreachable: {e}") from None
+        self._tasks.append(asyncio.create_task(self._subscriber()))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.create_task(self._flusher()))
+        self._tasks.append(asyncio.create_task(self._probe_loop()))
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+        await self._probe()
+
+    async def _stop_tasks(self) -> None:
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            # A cancel that lands inside a redis-py read can come out as a timeout and be lost
+            # (the subscriber then just reads again): cancel again until every loop has ended.
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+
+    async def close(self) -> None:
+        await self._stop_tasks()
+        try:
+            await self.r.zrem(f"{self._p}:nodes", self.node_id)
+        except (RedisError, OSError):
+            pass
+        await self.r.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        return dict(self.health_state)

@@ -1,0 +1,44 @@
+"""Which Redis failures mean "unavailable" (refuse the work, keep nothing) and which are bugs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MaxConnectionsError,
+    ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..base import Unavailable
+
+# Redis (or part of a cluster) is away, starting up or failing over: refuse the work, keep nothing.
+# Script and data errors (ResponseError and the like) are bugs and stay loud.
+UNREACHABLE = (
+    RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ClusterDownError, ClusterError,
+    MasterDownError, MaxConnectionsError, RedisClusterException, SlotNotCoveredError, TryAgainError,
+    ReadOnlyError,
+)
+
+
+def available_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn Redis being unreachable, inside `fn`, into `Unavailable` (the client's `unavailable`)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except UNREACHABLE as e:
+            raise Unavailable(f"redis unreachable: {type(e).__name__}: {e}") from None
+
+    return wrapper

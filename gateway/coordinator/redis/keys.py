@@ -1,0 +1,51 @@
+"""Key layout (every id is percent-encoded, so ':' '{' '}' in ids can't collide):
+
+    P:{c:T:C}:doc|log|ids|meta   one conversation: JSON doc, log stream, (sender, client id) -> seq, seq/fence
+                                 (one hash tag: a conversation stays in one slot, scripts stay atomic)
+    P:{v:T:V}:open|sticky        a visitor's open conversation and last agent
+    P:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
+    P:{q:T}:q:G                  waiting queues
+    P:{l:T:S}:lock|fence         segment lock S of tenant T, with its fencing counter
+    P:{p:T:U}:nodes              which nodes hold user U (presence)
+    P:{n:N}:users                who node N holds (for cleaning up after it dies)
+    P:nodes                      live nodes: member N, score = heartbeat expiry (ms)
+    P:ch:N                       node N's delivery channel (sharded pub/sub)
+
+P is the prefix (`cg` unless tests give their own).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+
+def q(s: str) -> str:
+    """An id as it appears in a key."""
+    return quote(s, safe="")
+
+
+class Keys:
+    """Key builders for the prefix `self._p`."""
+
+    _p: str
+
+    def _ck(self, tenant: str, conv: str, part: str) -> str:
+        return f"{self._p}:{{c:{q(tenant)}:{q(conv)}}}:{part}"
+
+    def _vk(self, tenant: str, visitor: str, part: str) -> str:
+        return f"{self._p}:{{v:{q(tenant)}:{q(visitor)}}}:{part}"
+
+    def _ak(self, tenant: str, part: str) -> str:
+        return f"{self._p}:{{a:{q(tenant)}}}:{part}"
+
+    def _qk(self, tenant: str, part: str) -> str:
+        return f"{self._p}:{{q:{q(tenant)}}}:{part}"
+
+    def _pk(self, tenant: str, user: str) -> str:
+        return f"{self._p}:{{p:{q(tenant)}:{q(user)}}}:nodes"
+
+    def _nk(self, node: str) -> str:
+        return f"{self._p}:{{n:{q(node)}}}:users"
+
+    def _channel(self, node: str) -> str:
+        return f"{self._p}:ch:{q(node)}"
