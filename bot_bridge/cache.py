@@ -7,12 +7,13 @@ so this is its own small structure.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import re
 import time
 import unicodedata
 from dataclasses import replace
+
+from cachetools import TTLCache
 
 from .base import BotResult
 from .limits import Clock
@@ -40,28 +41,17 @@ class AnswerCache:
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 600.0, clock: Clock = time.monotonic) -> None:
         self.max_entries = max(1, int(max_entries))
         self.ttl_s = float(ttl_s)
-        self._clock = clock
-        self._data: collections.OrderedDict[bytes, tuple[float, BotResult]] = collections.OrderedDict()
+        self._data: TTLCache[bytes, BotResult] = TTLCache(self.max_entries, self.ttl_s, timer=clock)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def get(self, key: bytes) -> BotResult | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires, result = item
-        if self._clock() >= expires:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return replace(result, cached=True)
+        result = self._data.get(key)
+        return None if result is None else replace(result, cached=True)
 
     def put(self, key: bytes, result: BotResult) -> None:
-        self._data[key] = (self._clock() + self.ttl_s, replace(result, cached=False))
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        self._data[key] = replace(result, cached=False)
 
     def clear(self) -> None:
         self._data.clear()

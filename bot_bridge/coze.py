@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from cachetools import LRUCache
+
 from .base import BackendError, BotContext, BotResult
-from .http import BoundedMap, HttpBackend
+from .http import HttpBackend
 from .sse import check_status, iter_sse
 
 
@@ -35,8 +37,8 @@ class CozeBackend(HttpBackend):
         if not self.bot_id:
             raise ValueError(f"backend {name!r}: bot_id is required")
         self.meta_as_variables = bool(options.get("meta_as_variables", False))
-        self.conversations: BoundedMap[tuple[str, str], str] = BoundedMap(int(options.get("max_conversations", 10_000)))
-        self.chats: BoundedMap[tuple[str, str], tuple[str, str]] = BoundedMap(10_000)  # -> (conversation_id, chat_id)
+        self.conversations: LRUCache[tuple[str, str], str] = LRUCache(int(options.get("max_conversations", 10_000)))
+        self.chats: LRUCache[tuple[str, str], tuple[str, str]] = LRUCache(10_000)  # -> (conversation_id, chat_id)
 
     def build_body(self, ctx: BotContext) -> dict[str, Any]:
         body: dict[str, Any] = {

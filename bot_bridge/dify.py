@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from cachetools import LRUCache
+
 from .base import BackendError, BotContext, BotResult
-from .http import BoundedMap, HttpBackend, Response
+from .http import HttpBackend, Response
 from .sse import check_status, iter_sse
 
 
@@ -32,8 +34,8 @@ class DifyBackend(HttpBackend):
         self.inputs: dict[str, Any] = dict(options.get("inputs", {}))
         self.meta_as_inputs = bool(options.get("meta_as_inputs", False))
         self.confidence_from_retrieval = bool(options.get("confidence_from_retrieval", False))
-        self.conversations: BoundedMap[tuple[str, str], str] = BoundedMap(int(options.get("max_conversations", 10_000)))
-        self.tasks: BoundedMap[tuple[str, str], str] = BoundedMap(10_000)
+        self.conversations: LRUCache[tuple[str, str], str] = LRUCache(int(options.get("max_conversations", 10_000)))
+        self.tasks: LRUCache[tuple[str, str], str] = LRUCache(10_000)
 
     @staticmethod
     def user_id(ctx: BotContext) -> str:

@@ -1,45 +1,12 @@
-"""Shared plumbing for HTTP backends: one pooled aiohttp session per backend, bounded maps."""
+"""Shared plumbing for HTTP backends: one pooled aiohttp session per backend."""
 
 from __future__ import annotations
 
-import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiohttp
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class BoundedMap(Generic[K, V]):
-    """A dict that forgets its least recently used keys past ``capacity``."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = max(1, capacity)
-        self._d: collections.OrderedDict[K, V] = collections.OrderedDict()
-
-    def get(self, key: K, default: V | None = None) -> V | None:
-        if key in self._d:
-            self._d.move_to_end(key)
-            return self._d[key]
-        return default
-
-    def __setitem__(self, key: K, value: V) -> None:
-        self._d[key] = value
-        self._d.move_to_end(key)
-        while len(self._d) > self.capacity:
-            self._d.popitem(last=False)
-
-    def pop(self, key: K, default: V | None = None) -> V | None:
-        return self._d.pop(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._d
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 class HTTPError(Exception):

@@ -7,6 +7,8 @@ import collections
 import time
 from collections.abc import Callable
 
+from cachetools import LRUCache
+
 Clock = Callable[[], float]
 
 
@@ -35,7 +37,7 @@ class TenantBuckets:
 
     def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic, max_tenants: int = 10_000) -> None:
         self.rate, self.burst, self._clock, self._max = rate, burst, clock, max_tenants
-        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self._buckets: LRUCache[str, TokenBucket] = LRUCache(max(1, max_tenants))
 
     def take(self, tenant: str) -> bool:
         if self.rate <= 0:  # rate 0 disables the limit
@@ -43,10 +45,6 @@ class TenantBuckets:
         bucket = self._buckets.get(tenant)
         if bucket is None:
             bucket = self._buckets[tenant] = TokenBucket(self.rate, self.burst, self._clock)
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(tenant)
         return bucket.take()
 
 
