@@ -95,16 +95,15 @@ class Handlers:
         if conn.sent is None:
             conn.sent = {}
         conn.sent[conv.id] = 0  # the opener is subscribed from the first entry
+        if not with_bot:
+            await self.router.join(conv)  # first, so the reply carries the position it joined at
         view = await self._events.conv_view(conv)
         view["rid"] = env.get("rid")
+        conn.send_env(view)
         if with_bot:
-            conn.send_env(view)
             await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
         else:
-            # The reply carries the queue position it joined at; `queue` frames follow as usual.
-            view["position"] = await self.router.join(conv)
-            conn.send_env(view)
-            await self.router.joined(conv)
+            await self.router.joined(conv)  # `queued` logged, the queue drained; `queue` frames as usual
 
     def msg_inline(self, conn: Connection, env: dict[str, Any]) -> None:
         """`h_msg` for a coordinator whose state is in this process: no coroutine, one encoding.

@@ -45,15 +45,13 @@ class Router:
         await self.join(conv)
         await self.joined(conv)
 
-    async def join(self, conv: Conversation) -> int:
-        """Put a new conversation at the back of its group's queue; returns its 1-based position.
+    async def join(self, conv: Conversation) -> None:
+        """Put a new conversation at the back of its group's queue.
 
-        The caller then calls `joined` (after telling the visitor the position, for an `open`).
+        The caller then calls `joined` (after telling the visitor its position, for an `open`).
         """
         async with self.coord.lock(conv.tenant, "queue:" + conv.group):
             await self.coord.enqueue(conv.tenant, conv.group, conv.id)
-            queue = await self.coord.queue_list(conv.tenant, conv.group)
-        return queue.index(conv.id) + 1 if conv.id in queue else 1
 
     async def joined(self, conv: Conversation) -> None:
         """Log `queued` for a conversation `join` placed, then drain its queue."""

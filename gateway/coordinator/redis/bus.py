@@ -136,16 +136,6 @@ class RedisNodeBus:
                 if asyncio.iscoroutine(r):
                     await r
 
-    async def _probe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s)
-            try:
-                await self._probe()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                self.health_state = {"ok": False, "reason": f"probe: {type(e).__name__}: {e}"}
-
     async def _probe(self) -> None:
         """Prove end to end delivery: publish to our own channel and receive it."""
         nonce = os.urandom(8).hex()

@@ -83,11 +83,22 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         except (RedisError, OSError) as e:
             raise Unavailable(f"redis at {self._url} unreachable: {e}") from None
         self._tasks.append(asyncio.create_task(self._subscriber()))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.create_task(self._every("heartbeat", self._heartbeat_once)))
         self._tasks.append(asyncio.create_task(self._flusher()))
-        self._tasks.append(asyncio.create_task(self._probe_loop()))
+        self._tasks.append(asyncio.create_task(self._every("probe", self._probe)))
         await asyncio.wait_for(self._subscribed.wait(), 10)
         await self._probe()
+
+    async def _every(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` every heartbeat interval for as long as the node runs; a failure marks it unhealthy."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
+                self.health_state = {"ok": False, "reason": f"{what}: {type(e).__name__}: {e}"}
 
     async def _stop_tasks(self) -> None:
         self._closing = True

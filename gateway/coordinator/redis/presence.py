@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -92,13 +91,3 @@ class RedisPresence:
         log.warning("node %s is gone; %d of its users cleaned up", node, len(lost))
         if lost and self._node_lost is not None:
             await self._node_lost(lost)
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s)
-            try:
-                await self._heartbeat_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
-                self.health_state = {"ok": False, "reason": f"heartbeat: {type(e).__name__}: {e}"}
