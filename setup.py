@@ -12,7 +12,7 @@ extensions = [
 
 setup(
     # Namespace discovery, so data folders (demo pages, the FAQ) are packages with their files.
-    packages=find_namespace_packages(include=["gateway*", "routing*", "dedup*", "bot_bridge*"]),
+    packages=find_namespace_packages(include=["gateway*", "routing*", "dedup*", "bot_bridge*", "native"]),
     package_data={"gateway": ["*.pyx"], "gateway.static": ["*"], "gateway.coordinator.redis.scripts": ["*.lua"],
                   "bot_bridge.data": ["*"]},
     ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}, quiet=True),

@@ -22,33 +22,15 @@ import operator
 from collections import OrderedDict
 from typing import SupportsIndex
 
+from native.args import U64_MAX, i64, u64
+
 MAX_KEY_BYTES = 1024
 MAX_CAPACITY = 1 << 31
 MAX_GENERATIONS = 64
 MAX_BITS_PER_GENERATION = 1 << 32
 PROBES = 4
 
-_U64_MAX = (1 << 64) - 1
-_I64_MIN = -(1 << 63)
-_I64_MAX = (1 << 63) - 1
-
 Key = str | bytes
-
-
-def u64_arg(x: SupportsIndex) -> int:
-    """A per-operation integer: TypeError if not an int, OverflowError outside [0, 2**64)."""
-    v = int(operator.index(x))
-    if not 0 <= v <= _U64_MAX:
-        raise OverflowError("int out of range for u64")
-    return v
-
-
-def i64_arg(x: SupportsIndex) -> int:
-    """A configuration integer: TypeError if not an int, OverflowError outside i64."""
-    v = int(operator.index(x))
-    if not _I64_MIN <= v <= _I64_MAX:
-        raise OverflowError("int out of range for i64")
-    return v
 
 
 def _check_part(x: object, what: str) -> None:
@@ -96,11 +78,11 @@ class ReferenceDedup:
         bits_per_generation: SupportsIndex = 1 << 20,
         seed: SupportsIndex = 0,
     ) -> None:
-        cap = i64_arg(capacity)
-        window = i64_arg(window_ms)
-        gens = i64_arg(generations)
-        bits = i64_arg(bits_per_generation)
-        seed_v = int(operator.index(seed)) & _U64_MAX
+        cap = i64(capacity)
+        window = i64(window_ms)
+        gens = i64(generations)
+        bits = i64(bits_per_generation)
+        seed_v = int(operator.index(seed)) & U64_MAX
         if not 1 <= cap <= MAX_CAPACITY:
             raise ValueError(f"capacity must be in 1..={MAX_CAPACITY}")
         if window < 1:
@@ -128,7 +110,7 @@ class ReferenceDedup:
         h1 = int.from_bytes(d[:8], "little")
         h2 = int.from_bytes(d[8:], "little") | 1
         m = self._bits
-        return [(((h1 + i * h2) & _U64_MAX) * m) >> 64 for i in range(PROBES)]
+        return [(((h1 + i * h2) & U64_MAX) * m) >> 64 for i in range(PROBES)]
 
     def _bloom_has(self, probes: list[int]) -> bool:
         for bloom in self._blooms:  # every slot holds only live generations
@@ -151,7 +133,7 @@ class ReferenceDedup:
     def get(self, conv: Key, sender: Key, cid: Key, now_ms: SupportsIndex) -> int | None:
         """Seq stored for (conv, sender, cid) if present and within the window, else None."""
         key = dedup_key(conv, sender, cid)
-        now = u64_arg(now_ms)
+        now = u64(now_ms)
         self._advance(now)
         if not self._bloom_has(self._probes(key)):
             return None
@@ -164,8 +146,8 @@ class ReferenceDedup:
     def put(self, conv: Key, sender: Key, cid: Key, seq: SupportsIndex, now_ms: SupportsIndex) -> None:
         """Record (conv, sender, cid) -> seq at now_ms (updates seq and recency if present)."""
         key = dedup_key(conv, sender, cid)
-        seq_v = u64_arg(seq)
-        now = u64_arg(now_ms)
+        seq_v = u64(seq)
+        now = u64(now_ms)
         self._advance(now)
         bloom = self._blooms[self._cur_gen % self._generations]
         for p in self._probes(key):
@@ -183,7 +165,7 @@ class ReferenceDedup:
     def _bloom_maybe(self, conv: Key, sender: Key, cid: Key, now_ms: SupportsIndex) -> bool:
         """Test hook: does the bloom filter say "maybe" for (conv, sender, cid)?"""
         key = dedup_key(conv, sender, cid)
-        now = u64_arg(now_ms)
+        now = u64(now_ms)
         self._advance(now)
         return self._bloom_has(self._probes(key))
 

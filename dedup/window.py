@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from typing import Protocol, SupportsIndex
 
+import native
+
 from .reference import ReferenceDedup
 
-try:
-    import chatgw_native as _native
-except ImportError:  # the native build is optional at run time
-    _native = None
-
-NATIVE_AVAILABLE: bool = _native is not None
+NATIVE_AVAILABLE: bool = native.AVAILABLE
 
 
 class Dedup(Protocol):
@@ -40,6 +37,6 @@ def make_dedup(
     prefer_native: bool = True,
 ) -> Dedup:
     """Build a Dedup: native if available and ``prefer_native``, else the pure-Python reference."""
-    if prefer_native and _native is not None:
-        return _native.Dedup(capacity, window_ms, generations, bits_per_generation, seed)
+    if prefer_native and native.MODULE is not None:
+        return native.MODULE.Dedup(capacity, window_ms, generations, bits_per_generation, seed)
     return ReferenceDedup(capacity, window_ms, generations, bits_per_generation, seed)

@@ -8,15 +8,19 @@ router makes becomes a log entry delivered to the participants, plus the side fr
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .coordinator import Conversation, Coordinator
 from .delivery import Delivery
 from .metrics import METRICS
 from .protocol import Outgoing
 
-if TYPE_CHECKING:
-    from .bot_turns import BotTurns
+
+class RunningBots(Protocol):
+    """The node's running bot calls (gateway/bot_turns.py), as far as routing events need them."""
+
+    def cancel(self, tenant: str, conv_id: str, why: str) -> None:
+        """Stop the conversation's bot call, if one runs; `why` is logged."""
 
 
 def _now_ms() -> int:
@@ -34,7 +38,7 @@ class ConversationEvents:
         self.coord = coord
         self.delivery = delivery
         self._assign_history = assign_history
-        self.bot_turns: BotTurns | None = None
+        self.bot_turns: RunningBots | None = None
         self._queue_pos: dict[tuple[str, str], tuple[int, str]] = {}  # (tenant, conv) -> (position told, visitor)
 
     async def event(self, conv: Conversation, ev: str, **fields: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,8 +13,16 @@ from . import auth
 from .metrics import METRICS
 from .protocol import VERSION
 
-if TYPE_CHECKING:
-    from .server import Node
+
+class Node(Protocol):
+    """What the HTTP side reads of the node (gateway/server.py's `Node`), declared here so
+    that the HTTP side does not import the server that starts it."""
+
+    cfg: Any
+    coord: Any
+    hub: Any
+    ws_port: int
+
 
 STATIC = Path(__file__).parent / "static"
 NODE: web.AppKey[Any] = web.AppKey("node")

@@ -11,35 +11,15 @@ the same way but otherwise ignores it. See docs/native.md for the invariants.
 from __future__ import annotations
 
 import heapq
-import operator
 from typing import Protocol, SupportsIndex
 
-try:
-    import chatgw_native as _native
-except ImportError:  # the native build is optional at run time
-    _native = None
+import native
+from native.args import i64 as _i64
+from native.args import u64 as _u64
 
-NATIVE_AVAILABLE: bool = _native is not None
+NATIVE_AVAILABLE: bool = native.AVAILABLE
 MAX_SLOTS = 4096
 MAX_LEVELS = 16
-_U64_MAX = (1 << 64) - 1
-_I64_MIN = -(1 << 63)
-_I64_MAX = (1 << 63) - 1
-
-
-def _u64(x: SupportsIndex) -> int:
-    """Keys, deadlines, times: TypeError if not an int, OverflowError outside [0, 2**64)."""
-    v = int(operator.index(x))
-    if not 0 <= v <= _U64_MAX:
-        raise OverflowError("int out of range for u64")
-    return v
-
-
-def _i64(x: SupportsIndex) -> int:
-    v = int(operator.index(x))
-    if not _I64_MIN <= v <= _I64_MAX:
-        raise OverflowError("int out of range for i64")
-    return v
 
 
 class TimingWheel(Protocol):
@@ -130,6 +110,6 @@ def make_timing_wheel(
     tick_ms: int = 10, slots: int = 256, levels: int = 4, *, prefer_native: bool = True
 ) -> TimingWheel:
     """Build a TimingWheel: native if available and ``prefer_native``, else the pure-Python reference."""
-    if prefer_native and _native is not None:
-        return _native.TimingWheel(tick_ms, slots, levels)
+    if prefer_native and native.MODULE is not None:
+        return native.MODULE.TimingWheel(tick_ms, slots, levels)
     return ReferenceTimingWheel(tick_ms, slots, levels)

@@ -9,31 +9,19 @@ See docs/native.md for the numbered invariants.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 from typing import Protocol, SupportsIndex
 
-try:
-    import chatgw_native as _native
-except ImportError:  # the native build is optional at run time
-    _native = None
+import native
+from native.args import exact_bool, i64, str_key
 
-NATIVE_AVAILABLE: bool = _native is not None
+NATIVE_AVAILABLE: bool = native.AVAILABLE
 MAX_ID_BYTES = 1024
-_I64_MIN = -(1 << 63)
-_I64_MAX = (1 << 63) - 1
 
 
 def _str_id(x: object, what: str) -> bytes:
     """Agent/group id -> UTF-8 (surrogatepass) bytes; TypeError if not str, ValueError if > 1024 bytes."""
-    if not isinstance(x, str):
-        raise TypeError(f"{what} must be str, not {type(x).__name__}")
-    if str.__len__(x) > MAX_ID_BYTES:
-        raise ValueError(f"key longer than {MAX_ID_BYTES} bytes")
-    b = str.encode(x, "utf-8", "surrogatepass")
-    if len(b) > MAX_ID_BYTES:
-        raise ValueError(f"key longer than {MAX_ID_BYTES} bytes")
-    return b
+    return str_key(x, what, MAX_ID_BYTES)
 
 
 def _group_list(groups: Iterable[str]) -> list[bytes]:
@@ -42,16 +30,8 @@ def _group_list(groups: Iterable[str]) -> list[bytes]:
     return sorted({_str_id(g, "group") for g in groups})
 
 
-def _bool(x: object, what: str) -> bool:
-    if type(x) is not bool:
-        raise TypeError(f"{what} must be bool, not {type(x).__name__}")
-    return x
-
-
 def _capacity(x: SupportsIndex) -> int:
-    v = int(operator.index(x))
-    if not _I64_MIN <= v <= _I64_MAX:
-        raise OverflowError("int out of range for i64")
+    v = i64(x)
     if v < 0:
         raise ValueError("capacity must be >= 0")
     return v
@@ -131,7 +111,7 @@ class ReferenceLoadIndex:
         key = _str_id(agent, "agent")
         names = _group_list(groups)
         cap = _capacity(capacity)
-        avail = _bool(available, "available")
+        avail = exact_bool(available, "available")
         a = self._agents.get(key)
         if a is None:
             a = _Agent(key.decode("utf-8", "surrogatepass"), key, names, cap, avail)
@@ -150,7 +130,7 @@ class ReferenceLoadIndex:
     def set_available(self, agent: str, available: bool) -> None:
         """Mark an agent (un)available; KeyError if absent."""
         key = _str_id(agent, "agent")
-        avail = _bool(available, "available")
+        avail = exact_bool(available, "available")
         a = self._agents.get(key)
         if a is None:
             raise KeyError(agent)
@@ -214,6 +194,6 @@ class ReferenceLoadIndex:
 
 def make_load_index(*, prefer_native: bool = True) -> LoadIndex:
     """Build a LoadIndex: native if available and ``prefer_native``, else the pure-Python reference."""
-    if prefer_native and _native is not None:
-        return _native.LoadIndex()
+    if prefer_native and native.MODULE is not None:
+        return native.MODULE.LoadIndex()
     return ReferenceLoadIndex()

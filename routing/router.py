@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from gateway.coordinator.base import Agent, Conversation, Coordinator
+from .model import Agent, Conversation
+from .ports import RoutingStore
 
 
 class RoutingSink(Protocol):
@@ -36,7 +37,7 @@ class RoutingError(Exception):
 
 
 class Router:
-    def __init__(self, coord: Coordinator, sink: RoutingSink):
+    def __init__(self, coord: RoutingStore, sink: RoutingSink):
         self.coord = coord
         self.sink = sink
 

@@ -17,8 +17,9 @@ Atomicity contract:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from routing.model import Agent, Conversation
 
 from .ports import (
     AgentsAndQueue,
@@ -45,55 +46,6 @@ def idempotency_key(sender: str, client_id: str) -> str:
 
 class Unavailable(Exception):
     """Shared state can't be reached; the node refuses new work instead of guessing."""
-
-
-@dataclass
-class Conversation:
-    id: str
-    tenant: str
-    visitor: str
-    group: str
-    state: str = "queued"
-    agent: str | None = None
-    created_ms: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-    # When the current agent got it (wall clock, microseconds): an agent's conversations
-    # return to the queue in this order (docs/routing.md step 7).
-    assigned_us: int = 0
-    # The agent that transferred it to a group: not given it back while another agent can take it.
-    avoid: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Conversation:
-        return cls(**d)
-
-    def copy(self) -> Conversation:
-        """A private copy (meta included); far cheaper than dataclasses.replace on the hot path."""
-        c = object.__new__(Conversation)
-        c.__dict__.update(self.__dict__)
-        c.meta = dict(self.meta)
-        return c
-
-    def participants(self) -> tuple[str, ...]:
-        return (self.visitor, self.agent) if self.agent else (self.visitor,)
-
-
-@dataclass
-class Agent:
-    tenant: str
-    id: str
-    groups: tuple[str, ...]
-    capacity: int
-    status: str = "offline"  # online | away | offline (as set by the agent)
-    connected: bool = False
-    load: int = 0
-
-    @property
-    def available(self) -> bool:
-        return self.connected and self.status == "online"
 
 
 class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence):

@@ -1,5 +1,8 @@
 """The ports to shared state: one small interface per concern (ARCHITECTURE.md, Concepts).
 
+The three routing works through (locks, conversation state, agents and queue) are declared
+in routing/ports.py and re-exported here; the log, the node bus and presence are the gateway's.
+
 `Coordinator` (base.py) is all of them together, as each implementation provides them
 today; callers should name the port they use. Every method is a coroutine so that a
 remote implementation fits without changing any caller, except `SyncLog`: the
@@ -13,53 +16,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from .base import Agent, Conversation
+from routing.model import Conversation
+from routing.ports import AgentsAndQueue, ConversationState, Locks
+
+__all__ = ["AgentsAndQueue", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
+           "Presence", "SyncLog"]
 
 # A remote delivery: (tenant, users, envelope) handed to the node holding them.
 DeliveryHandler = Callable[[str, list[str], dict[str, Any]], Awaitable[None] | None]
-
-
-class Locks(ABC):
-    """Segment locks: lock index = hash(tenant, key) mod N, so unrelated keys rarely contend."""
-
-    @abstractmethod
-    def lock(self, tenant: str, key: str) -> AbstractAsyncContextManager[None]:
-        """Segment lock for conversation `key` (or `"queue:" + group`); base.py's atomicity contract says who holds it."""
-
-
-class ConversationState(ABC):
-    """Conversations (state, participants, meta), a visitor's open one, an agent's, the sticky agent."""
-
-    @abstractmethod
-    async def create_conversation(self, conv: Conversation) -> Conversation: ...
-
-    @abstractmethod
-    async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None: ...
-
-    async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        """Like get_conversation, for callers that only read: the result must not be mutated."""
-        return await self.get_conversation(tenant, conv_id)
-
-    @abstractmethod
-    async def save_conversation(self, conv: Conversation) -> None:
-        """Write the state of `conv`; the caller holds its lock."""
-
-    @abstractmethod
-    async def open_conversation_of(self, tenant: str, visitor: str) -> str | None:
-        """The visitor's open (not closed) conversation id, if any."""
-
-    @abstractmethod
-    async def conversations_of_agent(self, tenant: str, agent: str) -> list[str]: ...
-
-    @abstractmethod
-    async def sticky_agent(self, tenant: str, visitor: str) -> str | None: ...
-
-    @abstractmethod
-    async def set_sticky_agent(self, tenant: str, visitor: str, agent: str) -> None: ...
 
 
 class ConversationLog(ABC):
@@ -106,36 +72,6 @@ class SyncLog(Protocol):
                    client_id: str | None = None) -> tuple[int, bool, bytes]: ...
 
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None: ...
-
-
-class AgentsAndQueue(ABC):
-    """Agents with capacity and load (a slot is reserved atomically), and one FIFO queue per (tenant, group)."""
-
-    @abstractmethod
-    async def upsert_agent(self, agent: Agent) -> Agent:
-        """Create or update an agent's groups, capacity, status and connectedness; its load is kept."""
-
-    @abstractmethod
-    async def get_agent(self, tenant: str, agent_id: str) -> Agent | None: ...
-
-    @abstractmethod
-    async def reserve_agent(self, tenant: str, group: str, prefer: str | None = None) -> str | None:
-        """Charge one slot of an available agent: `prefer` if it is in the group with room, else the least-loaded."""
-
-    @abstractmethod
-    async def release_agent(self, tenant: str, agent_id: str) -> None: ...
-
-    @abstractmethod
-    async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None: ...
-
-    @abstractmethod
-    async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool: ...
-
-    @abstractmethod
-    async def queue_head(self, tenant: str, group: str) -> str | None: ...
-
-    @abstractmethod
-    async def queue_list(self, tenant: str, group: str) -> list[str]: ...
 
 
 class NodeBus(ABC):
