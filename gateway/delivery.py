@@ -3,7 +3,7 @@
 Every envelope for a user goes through `apply` on the node that holds the user's
 connections; users held elsewhere are handed to the coordinator, whose other
 node calls `from_remote`. Log entries pass each connection's order check
-(`Connection.push_entry`); a connection that falls behind catches up from the
+(`Session.push_entry`); a connection that falls behind catches up from the
 log, and `replay` serves `resume` with no gap and no repeat.
 """
 
@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .coordinator import Conversation, Coordinator
-from .listener import Connection
 from .protocol import Outgoing
+from .session import Session
+from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, unsubscribe
 
 REPLAY_PAGE = 500
 # A replay writes this much, then waits until the client has read it (the transport's write
@@ -30,10 +31,10 @@ class Delivery:
         self.coord = coord
         self._spawn = spawn
         self._stall_s = stall_s
-        self._waiting: dict[Connection, asyncio.Future[bool]] = {}  # replays waiting for a client to read
+        self._waiting: dict[Session, asyncio.Future[bool]] = {}  # replays waiting for a client to read
         # A tuple, not a set: most users have one connection, and a 1-tuple is a quarter of an
         # empty set's size (idle memory per connection); it is also a ready snapshot to iterate.
-        self.users: dict[tuple[str, str], tuple[Connection, ...]] = {}
+        self.users: dict[tuple[str, str], tuple[Session, ...]] = {}
 
     def apply(self, tenant: str, user: str, out: Outgoing) -> bool:
         """Hand an envelope to this node's connections of `user`; False if it holds none.
@@ -46,18 +47,19 @@ class Delivery:
             return False
         env = out.env
         kind = env["t"]
+        if kind == "msg" or kind == "event":
+            conv = env["conv"]
+            seq = env["seq"]
+            for conn in peers:
+                if not offer(conn, conv, seq, out):
+                    self._spawn(self.catch_up(conn, tenant, conv))
+            return True
         for conn in peers:
-            if kind == "msg" or kind == "event":
-                if not conn.push_entry(env["conv"], env["seq"], out):
-                    self._spawn(self.catch_up(conn, tenant, env["conv"]))
-                continue
             conn.push(out)
             if kind == "assigned":
-                if conn.sent is None:
-                    conn.sent = {}
-                conn.sent[env["conv"]] = max(env["seq"], conn.sent.get(env["conv"], 0))
-            elif kind == "unassigned" and conn.sent is not None:
-                conn.sent.pop(env["conv"], None)
+                subscribe(conn, env["conv"], env["seq"])
+            elif kind == "unassigned":
+                unsubscribe(conn, env["conv"])
         return True
 
     async def send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Outgoing) -> None:
@@ -79,11 +81,10 @@ class Delivery:
     async def relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
         await self.send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
 
-    async def catch_up(self, conn: Connection, tenant: str, conv_id: str) -> None:
-        after = (conn.sent or {}).get(conv_id, 0)
-        await self.replay(conn, tenant, conv_id, after, rid=None, tell_gap=False)
+    async def catch_up(self, conn: Session, tenant: str, conv_id: str) -> None:
+        await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False)
 
-    async def _drained(self, conn: Connection) -> bool:
+    async def _drained(self, conn: Session) -> bool:
         """Write what `conn` has queued and wait until the client has read it; False if it is gone.
 
         A client that reads nothing for `stall_s` is a slow reader: closed with 1008 (after a
@@ -107,21 +108,19 @@ class Delivery:
             conn.slow_reader()
         return writable
 
-    def wake(self, conn: Connection, writable: bool) -> None:
+    def wake(self, conn: Session, writable: bool) -> None:
         """End a replay's wait on `conn`: it can write again (True), or it is gone or stalled (False)."""
         fut = self._waiting.pop(conn, None)
         if fut is not None and not fut.done():
             fut.set_result(writable)
 
-    async def replay(self, conn: Connection, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
+    async def replay(self, conn: Session, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
         """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
-        if conn.syncing is None:
-            conn.syncing = {}
-        if conv_id in conn.syncing:
+        buffered = begin_replay(conn, conv_id)
+        if buffered is None:
             return  # a replay of this conversation is already running on this connection
-        conn.syncing[conv_id] = buffered = []
         # Never below what this connection was already sent: each entry at most once per connection.
-        last = max(after, (conn.sent or {}).get(conv_id, 0))
+        last = max(after, cursor(conn, conv_id))
         try:
             while not conn.closed:
                 entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
@@ -158,11 +157,7 @@ class Delivery:
                             conn.push(out)
                             last = seq
         finally:
-            conn.syncing.pop(conv_id, None)
-            if not conn.syncing:
-                conn.syncing = None
-        if conn.sent is None:
-            conn.sent = {}
-        conn.sent[conv_id] = max(last, conn.sent.get(conv_id, 0))
+            end_replay(conn, conv_id)
+        subscribe(conn, conv_id, last)
         if tell_gap:
             conn.send_env({"t": "resumed", "conv": conv_id, "seq": last, "rid": rid})

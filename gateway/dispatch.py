@@ -15,15 +15,15 @@ from typing import Any
 from routing.router import RoutingError
 
 from .coordinator import Unavailable
-from .listener import Connection
 from .metrics import METRICS
 from .protocol import ProtocolError
+from .session import Session
 from .tasks import TaskSet
 
 log = logging.getLogger("gateway.dispatch")
 
-Handler = Callable[[Connection, dict[str, Any]], Awaitable[None]]
-InlineHandler = Callable[[Connection, dict[str, Any]], None]
+Handler = Callable[[Session, dict[str, Any]], Awaitable[None]]
+InlineHandler = Callable[[Session, dict[str, Any]], None]
 
 
 class Dispatcher:
@@ -42,7 +42,7 @@ class Dispatcher:
         self._eager = eager
         self._inline = dict(inline or {}) if eager else {}
 
-    def submit(self, conn: Connection, env: dict[str, Any]) -> None:
+    def submit(self, conn: Session, env: dict[str, Any]) -> None:
         """Run `env` for `conn` after the envelopes before it (per-connection order)."""
         METRICS.hot.envelopes_in += 1
         if conn.inbox is not None:
@@ -70,13 +70,13 @@ class Dispatcher:
             task = self._tasks.spawn(self._drain(conn))
         conn.worker = task
 
-    async def _finish_then_drain(self, conn: Connection, coro: Any, fut: Any) -> None:
+    async def _finish_then_drain(self, conn: Session, coro: Any, fut: Any) -> None:
         try:
             await resume(coro, fut)
         finally:
             await self._drain(conn)
 
-    async def _drain(self, conn: Connection) -> None:
+    async def _drain(self, conn: Session) -> None:
         inbox = conn.inbox
         try:
             while inbox:
@@ -85,14 +85,18 @@ class Dispatcher:
             conn.inbox = None
             conn.worker = None
 
-    async def _handle_safe(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def _handle_safe(self, conn: Session, env: dict[str, Any]) -> None:
         try:
-            await self._handlers[env["t"]](conn, env)
+            fast = self._inline.get(env["t"])
+            if fast is not None:  # queued behind a busy connection's earlier envelopes: the same code
+                fast(conn, env)
+            else:
+                await self._handlers[env["t"]](conn, env)
         except Exception as e:
             report(conn, env, e)
 
 
-def report(conn: Connection, env: dict[str, Any], e: Exception) -> None:
+def report(conn: Session, env: dict[str, Any], e: Exception) -> None:
     """Tell the client why its envelope failed (an `error` with its rid); log what is our fault."""
     if isinstance(e, ProtocolError):
         conn.send_env(e.envelope())

@@ -2,7 +2,7 @@
 
 The dispatcher (gateway/dispatch.py) calls them in per-connection order; a handler answers
 the connection, changes state through the coordinator and the router, and hands log
-entries to delivery. `msg` has a synchronous twin (`msg_inline`) for an in-process log.
+entries to delivery. `msg` runs without a coroutine over an in-process log (`msg_now`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from .coordinator import Agent, Conversation, Coordinator
 from .coordinator.ports import SyncLog
 from .delivery import Delivery
 from .dispatch import Handler, InlineHandler
-from .listener import Connection
 from .metrics import METRICS
 from .protocol import Outgoing, ProtocolError
+from .session import Session
+from .subscriptions import subscribe
+
+_NONE: tuple[()] = ()  # no remote participants (most messages on one node): nothing allocated
 
 
 def _now_ms() -> int:
@@ -62,13 +65,13 @@ class Handlers:
 
     def inline(self) -> dict[str, InlineHandler]:
         """Kinds with a synchronous handler, used when the coordinator is in-process."""
-        return {"msg": self.msg_inline}
+        return {"msg": self.msg_now}
 
-    async def _participant(self, conn: Connection, env: dict[str, Any]) -> Conversation:
+    async def _participant(self, conn: Session, env: dict[str, Any]) -> Conversation:
         """The conversation, read-only, if this connection's user takes part in it."""
         return _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env["conv"]))
 
-    async def h_open(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_open(self, conn: Session, env: dict[str, Any]) -> None:
         if conn.role != "visitor":
             raise ProtocolError("forbidden", "only visitors open conversations", rid=env.get("rid"))
         existing = await self.coord.open_conversation_of(conn.tenant, conn.user)
@@ -92,9 +95,7 @@ class Handlers:
         )
         await self.coord.create_conversation(conv)
         METRICS.conversations_opened.inc()
-        if conn.sent is None:
-            conn.sent = {}
-        conn.sent[conv.id] = 0  # the opener is subscribed from the first entry
+        subscribe(conn, conv.id, 0)  # the opener is subscribed from the first entry
         if not with_bot:
             await self.router.join(conv)  # first, so the reply carries the position it joined at
         view = await self._events.conv_view(conv)
@@ -105,85 +106,95 @@ class Handlers:
         else:
             await self.router.joined(conv)  # `queued` logged, the queue drained; `queue` frames as usual
 
-    def msg_inline(self, conn: Connection, env: dict[str, Any]) -> None:
-        """`h_msg` for a coordinator whose state is in this process: no coroutine, one encoding.
+    # `msg`: one algorithm (docs/hub.md, "The msg steps"). Steps 1-3 read and append through
+    # the log's port, synchronously for an in-process log (`msg_now`) or awaiting a remote one
+    # (`h_msg`); steps 4-6 (`_appended`) are the same code for both.
 
-        Same steps and answers as `h_msg`; the node's dedup cache is skipped because the
-        embedded log's own client-id map is exact for as long as the entry is kept.
+    def msg_now(self, conn: Session, env: dict[str, Any]) -> None:
+        """`msg` over an in-process log (`SyncLog`): no coroutine, the entry encoded once.
+
+        No node dedup cache here: the embedded log's own client-id map is exact for as long as
+        the entry is kept, and one process cannot have appended without delivering.
         """
-        conv = _taking_part(conn, env, self._sync.peek_now(conn.tenant, env["conv"]))
-        if conv.state == "closed":
-            self._closed_retry(conn, conv, env, self._sync.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
+        sync = self._sync
+        conv = _taking_part(conn, env, sync.peek_now(conn.tenant, env["conv"]))  # 1
+        if conv.state == "closed":  # 2
+            self._closed_retry(conn, conv, env, sync.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
             return
         entry = _new_entry(conn, conv, env, _now_ms())
-        seq, dup, packed = self._sync.append_now(conv.tenant, conv.id, entry, env["id"])
-        ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # _ack, inline: every message
+        seq, dup, packed = sync.append_now(conv.tenant, conv.id, entry, env["id"])  # 3
+        self._appended(conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
+
+    async def h_msg(self, conn: Session, env: dict[str, Any]) -> None:
+        """`msg` over a remote log, with this node's dedup cache in front of it."""
+        conv = await self._participant(conn, env)  # 1
+        cid = env["id"]
+        # Conversation ids are random and unique across tenants, and the tenant was checked above.
+        # Client ids are the sender's own: the key is (conversation, sender, id).
+        now = _now_ms()
+        seq = self.dedup.get(conv.id, conn.user, cid, now)
+        if seq is not None:  # 2: this node appended it already (and delivered it then)
+            self._appended(conn, conv, env, None, seq, True, None)
+            return
+        if conv.state == "closed":
+            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
+            return
+        entry = _new_entry(conn, conv, env, now)
+        seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)  # 3
+        self.dedup.put(conv.id, conn.user, cid, seq, now)
+        out = Outgoing(entry)
+        if dup:
+            # The log knew it but this node did not: the node that appended it may have died
+            # before delivering. Deliver the first entry again; sessions drop what they have.
+            first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
+            out = Outgoing(first[0]) if first and first[0]["seq"] == seq else None
+        remote = self._appended(conn, conv, env, entry, seq, dup, out)
+        if remote:
+            await self.coord.deliver_remote(conv.tenant, list(remote), out.env)
+
+    def _closed_retry(self, conn: Session, conv: Conversation, env: dict[str, Any], seq: int | None) -> None:
+        """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
+        if seq is None:
+            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
+        self._appended(conn, conv, env, None, seq, True, None)
+
+    def _appended(self, conn: Session, conv: Conversation, env: dict[str, Any], entry: dict[str, Any] | None,
+                  seq: int, dup: bool, out: Outgoing | None) -> list[str] | tuple[()]:
+        """Steps 4-6 of `msg`: ack the sender, deliver `out` here, start the bot's turn.
+
+        Returns the participants this node does not hold (for the caller's node bus).
+        """
+        ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # 4
         rid = env.get("rid")
         if rid is not None:
             ack["rid"] = rid
         conn.send_env(ack)
         if dup:
             METRICS.hot.duplicates += 1
-            return  # one node holds everything: the first append was delivered then
-        METRICS.hot.messages += 1
-        out = Outgoing(entry, packed)
-        apply = self.delivery.apply
+        else:
+            METRICS.hot.messages += 1
+        if out is None:
+            return _NONE
+        apply = self.delivery.apply  # 5
+        tenant = conv.tenant
+        remote = _NONE
         for user in conv.participants():
-            apply(conv.tenant, user, out)
-        if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
-            self.bot_turns.start(conv, entry)
+            if not apply(tenant, user, out):
+                remote = [*remote, user]
+        if not dup and conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
+            self.bot_turns.start(conv, entry)  # 6
+        return remote
 
-    def _closed_retry(self, conn: Connection, conv: Conversation, env: dict[str, Any], seq: int | None) -> None:
-        """A closed conversation takes no new message, but a retry of a logged one still gets its ack."""
-        if seq is None:
-            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
-        METRICS.hot.duplicates += 1
-        conn.send_env(_ack(conv.id, env, seq, True))
-
-    async def h_msg(self, conn: Connection, env: dict[str, Any]) -> None:
-        if self.eager:  # queued behind this connection's earlier envelopes: the same inline code
-            self.msg_inline(conn, env)
-            return
-        conv = await self._participant(conn, env)
-        cid = env["id"]
-        # Conversation ids are random and unique across tenants, and the tenant was checked above.
-        # Client ids are the sender's own: the key is (conversation, sender, id).
-        now = _now_ms()
-        seq = self.dedup.get(conv.id, conn.user, cid, now)
-        if seq is not None:
-            METRICS.hot.duplicates += 1
-            conn.send_env(_ack(conv.id, env, seq, True))
-            return
-        if conv.state == "closed":
-            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
-            return
-        entry = _new_entry(conn, conv, env, now)
-        seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)
-        self.dedup.put(conv.id, conn.user, cid, seq, now)
-        conn.send_env(_ack(conv.id, env, seq, dup))
-        if dup:
-            METRICS.hot.duplicates += 1
-            # The log knew it but this node did not: the node that appended it may have died
-            # before delivering. Deliver again; connections drop what they already have.
-            first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
-            if first and first[0]["seq"] == seq:
-                await self.delivery.deliver(conv, first[0])
-            return
-        METRICS.hot.messages += 1
-        await self.delivery.deliver(conv, entry)
-        if conv.state == "bot" and conn.role == "visitor" and self.bot_turns is not None:
-            self.bot_turns.start(conv, entry)
-
-    async def h_typing(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_typing(self, conn: Session, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         await self.delivery.relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
 
-    async def h_read(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_read(self, conn: Session, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         await self._within_log(conv, env, "seq")
         await self.delivery.relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
 
-    async def h_history(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_history(self, conn: Session, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         entries, first = await self.coord.read_before(conv.tenant, conv.id, env.get("before"), env.get("limit") or 50)
         conn.send_env({"t": "history", "conv": conv.id, "msgs": entries, "first": first, "rid": env.get("rid")})
@@ -198,18 +209,18 @@ class Handlers:
             raise ProtocolError("bad_field", f"{env['t']}: {field!r} {env[field]} is past the end of the log (last seq {last})",
                                 field, env.get("rid"), seq=last)
 
-    async def h_resume(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_resume(self, conn: Session, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         await self._within_log(conv, env, "after")
         await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
 
-    async def h_close(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_close(self, conn: Session, env: dict[str, Any]) -> None:
         conv = await self._participant(conn, env)
         if conn.role == "agent" and conv.agent != conn.user:
             raise ProtocolError("forbidden", "only the assigned agent can close", rid=env.get("rid"))
         await self.router.close(conn.tenant, conv.id, by=conn.user)
 
-    async def h_status(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_status(self, conn: Session, env: dict[str, Any]) -> None:
         if conn.role != "agent":
             raise ProtocolError("forbidden", "only agents have a status", rid=env.get("rid"))
         agent = await self.coord.get_agent(conn.tenant, conn.user)
@@ -232,16 +243,16 @@ class Handlers:
         )
         await self.router.agent_changed(agent)
 
-    async def h_transfer(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_transfer(self, conn: Session, env: dict[str, Any]) -> None:
         if conn.role != "agent":
             raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.get("rid"))
         conv = await self._participant(conn, env)
         await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"), env.get("rid"))
 
-    async def h_ping(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_ping(self, conn: Session, env: dict[str, Any]) -> None:
         conn.send_env({"t": "pong", "rid": env.get("rid")})
 
-    async def h_refresh(self, conn: Connection, env: dict[str, Any]) -> None:
+    async def h_refresh(self, conn: Session, env: dict[str, Any]) -> None:
         """A fresh token for the same identity moves the connection's expiry (docs/protocol.md, Tokens)."""
         rid = env.get("rid")
         try:
@@ -255,23 +266,14 @@ class Handlers:
         conn.send_env({"t": "refreshed", "exp": int(ident.expires), "rid": rid})
 
 
-def _taking_part(conn: Connection, env: dict[str, Any], conv: Conversation | None) -> Conversation:
+def _taking_part(conn: Session, env: dict[str, Any], conv: Conversation | None) -> Conversation:
     if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
         # A conversation of another tenant or another visitor looks exactly like a missing one.
         raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
     return conv
 
 
-def _ack(conv_id: str, env: dict[str, Any], seq: int, dup: bool) -> dict[str, Any]:
-    """The reply to a `msg`: its client id and seq, and its `rid` when it carried one."""
-    ack = {"t": "ack", "conv": conv_id, "id": env["id"], "seq": seq, "dup": dup}
-    rid = env.get("rid")
-    if rid is not None:
-        ack["rid"] = rid
-    return ack
-
-
-def _new_entry(conn: Connection, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:
+def _new_entry(conn: Session, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:
     """The log entry for a `msg` envelope (seq is set by the coordinator's append)."""
     entry: dict[str, Any] = {"t": "msg", "conv": conv.id, "seq": 0, "id": env["id"], "from": conn.user,
                              "role": conn.role, "text": env["text"], "ts": now}

@@ -12,8 +12,9 @@ Each concern has its own module; the hub builds them and wires them together:
 - `bot_turns.BotTurns`: the bot side, behind its worker-process bridge;
 - `tasks.TaskSet`: the node's background tasks.
 
-The Cython `Connection` (gateway/listener.pyx) calls `connected`, `disconnected`,
-`submit`, `mark_dirty`, `closing`, `slow_reader` and `resumed_writing`.
+Sessions (gateway/session.py; the WebSocket one is gateway/listener.pyx) call the hub's
+`Core` methods: `connected`, `disconnected`, `submit`, `closing`, `slow_reader` and
+`resumed_writing`. Write coalescing is the transport's (listener.schedule_flush).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from .delivery import Delivery
 from .dispatch import Dispatcher
 from .handlers import Handlers
 from .lifecycle import Lifecycle
-from .listener import Connection
 from .tasks import TaskSet
 
 
@@ -65,8 +65,6 @@ class Hub:
         self.closing = self.lifecycle.closing
         self.slow_reader = self.lifecycle.slow_reader
         self.resumed_writing = self.lifecycle.resumed_writing
-        self._dirty: list[Connection] = []
-        self._flush_pending = False
         coord.on_delivery(self.delivery.from_remote)
 
     async def start(self) -> None:
@@ -79,20 +77,6 @@ class Hub:
             self.bot_turns.cancel_all()
             await self.bots.close()
         self.lifecycle.stop()
-
-    # outgoing: every connection with something queued writes once per loop iteration
-
-    def mark_dirty(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
 
     def stats(self) -> dict[str, Any]:
         dedup = self.handlers.dedup

@@ -19,9 +19,10 @@ from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Coordinator
 from .delivery import Delivery
-from .listener import Connection
 from .metrics import METRICS
 from .protocol import VERSION
+from .session import Session
+from .subscriptions import subscribed
 from .tasks import TaskSet
 from .timing_wheel import make_timing_wheel
 
@@ -33,7 +34,7 @@ CLOSE_TOKEN_EXPIRED = 3000  # IANA-registered "Unauthorized" (docs/protocol.md, 
 
 
 class Lifecycle:
-    """Connections of this node from upgrade to close, and the one timer behind their deadlines.
+    """Sessions of this node from upgrade to close, and the one timer behind their deadlines.
 
     Wheel keys: `cid*4` a connection's heartbeat (its close deadline once we closed it),
     `cid*4+2` its token's expiry, odd keys agent grace periods.
@@ -49,7 +50,7 @@ class Lifecycle:
         self._tasks = tasks
         self.bot_turns = bot_turns
         self._loop = tasks.loop
-        self.conns: dict[int, Connection] = {}
+        self.conns: dict[int, Session] = {}
         self.users = delivery.users  # this node's connections by (tenant, user)
         self._next_id = 0
         # What a client must respect, told once in `welcome` (docs/protocol.md); one dict for all.
@@ -73,7 +74,7 @@ class Lifecycle:
             self._ticker.cancel()
         for conn in list(self.conns.values()):
             conn.close_going_away("node shutting down")
-            conn.transport.disconnect()  # the ticker is gone: flush the close frame and close now
+            conn.hang_up()  # the ticker is gone: flush the close frame and close now
 
     def timers(self) -> int:
         return len(self._wheel)
@@ -81,7 +82,7 @@ class Lifecycle:
     def _mono_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
 
-    def connected(self, conn: Connection) -> None:
+    def connected(self, conn: Session) -> None:
         self._next_id += 1
         conn.cid = self._next_id
         self.conns[conn.cid] = conn
@@ -97,7 +98,7 @@ class Lifecycle:
         self._wheel.schedule(conn.cid * 4 + 2, now_ms + self._ms_until(conn.expires))
         self._tasks.spawn(self._welcome(conn, first))
 
-    def disconnected(self, conn: Connection) -> None:
+    def disconnected(self, conn: Session) -> None:
         if self.conns.pop(conn.cid, None) is None:
             return
         self.delivery.wake(conn, False)
@@ -116,7 +117,7 @@ class Lifecycle:
                 del self.users[key]
                 self._tasks.spawn(self._last_gone(conn))
 
-    async def _welcome(self, conn: Connection, first: bool) -> None:
+    async def _welcome(self, conn: Session, first: bool) -> None:
         await self.coord.set_present(conn.tenant, conn.user, True, conn.role)
         convs: list[dict[str, Any]] = []
         if conn.role == "agent":
@@ -160,7 +161,7 @@ class Lifecycle:
             }
         )
 
-    async def _last_gone(self, conn: Connection) -> None:
+    async def _last_gone(self, conn: Session) -> None:
         if (conn.tenant, conn.user) in self.users:
             return  # reconnected here meanwhile
         remaining = await self.coord.set_present(conn.tenant, conn.user, False, conn.role)
@@ -199,7 +200,7 @@ class Lifecycle:
                     await self.coord.upsert_agent(agent)
                     await self.router.agent_changed(agent)
         for conn in list(self.conns.values()):
-            for conv_id in list(conn.sent or ()):
+            for conv_id in subscribed(conn):
                 self._tasks.spawn(self.delivery.catch_up(conn, conn.tenant, conv_id))
 
     async def _node_lost(self, lost: list[tuple[str, str, str]]) -> None:
@@ -248,10 +249,7 @@ class Lifecycle:
             if conn is None:
                 continue
             if conn.closed:  # we closed it (`closing` moved its heartbeat key): close the socket
-                if conn.transport.underlying_transport.is_closing():
-                    conn.transport.disconnect(False)  # still unread after the grace: cut it off
-                else:
-                    conn.transport.disconnect()  # flushes the backlog and our close frame, then closes
+                if conn.hang_up():  # it drains its backlog and our close frame; cut off if still unread then
                     self._wheel.schedule(conn.cid * 4, now_ms + int(self.cfg.heartbeat_timeout_s * 1000))
                 continue
             if key & 2:
@@ -274,7 +272,7 @@ class Lifecycle:
                 conn.ping()
                 self._wheel.schedule(key, now_ms + int(self.cfg.heartbeat_timeout_s * 1000))
 
-    def closing(self, conn: Connection) -> None:
+    def closing(self, conn: Session) -> None:
         """We sent a close frame: give the peer CLOSE_WAIT_S to answer, then close the socket.
 
         Closing flushes what is still buffered (a slow reader's backlog, then our close frame)
@@ -283,9 +281,9 @@ class Lifecycle:
         # The connection's heartbeat key in the wheel becomes its close deadline: no timer of its own.
         self._wheel.schedule(conn.cid * 4, self._mono_ms() + int(CLOSE_WAIT_S * 1000))
 
-    def resumed_writing(self, conn: Connection) -> None:
+    def resumed_writing(self, conn: Session) -> None:
         self.delivery.wake(conn, True)
 
-    def slow_reader(self, conn: Connection) -> None:
+    def slow_reader(self, conn: Session) -> None:
         METRICS.slow_readers.inc()
         log.info("closing slow reader %s/%s (1008): it stopped reading what it was sent", conn.tenant, conn.user)

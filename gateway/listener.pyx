@@ -5,9 +5,13 @@ One `Connection` per WebSocket holds everything the node keeps for it, so an
 idle connection costs this object, picows' transport and the kernel socket:
 no task, no timer, no buffers beyond picows' read buffer. Frames are checked
 here (RFC 6455 rules picows leaves to the application: reserved bits, fragment
-order, UTF-8, close codes), decoded and rate limited, then handed to the hub.
+order, UTF-8, close codes), decoded and rate limited, then handed to the chat core.
 Outgoing envelopes collect in `outbox` and leave as one frame per loop
 iteration (a batch when there are several).
+
+This is the WebSocket implementation of `gateway.session.Session`: transport only.
+The fields the chat core keeps per connection live here for memory's sake (one object
+per connection), but each is written by its owner (the table in session.py).
 """
 
 from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType, WSCloseCode, MemoryBuffer
@@ -16,6 +20,7 @@ from libc.math cimport fmin
 from libc.string cimport memcpy
 
 import time
+from asyncio import _get_running_loop
 
 from gateway.protocol import Outgoing, ProtocolError, decode_binary, decode_text, msgpack_array_header, validate
 
@@ -47,6 +52,35 @@ cdef _send(WSTransport transport, WSMsgType msg_type, bytes payload):
     transport.send_reuse_external_buffer(msg_type, base + HEADROOM, n)
 
 
+# Write coalescing: a session with something queued writes once per loop turn, whatever
+# number of envelopes it was given in that turn (one frame, a batch when several).
+cdef list _dirty = []
+cdef object _flush_loop = None  # the loop a flush is scheduled on; None when none is pending
+
+
+cdef _mark_dirty(object session):
+    global _flush_loop
+    _dirty.append(session)
+    loop = _get_running_loop()
+    if loop is not _flush_loop:  # none pending on this loop (a test's earlier loop may have died pending)
+        _flush_loop = loop
+        loop.call_soon(_flush_dirty)
+
+
+def _flush_dirty():
+    global _dirty, _flush_loop
+    _flush_loop = None
+    dirty = _dirty
+    _dirty = []
+    for session in dirty:
+        session.flush()
+
+
+def schedule_flush(session):
+    """Have `session.flush()` called once at the end of this loop turn (any Session: see session.py)."""
+    _mark_dirty(session)
+
+
 cdef bint _utf8(bytes payload):
     try:
         payload.decode("utf-8")
@@ -57,12 +91,6 @@ cdef bint _utf8(bytes payload):
 
 cdef class Limits:
     """Per-node limits shared by every connection (one object, not one per connection)."""
-    cdef public Py_ssize_t max_frame
-    cdef public Py_ssize_t max_text
-    cdef public double rate
-    cdef public double burst
-    cdef public int strikes
-    cdef public Py_ssize_t max_write_buffer
 
     def __init__(self, max_frame, max_text, rate, burst, strikes, max_write_buffer):
         self.max_frame = max_frame
@@ -74,35 +102,10 @@ cdef class Limits:
 
 
 cdef class Connection(WSListener):
-    cdef public object hub
-    cdef public WSTransport transport
-    cdef public Limits limits
-    cdef public object ident
-    cdef public str tenant
-    cdef public str user
-    cdef public str role
-    cdef public long long cid
-    cdef public bint echo
-    cdef public bint binary          # answer in msgpack (the client's first envelope was binary)
-    cdef bint _format_known
-    cdef double _tokens
-    cdef double _refilled
-    cdef int _strikes
-    cdef object _frag                # bytearray while a fragmented message is being reassembled
-    cdef WSMsgType _frag_type
-    cdef public double last_rx
-    cdef public bint awaiting_pong
-    cdef public bint closed
-    cdef public dict sent            # conv -> last seq sent on this connection; None until needed
-    cdef public dict syncing         # conv -> buffered (seq, Outgoing) while a resume replays
-    cdef public list outbox          # Outgoing envelopes waiting for this iteration's flush
-    cdef public object inbox         # envelopes waiting for the hub's worker; None when idle
-    cdef public object worker
-    cdef public bint paused          # the transport's write buffer is above its high-water mark
-    cdef public double expires       # the token's `exp` (Unix seconds); 0 for none (echo)
+    """One WebSocket session; its fields are declared in listener.pxd."""
 
-    def __init__(self, hub, Limits limits, ident, bint echo=False):
-        self.hub = hub
+    def __init__(self, core, Limits limits, ident, bint echo=False):
+        self.core = core
         self.limits = limits
         self.ident = ident
         if ident is not None:
@@ -125,12 +128,12 @@ cdef class Connection(WSListener):
         transport.response = None
         # Data frames go through _send; this buffer is left to picows' control frames.
         transport._write_buffer = MemoryBuffer(CONTROL_BUFFER)
-        self.hub.connected(self)
+        self.core.connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.closed = True
         self.outbox = None
-        self.hub.disconnected(self)
+        self.core.disconnected(self)
 
     cpdef pause_writing(self):
         self.paused = True
@@ -138,7 +141,7 @@ cdef class Connection(WSListener):
     cpdef resume_writing(self):
         # Rare (a replay or a burst filled the transport's buffer): the hub wakes a waiting replay.
         self.paused = False
-        self.hub.resumed_writing(self)
+        self.core.resumed_writing(self)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType msg_type = frame.msg_type
@@ -211,13 +214,13 @@ cdef class Connection(WSListener):
                     self.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
         # Half-close rather than close: a socket closed with the peer's late frames unread makes
         # the kernel send a reset, and a reset can destroy our close frame before the peer reads
-        # it. The peer's FIN ends the connection; hub.closing cuts off one that never sends it.
+        # it. The peer's FIN ends the connection; core.closing cuts off one that never sends it.
         ut = self.transport.underlying_transport
         if ut.can_write_eof():
             ut.write_eof()
         else:
             self.transport.disconnect()
-        self.hub.closing(self)
+        self.core.closing(self)
 
     cdef _message(self, WSMsgType msg_type, bytes payload):
         if len(payload) > self.limits.max_frame:
@@ -254,7 +257,7 @@ cdef class Connection(WSListener):
         if bad is not None:
             self.send_env(bad.envelope())
             return
-        self.hub.submit(self, env)
+        self.core.submit(self, env)
 
     cdef bint _take_token(self, env):
         cdef double now = self.last_rx
@@ -294,7 +297,7 @@ cdef class Connection(WSListener):
         if why is not None and not self.echo:
             self._write([Outgoing({"t": "closing", "code": code, "reason": why, "message": reason})])
         self.transport.send_close(<WSCloseCode>code, reason.encode())
-        self.hub.closing(self)
+        self.core.closing(self)
 
     cpdef send_env(self, dict env):
         self.push(Outgoing(env))
@@ -304,35 +307,9 @@ cdef class Connection(WSListener):
             return
         if self.outbox is None:
             self.outbox = [out]
-            self.hub.mark_dirty(self)
+            _mark_dirty(self)
         else:
             self.outbox.append(out)
-
-    cpdef int push_entry(self, str conv, long long seq, out):
-        """Queue log entry `seq` of `conv`: at most once and in order per connection.
-
-        Only conversations this connection is subscribed to (it opened, was
-        assigned or resumed them: a key in `sent`) are delivered live. Returns 1
-        if queued, already sent or not subscribed; 0 if the entry is ahead of
-        what this connection has seen (the hub then catches up from the log).
-        """
-        if self.closed:
-            return 1
-        if self.syncing is not None and conv in self.syncing:
-            self.syncing[conv].append((seq, out))
-            return 1
-        if self.sent is None:
-            return 1  # not subscribed to anything: this connection resumes when it wants the conversation
-        last = self.sent.get(conv)
-        if last is None:
-            return 1  # not subscribed to this conversation (opened, assigned or resumed elsewhere)
-        if seq <= <long long>last:
-            return 1
-        if seq != <long long>last + 1:
-            return 0
-        self.sent[conv] = seq
-        self.push(out)
-        return 1
 
     cpdef flush(self):
         cdef list out = self.outbox
@@ -350,7 +327,7 @@ cdef class Connection(WSListener):
         it comes back. The close is queued behind what is buffered, so a client that reads again
         finds a `closing` envelope and 1008 there, not a reset.
         """
-        self.hub.slow_reader(self)
+        self.core.slow_reader(self)
         self.fail(WSCloseCode.POLICY_VIOLATION, "slow reader: too much unread data", "slow_reader")
 
     cdef _write(self, list out):
@@ -373,3 +350,12 @@ cdef class Connection(WSListener):
 
     def close_going_away(self, str reason):
         self.fail(WSCloseCode.GOING_AWAY, reason, "shutdown")
+
+    cpdef bint hang_up(self):
+        """The close deadline passed: flush the backlog and our close frame, then close (True);
+        if that was already under way, cut the connection off (False)."""
+        if self.transport.underlying_transport.is_closing():
+            self.transport.disconnect(False)
+            return False
+        self.transport.disconnect()
+        return True
