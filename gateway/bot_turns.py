@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .coordinator import Conversation, Coordinator
 from .delivery import Delivery
 from .metrics import METRICS
+from .replies import BotChunk, msg_entry
 from .tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class BotTurns:
         audience = conv.participants()
 
         async def on_chunk(text: str) -> None:
-            await delivery.send_to(conv.tenant, audience, {"t": "bot_chunk", "conv": conv.id, "reply_to": question["seq"], "text": text})
+            await delivery.send_to(conv.tenant, audience, BotChunk(conv.id, question["seq"], text))
 
         result = await self.bridge.answer(ctx, on_chunk)
         METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
@@ -96,9 +97,8 @@ class BotTurns:
                 current.meta["bot"] = {**last_bot_answer(result, earlier), "reason": result.reason}
                 await coord.save_conversation(current)
         if result.text:
-            entry = {"t": "msg", "conv": conv.id, "seq": 0, "id": f"bot-{question['seq']}", "from": "bot",
-                     "role": "bot", "text": result.text, "ts": int(time.time() * 1000), "backend": result.backend,
-                     "conf": result.confidence, "reply_to": question["seq"]}
+            entry = msg_entry(conv.id, f"bot-{question['seq']}", "bot", "bot", result.text, int(time.time() * 1000),
+                              backend=result.backend, conf=result.confidence, reply_to=question["seq"])
             if result.fallback:
                 entry["fallback"] = result.reason
             if result.handoff:

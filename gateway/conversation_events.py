@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from .coordinator import Conversation, Coordinator
 from .delivery import Delivery
 from .metrics import METRICS
-from .protocol import Outgoing
+from .replies import Assigned, ConvView, Queue, Unassigned, event_entry
 
 
 class RunningBots(Protocol):
@@ -43,7 +43,7 @@ class ConversationEvents:
 
     async def event(self, conv: Conversation, ev: str, **fields: Any) -> dict[str, Any]:
         """Append an `event` entry (state change) to the conversation's log; returns it with its seq."""
-        entry = {"t": "event", "conv": conv.id, "seq": 0, "ev": ev, "ts": _now_ms(), **fields}
+        entry = event_entry(conv.id, ev, _now_ms(), **fields)
         await self.coord.append(conv.tenant, conv.id, entry)
         return entry
 
@@ -58,27 +58,15 @@ class ConversationEvents:
         entry = await self.event(conv, ev, agent=conv.agent, by=previous)
         history, _ = await self.coord.read_before(conv.tenant, conv.id, None, self._assign_history)
         last = history[-1]["seq"] if history else 0
-        assigned = Outgoing(
-            {
-                "t": "assigned",
-                "conv": conv.id,
-                "visitor": conv.visitor,
-                "group": conv.group,
-                "seq": last,
-                "meta": {k: v for k, v in conv.meta.items() if k != "bot"},
-                "bot": conv.meta.get("bot"),
-                "history": history,
-            }
-        )
+        assigned = Assigned(conv=conv.id, visitor=conv.visitor, group=conv.group, seq=last,
+                            meta={k: v for k, v in conv.meta.items() if k != "bot"}, bot=conv.meta.get("bot"),
+                            history=history)
         await self.delivery.send_to(conv.tenant, [conv.agent], assigned)
         METRICS.assignments.inc()
         await self.delivery.deliver(conv, entry)
 
     async def on_unassigned(self, conv: Conversation, agent: str, rid: Any = None) -> None:
-        env: dict[str, Any] = {"t": "unassigned", "conv": conv.id}
-        if rid is not None:
-            env["rid"] = rid
-        await self.delivery.send_to(conv.tenant, [agent], env)
+        await self.delivery.send_to(conv.tenant, [agent], Unassigned(conv.id, rid))
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
@@ -93,7 +81,7 @@ class ConversationEvents:
                     continue
                 visitor = conv.visitor
             self._queue_pos[(tenant, conv_id)] = (pos, visitor)
-            await self.delivery.send_to(tenant, [visitor], {"t": "queue", "conv": conv_id, "position": pos})
+            await self.delivery.send_to(tenant, [visitor], Queue(conv_id, pos))
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
@@ -102,19 +90,12 @@ class ConversationEvents:
         entry = await self.event(conv, "closed", by=by)
         await self.delivery.deliver(conv, entry)
 
-    async def conv_view(self, conv: Conversation) -> dict[str, Any]:
+    async def conv_view(self, conv: Conversation, rid: Any = None) -> ConvView:
         """The `conv` envelope for `conv`: its state, last seq and, when queued, its position."""
-        view: dict[str, Any] = {
-            "t": "conv",
-            "conv": conv.id,
-            "state": conv.state,
-            "visitor": conv.visitor,
-            "agent": conv.agent,
-            "group": conv.group,
-            "seq": await self.coord.last_seq(conv.tenant, conv.id),
-        }
+        view = ConvView(conv=conv.id, state=conv.state, visitor=conv.visitor, agent=conv.agent, group=conv.group,
+                        seq=await self.coord.last_seq(conv.tenant, conv.id), rid=rid)
         if conv.state == "queued":
             queue = await self.coord.queue_list(conv.tenant, conv.group)
             if conv.id in queue:
-                view["position"] = queue.index(conv.id) + 1
+                view.position = queue.index(conv.id) + 1
         return view

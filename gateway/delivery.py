@@ -15,6 +15,7 @@ from typing import Any
 
 from .coordinator import Conversation, Coordinator
 from .protocol import Outgoing
+from .replies import Gap, Reply, Resumed, routed
 from .session import Session
 from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, unsubscribe
 
@@ -46,23 +47,23 @@ class Delivery:
         if not peers:
             return False
         env = out.env
-        kind = env["t"]
-        if kind == "msg" or kind == "event":
+        if type(env) is dict:  # a log entry (msg, event): replies.py declares everything else as a Struct
             conv = env["conv"]
             seq = env["seq"]
             for conn in peers:
                 if not offer(conn, conv, seq, out):
                     self._spawn(self.catch_up(conn, tenant, conv))
             return True
+        kind = env.t
         for conn in peers:
             conn.push(out)
             if kind == "assigned":
-                subscribe(conn, env["conv"], env["seq"])
+                subscribe(conn, env.conv, env.seq)
             elif kind == "unassigned":
-                unsubscribe(conn, env["conv"])
+                unsubscribe(conn, env.conv)
         return True
 
-    async def send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Outgoing) -> None:
+    async def send_to(self, tenant: str, users: list[str] | tuple[str, ...], env: dict[str, Any] | Reply | Outgoing) -> None:
         """Deliver to local connections directly and to the nodes holding the rest."""
         out = env if isinstance(env, Outgoing) else Outgoing(env)
         remote = [u for u in users if not self.apply(tenant, u, out)]
@@ -74,11 +75,11 @@ class Delivery:
         await self.send_to(conv.tenant, conv.participants(), entry)
 
     async def from_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
-        out = Outgoing(env)
+        out = Outgoing(routed(env))
         for user in users:
             self.apply(tenant, user, out)
 
-    async def relay(self, conv: Conversation, sender: str, env: dict[str, Any]) -> None:
+    async def relay(self, conv: Conversation, sender: str, env: Reply) -> None:
         await self.send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
 
     async def catch_up(self, conn: Session, tenant: str, conv_id: str) -> None:
@@ -126,7 +127,7 @@ class Delivery:
                 entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
                 if first > last + 1:
                     if tell_gap:
-                        conn.send_env({"t": "gap", "conv": conv_id, "first": first})
+                        conn.send_env(Gap(conv_id, first))
                     last = first - 1
                 chunk = 0
                 for e in entries:
@@ -160,4 +161,4 @@ class Delivery:
             end_replay(conn, conv_id)
         subscribe(conn, conv_id, last)
         if tell_gap:
-            conn.send_env({"t": "resumed", "conv": conv_id, "seq": last, "rid": rid})
+            conn.send_env(Resumed(conv_id, last, rid))

@@ -15,6 +15,7 @@ from typing import Any
 from routing.router import RoutingError
 
 from .coordinator import Unavailable
+from .envelopes import Envelope
 from .metrics import METRICS
 from .protocol import ProtocolError
 from .session import Session
@@ -22,8 +23,8 @@ from .tasks import TaskSet
 
 log = logging.getLogger("gateway.dispatch")
 
-Handler = Callable[[Session, dict[str, Any]], Awaitable[None]]
-InlineHandler = Callable[[Session, dict[str, Any]], None]
+Handler = Callable[[Session, Any], Awaitable[None]]
+InlineHandler = Callable[[Session, Any], None]
 
 
 class Dispatcher:
@@ -42,14 +43,14 @@ class Dispatcher:
         self._eager = eager
         self._inline = dict(inline or {}) if eager else {}
 
-    def submit(self, conn: Session, env: dict[str, Any]) -> None:
+    def submit(self, conn: Session, env: Envelope) -> None:
         """Run `env` for `conn` after the envelopes before it (per-connection order)."""
         METRICS.hot.envelopes_in += 1
         if conn.inbox is not None:
             conn.inbox.append(env)
             return
         if self._eager:
-            fast = self._inline.get(env["t"])
+            fast = self._inline.get(env.t)
             if fast is not None:  # the hot path (`msg`): no coroutine at all
                 try:
                     fast(conn, env)
@@ -85,28 +86,28 @@ class Dispatcher:
             conn.inbox = None
             conn.worker = None
 
-    async def _handle_safe(self, conn: Session, env: dict[str, Any]) -> None:
+    async def _handle_safe(self, conn: Session, env: Envelope) -> None:
         try:
-            fast = self._inline.get(env["t"])
+            fast = self._inline.get(env.t)
             if fast is not None:  # queued behind a busy connection's earlier envelopes: the same code
                 fast(conn, env)
             else:
-                await self._handlers[env["t"]](conn, env)
+                await self._handlers[env.t](conn, env)
         except Exception as e:
             report(conn, env, e)
 
 
-def report(conn: Session, env: dict[str, Any], e: Exception) -> None:
+def report(conn: Session, env: Envelope, e: Exception) -> None:
     """Tell the client why its envelope failed (an `error` with its rid); log what is our fault."""
     if isinstance(e, ProtocolError):
         conn.send_env(e.envelope())
     elif isinstance(e, RoutingError):
-        conn.send_env(ProtocolError(e.code, str(e), rid=env.get("rid")).envelope())
+        conn.send_env(ProtocolError(e.code, str(e), rid=env.rid).envelope())
     elif isinstance(e, Unavailable):
-        conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.get("rid")).envelope())
+        conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.rid).envelope())
     else:
-        log.error("handling %s from %s/%s", env.get("t"), conn.tenant, conn.user, exc_info=e)
-        conn.send_env(ProtocolError("internal", "internal error", rid=env.get("rid")).envelope())
+        log.error("handling %s from %s/%s", env.t, conn.tenant, conn.user, exc_info=e)
+        conn.send_env(ProtocolError("internal", "internal error", rid=env.rid).envelope())
 
 
 class _Yield:

@@ -12,18 +12,35 @@ import time
 import uuid
 from typing import Any
 
+from msgspec import to_builtins
+
 from dedup.window import make_dedup
 from routing import Router
 
-from . import auth
+from . import auth, replies
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Conversation, Coordinator
 from .coordinator.ports import SyncLog
 from .delivery import Delivery
 from .dispatch import Handler, InlineHandler
+from .envelopes import (
+    Close,
+    Envelope,
+    History,
+    Msg,
+    Open,
+    Ping,
+    Read,
+    Refresh,
+    Resume,
+    Status,
+    Transfer,
+    Typing,
+)
 from .metrics import METRICS
 from .protocol import Outgoing, ProtocolError
+from .replies import Ack, AgentStatus, Pong, Refreshed, msg_entry
 from .session import Session
 from .subscriptions import subscribe
 
@@ -58,7 +75,7 @@ class Handlers:
             cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
 
     def table(self) -> dict[str, Handler]:
-        """Kind -> handler, for every kind a client may send (protocol.SCHEMA)."""
+        """Kind -> handler, for every kind a client may send (envelopes.KINDS)."""
         return {"open": self.h_open, "msg": self.h_msg, "typing": self.h_typing, "read": self.h_read,
                 "history": self.h_history, "resume": self.h_resume, "close": self.h_close, "status": self.h_status,
                 "transfer": self.h_transfer, "ping": self.h_ping, "refresh": self.h_refresh}
@@ -67,22 +84,20 @@ class Handlers:
         """Kinds with a synchronous handler, used when the coordinator is in-process."""
         return {"msg": self.msg_now}
 
-    async def _participant(self, conn: Session, env: dict[str, Any]) -> Conversation:
+    async def _participant(self, conn: Session, env: Envelope) -> Conversation:
         """The conversation, read-only, if this connection's user takes part in it."""
-        return _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env["conv"]))
+        return _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env.conv))
 
-    async def h_open(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_open(self, conn: Session, env: Open) -> None:
         if conn.role != "visitor":
-            raise ProtocolError("forbidden", "only visitors open conversations", rid=env.get("rid"))
+            raise ProtocolError("forbidden", "only visitors open conversations", rid=env.rid)
         existing = await self.coord.open_conversation_of(conn.tenant, conn.user)
         if existing:
             conv = await self.coord.get_conversation(conn.tenant, existing)
             if conv is not None:
-                view = await self._events.conv_view(conv)
-                view["rid"] = env.get("rid")
-                conn.send_env(view)
+                conn.send_env(await self._events.conv_view(conv, env.rid))
                 return
-        group = env.get("group") or "default"
+        group = env.group or "default"
         with_bot = self.bots is not None and self.bots.has_bot(conn.tenant, group)
         conv = Conversation(
             id=uuid.uuid4().hex,
@@ -91,16 +106,14 @@ class Handlers:
             group=group,
             state="bot" if with_bot else "queued",
             created_ms=_now_ms(),
-            meta=env.get("meta") or {},
+            meta=env.meta or {},
         )
         await self.coord.create_conversation(conv)
         METRICS.conversations_opened.inc()
         subscribe(conn, conv.id, 0)  # the opener is subscribed from the first entry
         if not with_bot:
             await self.router.join(conv)  # first, so the reply carries the position it joined at
-        view = await self._events.conv_view(conv)
-        view["rid"] = env.get("rid")
-        conn.send_env(view)
+        conn.send_env(await self._events.conv_view(conv, env.rid))
         if with_bot:
             await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
         else:
@@ -110,25 +123,25 @@ class Handlers:
     # the log's port, synchronously for an in-process log (`msg_now`) or awaiting a remote one
     # (`h_msg`); steps 4-6 (`_appended`) are the same code for both.
 
-    def msg_now(self, conn: Session, env: dict[str, Any]) -> None:
+    def msg_now(self, conn: Session, env: Msg) -> None:
         """`msg` over an in-process log (`SyncLog`): no coroutine, the entry encoded once.
 
         No node dedup cache here: the embedded log's own client-id map is exact for as long as
         the entry is kept, and one process cannot have appended without delivering.
         """
         sync = self._sync
-        conv = _taking_part(conn, env, sync.peek_now(conn.tenant, env["conv"]))  # 1
+        conv = _taking_part(conn, env, sync.peek_now(conn.tenant, env.conv))  # 1
         if conv.state == "closed":  # 2
-            self._closed_retry(conn, conv, env, sync.seq_of_now(conv.tenant, conv.id, conn.user, env["id"]))
+            self._closed_retry(conn, conv, env, sync.seq_of_now(conv.tenant, conv.id, conn.user, env.id))
             return
         entry = _new_entry(conn, conv, env, _now_ms())
-        seq, dup, packed = sync.append_now(conv.tenant, conv.id, entry, env["id"])  # 3
+        seq, dup, packed = sync.append_now(conv.tenant, conv.id, entry, env.id)  # 3
         self._appended(conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
 
-    async def h_msg(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_msg(self, conn: Session, env: Msg) -> None:
         """`msg` over a remote log, with this node's dedup cache in front of it."""
         conv = await self._participant(conn, env)  # 1
-        cid = env["id"]
+        cid = env.id
         # Conversation ids are random and unique across tenants, and the tenant was checked above.
         # Client ids are the sender's own: the key is (conversation, sender, id).
         now = _now_ms()
@@ -152,23 +165,19 @@ class Handlers:
         if remote:
             await self.coord.deliver_remote(conv.tenant, list(remote), out.env)
 
-    def _closed_retry(self, conn: Session, conv: Conversation, env: dict[str, Any], seq: int | None) -> None:
+    def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
         """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
         if seq is None:
-            raise ProtocolError("conflict", "conversation is closed", "conv", env.get("rid"))
+            raise ProtocolError("conflict", "conversation is closed", "conv", env.rid)
         self._appended(conn, conv, env, None, seq, True, None)
 
-    def _appended(self, conn: Session, conv: Conversation, env: dict[str, Any], entry: dict[str, Any] | None,
+    def _appended(self, conn: Session, conv: Conversation, env: Msg, entry: dict[str, Any] | None,
                   seq: int, dup: bool, out: Outgoing | None) -> list[str] | tuple[()]:
         """Steps 4-6 of `msg`: ack the sender, deliver `out` here, start the bot's turn.
 
         Returns the participants this node does not hold (for the caller's node bus).
         """
-        ack = {"t": "ack", "conv": conv.id, "id": env["id"], "seq": seq, "dup": dup}  # 4
-        rid = env.get("rid")
-        if rid is not None:
-            ack["rid"] = rid
-        conn.send_env(ack)
+        conn.send_env(Ack(conv.id, env.id, seq, dup, env.rid))  # 4
         if dup:
             METRICS.hot.duplicates += 1
         else:
@@ -185,98 +194,89 @@ class Handlers:
             self.bot_turns.start(conv, entry)  # 6
         return remote
 
-    async def h_typing(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_typing(self, conn: Session, env: Typing) -> None:
         conv = await self._participant(conn, env)
-        await self.delivery.relay(conv, conn.user, {"t": "typing", "conv": conv.id, "from": conn.user, "on": env["on"]})
+        await self.delivery.relay(conv, conn.user, replies.Typing(conv.id, conn.user, env.on))
 
-    async def h_read(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_read(self, conn: Session, env: Read) -> None:
         conv = await self._participant(conn, env)
         await self._within_log(conv, env, "seq")
-        await self.delivery.relay(conv, conn.user, {"t": "read", "conv": conv.id, "from": conn.user, "seq": env["seq"]})
+        await self.delivery.relay(conv, conn.user, replies.Read(conv.id, conn.user, env.seq))
 
-    async def h_history(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_history(self, conn: Session, env: History) -> None:
         conv = await self._participant(conn, env)
-        entries, first = await self.coord.read_before(conv.tenant, conv.id, env.get("before"), env.get("limit") or 50)
-        conn.send_env({"t": "history", "conv": conv.id, "msgs": entries, "first": first, "rid": env.get("rid")})
+        entries, first = await self.coord.read_before(conv.tenant, conv.id, env.before, env.limit or 50)
+        conn.send_env(replies.History(conv.id, entries, first, env.rid))
 
-    async def _within_log(self, conv: Conversation, env: dict[str, Any], field: str) -> None:
+    async def _within_log(self, conv: Conversation, env: Envelope, field: str) -> None:
         """Refuse a cursor the log never reached (a client whose state is not this conversation's).
 
         The error names the real last seq; nothing about the connection changes.
         """
         last = await self.coord.last_seq(conv.tenant, conv.id)
-        if env[field] > last:
-            raise ProtocolError("bad_field", f"{env['t']}: {field!r} {env[field]} is past the end of the log (last seq {last})",
-                                field, env.get("rid"), seq=last)
+        if getattr(env, field) > last:
+            raise ProtocolError("bad_field", f"{env.t}: {field!r} {getattr(env, field)} is past the end of the log (last seq {last})",
+                                field, env.rid, seq=last)
 
-    async def h_resume(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_resume(self, conn: Session, env: Resume) -> None:
         conv = await self._participant(conn, env)
         await self._within_log(conv, env, "after")
-        await self.delivery.replay(conn, conv.tenant, conv.id, env["after"], rid=env.get("rid"), tell_gap=True)
+        await self.delivery.replay(conn, conv.tenant, conv.id, env.after, rid=env.rid, tell_gap=True)
 
-    async def h_close(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_close(self, conn: Session, env: Close) -> None:
         conv = await self._participant(conn, env)
         if conn.role == "agent" and conv.agent != conn.user:
-            raise ProtocolError("forbidden", "only the assigned agent can close", rid=env.get("rid"))
+            raise ProtocolError("forbidden", "only the assigned agent can close", rid=env.rid)
         await self.router.close(conn.tenant, conv.id, by=conn.user)
 
-    async def h_status(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_status(self, conn: Session, env: Status) -> None:
         if conn.role != "agent":
-            raise ProtocolError("forbidden", "only agents have a status", rid=env.get("rid"))
+            raise ProtocolError("forbidden", "only agents have a status", rid=env.rid)
         agent = await self.coord.get_agent(conn.tenant, conn.user)
         if agent is None:  # _welcome has not finished yet; it will create the record
             agent = Agent(conn.tenant, conn.user, tuple(conn.ident.groups), self.cfg.agent_capacity, connected=True)
-        agent.status = env["status"]
+        agent.status = env.status
         agent.connected = True
-        if env.get("capacity") is not None:
-            agent.capacity = env["capacity"]
+        if env.capacity is not None:
+            agent.capacity = env.capacity
         agent = await self.coord.upsert_agent(agent)
-        conn.send_env(
-            {
-                "t": "status",
-                "status": agent.status,
-                "capacity": agent.capacity,
-                "groups": list(agent.groups),
-                "load": agent.load,
-                "rid": env.get("rid"),
-            }
-        )
+        conn.send_env(AgentStatus(status=agent.status, capacity=agent.capacity, groups=list(agent.groups), load=agent.load,
+                                  rid=env.rid))
         await self.router.agent_changed(agent)
 
-    async def h_transfer(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_transfer(self, conn: Session, env: Transfer) -> None:
         if conn.role != "agent":
-            raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.get("rid"))
+            raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.rid)
         conv = await self._participant(conn, env)
-        await self.router.transfer(conn.tenant, conv.id, conn.user, env.get("to"), env.get("group"), env.get("rid"))
+        await self.router.transfer(conn.tenant, conv.id, conn.user, env.to, env.group, env.rid)
 
-    async def h_ping(self, conn: Session, env: dict[str, Any]) -> None:
-        conn.send_env({"t": "pong", "rid": env.get("rid")})
+    async def h_ping(self, conn: Session, env: Ping) -> None:
+        conn.send_env(Pong(env.rid))
 
-    async def h_refresh(self, conn: Session, env: dict[str, Any]) -> None:
+    async def h_refresh(self, conn: Session, env: Refresh) -> None:
         """A fresh token for the same identity moves the connection's expiry (docs/protocol.md, Tokens)."""
-        rid = env.get("rid")
+        rid = env.rid
         try:
-            ident = auth.verify(env["token"], self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer)
+            ident = auth.verify(env.token, self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer)
         except auth.AuthError as e:
             METRICS.auth_failures.inc()
             raise ProtocolError("unauthorized", str(e), "token", rid) from None
         if (ident.tenant, ident.user, ident.role) != (conn.tenant, conn.user, conn.role):
             raise ProtocolError("forbidden", "the token is for another identity", "token", rid)
         conn.expires = ident.expires
-        conn.send_env({"t": "refreshed", "exp": int(ident.expires), "rid": rid})
+        conn.send_env(Refreshed(int(ident.expires), rid))
 
 
-def _taking_part(conn: Session, env: dict[str, Any], conv: Conversation | None) -> Conversation:
+def _taking_part(conn: Session, env: Envelope, conv: Conversation | None) -> Conversation:
     if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
         # A conversation of another tenant or another visitor looks exactly like a missing one.
-        raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.get("rid"))
+        raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.rid)
     return conv
 
 
-def _new_entry(conn: Session, conv: Conversation, env: dict[str, Any], now: int) -> dict[str, Any]:
+def _new_entry(conn: Session, conv: Conversation, env: Msg, now: int) -> dict[str, Any]:
     """The log entry for a `msg` envelope (seq is set by the coordinator's append)."""
-    entry: dict[str, Any] = {"t": "msg", "conv": conv.id, "seq": 0, "id": env["id"], "from": conn.user,
-                             "role": conn.role, "text": env["text"], "ts": now}
-    if env.get("att"):
-        entry["att"] = env["att"]
+    entry = msg_entry(conv.id, env.id, conn.user, conn.role, env.text, now)
+    if env.att:
+        entry["att"] = to_builtins(env.att)
     return entry

@@ -21,6 +21,7 @@ from .coordinator import Agent, Coordinator
 from .delivery import Delivery
 from .metrics import METRICS
 from .protocol import VERSION
+from .replies import Welcome
 from .session import Session
 from .subscriptions import subscribed
 from .tasks import TaskSet
@@ -119,7 +120,7 @@ class Lifecycle:
 
     async def _welcome(self, conn: Session, first: bool) -> None:
         await self.coord.set_present(conn.tenant, conn.user, True, conn.role)
-        convs: list[dict[str, Any]] = []
+        convs: list[Any] = []  # ConvView
         if conn.role == "agent":
             self._cancel_grace(conn.tenant, conn.user)
             agent = await self.coord.get_agent(conn.tenant, conn.user)
@@ -144,22 +145,11 @@ class Lifecycle:
             c = await self.coord.get_conversation(conn.tenant, conv_id) if conv_id else None
             if c:
                 convs.append(await self._events.conv_view(c))
-        status = {"status": agent.status, "capacity": agent.capacity} if conn.role == "agent" else {}
-        conn.send_env(
-            {
-                **status,
-                "t": "welcome",
-                "v": VERSION,
-                "node": self.coord.node_id,
-                "tenant": conn.tenant,
-                "user": conn.user,
-                "role": conn.role,
-                "convs": convs,
-                "hb": self.cfg.heartbeat_s,
-                "exp": int(conn.expires),
-                "limits": self._limits,
-            }
-        )
+        welcome = Welcome(v=VERSION, node=self.coord.node_id, tenant=conn.tenant, user=conn.user, role=conn.role,
+                          convs=convs, hb=self.cfg.heartbeat_s, exp=int(conn.expires), limits=self._limits)
+        if conn.role == "agent":
+            welcome.status, welcome.capacity = agent.status, agent.capacity
+        conn.send_env(welcome)
 
     async def _last_gone(self, conn: Session) -> None:
         if (conn.tenant, conn.user) in self.users:

@@ -45,9 +45,9 @@ cdef class Connection(WSListener):
 
     cdef _on_close(self, WSFrame frame)
     cdef _message(self, WSMsgType msg_type, bytes payload)
-    cdef bint _take_token(self, env)
+    cdef bint _take_token(self, rid)
     cpdef fail(self, int code, str reason, str why=*)
-    cpdef send_env(self, dict env)
+    cpdef send_env(self, object env)
     cpdef push(self, out)
     cpdef flush(self)
     cpdef slow_reader(self)

@@ -19,12 +19,16 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.math cimport fmin
 from libc.string cimport memcpy
 
+import logging
 import time
 from asyncio import _get_running_loop
 
-from gateway.protocol import Outgoing, ProtocolError, decode_binary, decode_text, msgpack_array_header, validate
+from gateway.envelopes import decode as _decode
+from gateway.protocol import Outgoing, ProtocolError, msgpack_array_header
+from gateway.replies import Closing, Error
 
 cdef object _monotonic = time.monotonic
+cdef object _log = logging.getLogger("gateway.listener")
 
 # Close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); others are a protocol error.
 cdef frozenset _VALID_CLOSE = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014])
@@ -73,7 +77,10 @@ def _flush_dirty():
     dirty = _dirty
     _dirty = []
     for session in dirty:
-        session.flush()
+        try:
+            session.flush()
+        except Exception:  # one session's failure must not strand the others' queued envelopes
+            _log.exception("flushing a session failed")
 
 
 def schedule_flush(session):
@@ -232,34 +239,23 @@ cdef class Connection(WSListener):
                 return
             _send(self.transport, msg_type, payload)
             return
-        env = None
-        bad = None
-        try:
-            if msg_type == WSMsgType.TEXT:
-                env = decode_text(payload)  # orjson refuses invalid UTF-8 too: one pass over the bytes
-            else:
-                env = decode_binary(payload)
-        except ProtocolError as e:
-            if msg_type == WSMsgType.TEXT and not _utf8(payload):
-                self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
-                return
-            bad = e
+        if msg_type == WSMsgType.TEXT and not payload.isascii() and not _utf8(payload):
+            self.fail(WSCloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+            return
         if not self._format_known:
             self._format_known = True
             self.binary = msg_type == WSMsgType.BINARY
-        if not self._take_token(env):
+        try:
+            env = _decode(payload, msg_type == WSMsgType.BINARY, self.limits.max_text)
+        except ProtocolError as e:
+            if self._take_token(e.rid):
+                self.send_env(e.envelope())
             return
-        if bad is None:
-            try:
-                validate(env, self.limits.max_text)
-            except ProtocolError as e:
-                bad = e
-        if bad is not None:
-            self.send_env(bad.envelope())
+        if not self._take_token(env.rid):
             return
         self.core.submit(self, env)
 
-    cdef bint _take_token(self, env):
+    cdef bint _take_token(self, rid):
         cdef double now = self.last_rx
         self._tokens = fmin(self.limits.burst, self._tokens + (now - self._refilled) * self.limits.rate)
         self._refilled = now
@@ -271,11 +267,9 @@ cdef class Connection(WSListener):
         if self._strikes > self.limits.strikes:
             self.fail(WSCloseCode.POLICY_VIOLATION, "flood: too many envelopes", "flood")
         else:
-            err = {"t": "error", "code": "rate_limited", "message": "too many envelopes; this one was dropped, retry later"}
-            rid = env.get("rid") if type(env) is dict else None
-            if rid is not None:
-                err["rid"] = rid  # the client can tell which request was dropped
-            self.send_env(err)
+            # The rid tells the client which request was dropped.
+            self.send_env(Error(code="rate_limited", message="too many envelopes; this one was dropped, retry later",
+                                rid=rid))
         return False
 
     # sending
@@ -295,11 +289,11 @@ cdef class Connection(WSListener):
         self.closed = True
         self.outbox = None
         if why is not None and not self.echo:
-            self._write([Outgoing({"t": "closing", "code": code, "reason": why, "message": reason})])
+            self._write([Outgoing(Closing(code, why, reason))])
         self.transport.send_close(<WSCloseCode>code, reason.encode())
         self.core.closing(self)
 
-    cpdef send_env(self, dict env):
+    cpdef send_env(self, object env):
         self.push(Outgoing(env))
 
     cpdef push(self, out):

@@ -28,8 +28,10 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, runtime_checkable
 
+from .envelopes import Envelope, from_dict
 from .listener import schedule_flush
-from .protocol import Outgoing, ProtocolError, validate
+from .protocol import Outgoing, ProtocolError
+from .replies import Closing
 
 
 class Core(Protocol):
@@ -41,8 +43,8 @@ class Core(Protocol):
     def disconnected(self, s: Session) -> None:
         """The session is gone; its presence ends unless the user holds another."""
 
-    def submit(self, s: Session, env: dict[str, Any]) -> None:
-        """A validated envelope (gateway/protocol.py `validate`) to run in the session's order."""
+    def submit(self, s: Session, env: Envelope) -> None:
+        """A decoded, checked envelope (gateway/envelopes.py) to run in the session's order."""
 
     def closing(self, s: Session) -> None:
         """We closed the session on purpose: arm its close deadline."""
@@ -75,8 +77,8 @@ class Session(Protocol):
     paused: bool
     binary: bool
 
-    def send_env(self, env: dict[str, Any]) -> None:
-        """Queue an envelope; it leaves with this loop turn's batch."""
+    def send_env(self, env: Any) -> None:
+        """Queue an envelope (a gateway/replies.py Struct, or a log entry); it leaves with this loop turn's batch."""
 
     def push(self, out: Outgoing) -> None:
         """Queue an encoded-once envelope (shared by every recipient); nothing once closed."""
@@ -149,11 +151,11 @@ class ChannelSession:
             return
         self.last_rx = time.monotonic()
         try:
-            validate(env, self.max_text)
+            typed = from_dict(env, self.max_text)
         except ProtocolError as e:
             self.send_env(e.envelope())
             return
-        self.core.submit(self, env)
+        self.core.submit(self, typed)
 
     def gone(self) -> None:
         """The client went away without a close."""
@@ -163,7 +165,7 @@ class ChannelSession:
 
     # Session
 
-    def send_env(self, env: dict[str, Any]) -> None:
+    def send_env(self, env: Any) -> None:
         self.push(Outgoing(env))
 
     def push(self, out: Outgoing) -> None:
@@ -185,7 +187,7 @@ class ChannelSession:
             return
         self.flush()
         if why is not None:
-            self.write([Outgoing({"t": "closing", "code": code, "reason": why, "message": reason})])
+            self.write([Outgoing(Closing(code, why, reason))])
         self.closed = True
         self.outbox = None
         self.close_transport(code, reason)

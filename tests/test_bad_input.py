@@ -40,6 +40,11 @@ async def raw(gw, role: str = "visitor", **kw) -> RawWS:
         ('{"t": "msg", "conv": "c1", "id": "x", "text": "' + "a" * 5000 + '"}', "bad_field", "text"),
         ('{"t": "history", "conv": "c1", "limit": 1000}', "bad_field", "limit"),
         ('{"t": "status", "status": "sleeping"}', "bad_field", "status"),
+        ('{"t": "ping", "rid": true}', "bad_field", "rid"),
+        ('{"t": "transfer", "conv": "c1"}', "missing_field", "to"),
+        ('{"t": "msg", "conv": "c1", "id": "x", "text": "", "att": [{"ref": "r", "secret": 1}]}', "bad_field", "att"),
+        ('{"t": "msg", "conv": "c1", "id": "x", "text": ""}', "bad_field", "text"),
+        ('{"t": "open", "meta": {"k": 1, "' + "k" * 65 + '": 2}}', "bad_field", "meta"),
     ],
 )
 async def test_malformed_json_envelopes_get_error_and_connection_stays(gateway, frame, code, field):

@@ -8,10 +8,14 @@ import os
 from typing import Any
 
 import msgpack
+import msgspec
 from redis.exceptions import RedisError
 
 from ..base import DeliveryHandler
 from .errors import available_errors
+
+# Envelopes are reply Structs (gateway/replies.py) or log entries (maps): msgspec writes both.
+_pack = msgspec.msgpack.Encoder().encode
 
 log = logging.getLogger("gateway.redis")
 
@@ -65,7 +69,7 @@ class RedisNodeBus:
         try:
             async with self.r.pipeline(transaction=False) as p:
                 for node, items in outbox.items():
-                    p.spublish(self._channel(node), msgpack.packb(items))
+                    p.spublish(self._channel(node), _pack(items))
                 await p.execute()
             self.stats["pipelines"] += 1
             self.stats["published"] += len(outbox)
@@ -142,7 +146,7 @@ class RedisNodeBus:
         fut = asyncio.get_running_loop().create_future()
         self._probe_waiters[nonce] = fut
         try:
-            await self.r.spublish(self._channel(self.node_id), msgpack.packb([("", [], {"t": "_probe", "nonce": nonce})]))
+            await self.r.spublish(self._channel(self.node_id), _pack([("", [], {"t": "_probe", "nonce": nonce})]))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
             # the probe comes back, and the loop then never stops (a hung shutdown, seen in tests).
             async with asyncio.timeout(2.0):
