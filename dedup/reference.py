@@ -8,19 +8,21 @@ Design: a time-windowed bloom filter of ``generations`` rotating generations
 in front of an exact LRU (``OrderedDict``). Each LRU entry remembers the
 generation of its last ``put``; ``get`` answers only if that generation is
 still inside the window, so the bloom (which has no false negatives) never
-changes a result and the bloom's hashing may differ between the two
-implementations (native: xxh3-128, seeded; here: keyed BLAKE2b). The bloom is
-a small bytearray-per-generation filter of exactly ``bits_per_generation``
-bits rather than pybloom-live's ``BloomFilter``, because pybloom-live sizes
-its filter from (capacity, error_rate) and cannot be given a bit count.
+changes a result and the bloom itself may differ between the two
+implementations. The native one is bit-sliced, xxh3-128 seeded, of exactly
+``bits_per_generation`` bits; here each generation is a pybloom-live
+``BloomFilter`` (the library the design names), sized to about the same number of
+bits (it sizes itself from a capacity and an error rate, not a bit count), fed
+the seed and the key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from collections import OrderedDict
 from typing import SupportsIndex
+
+from pybloom_live import BloomFilter
 
 from native.args import U64_MAX, i64, u64
 
@@ -28,7 +30,10 @@ MAX_KEY_BYTES = 1024
 MAX_CAPACITY = 1 << 31
 MAX_GENERATIONS = 64
 MAX_BITS_PER_GENERATION = 1 << 32
-PROBES = 4
+# pybloom-live sizes a filter for (capacity, error_rate): 7 hash slices at 1%, about 9.59 bits
+# per planned key; a generation planned for bits/9.59 keys has about `bits_per_generation` bits.
+_ERROR_RATE = 0.01
+_BITS_PER_KEY = 9.59
 
 Key = str | bytes
 
@@ -68,7 +73,7 @@ def dedup_key(conv: Key, sender: Key, cid: Key) -> bytes:
 class ReferenceDedup:
     """Dedup(capacity, window_ms, generations=4, bits_per_generation=1<<20, seed=0)."""
 
-    __slots__ = ("_capacity", "_generations", "_gen_len", "_bits", "_hkey", "_cur_gen", "_blooms", "_lru")
+    __slots__ = ("_capacity", "_generations", "_gen_len", "_bits", "_salt", "_cur_gen", "_blooms", "_lru")
 
     def __init__(
         self,
@@ -97,26 +102,25 @@ class ReferenceDedup:
         self._generations = gens
         self._gen_len = window // gens
         self._bits = bits
-        self._hkey = seed_v.to_bytes(8, "little")
+        self._salt = seed_v.to_bytes(8, "little")
         self._cur_gen = 0
-        self._blooms = [bytearray((bits + 7) // 8) for _ in range(gens)]
+        self._blooms = [self._new_bloom() for _ in range(gens)]
         # key -> [seq, generation of the last put]; order = recency (last = most recent)
         self._lru: OrderedDict[bytes, list[int]] = OrderedDict()
 
     # -- bloom ------------------------------------------------------------
 
-    def _probes(self, key: bytes) -> list[int]:
-        d = hashlib.blake2b(key, digest_size=16, key=self._hkey).digest()
-        h1 = int.from_bytes(d[:8], "little")
-        h2 = int.from_bytes(d[8:], "little") | 1
-        m = self._bits
-        return [(((h1 + i * h2) & U64_MAX) * m) >> 64 for i in range(PROBES)]
+    def _new_bloom(self) -> BloomFilter:
+        bloom = BloomFilter(capacity=self._bits / _BITS_PER_KEY, error_rate=_ERROR_RATE)
+        # Past its planned keys pybloom-live refuses `add` (IndexError). Here a full filter only
+        # answers "maybe" more often, which never changes a result (module docstring), so the
+        # window keeps taking keys until its generation is cleared.
+        bloom.capacity = float("inf")
+        return bloom
 
-    def _bloom_has(self, probes: list[int]) -> bool:
-        for bloom in self._blooms:  # every slot holds only live generations
-            if all(bloom[p >> 3] & (1 << (p & 7)) for p in probes):
-                return True
-        return False
+    def _bloom_has(self, key: bytes) -> bool:
+        salted = self._salt + key
+        return any(salted in bloom for bloom in self._blooms)  # every slot holds only live generations
 
     def _advance(self, now_ms: int) -> None:
         gen = now_ms // self._gen_len
@@ -125,7 +129,7 @@ class ReferenceDedup:
         g = self._generations
         start = max(self._cur_gen + 1, gen - g + 1)
         for x in range(start, gen + 1):
-            self._blooms[x % g] = bytearray(len(self._blooms[x % g]))
+            self._blooms[x % g] = self._new_bloom()
         self._cur_gen = gen
 
     # -- API --------------------------------------------------------------
@@ -135,7 +139,7 @@ class ReferenceDedup:
         key = dedup_key(conv, sender, cid)
         now = u64(now_ms)
         self._advance(now)
-        if not self._bloom_has(self._probes(key)):
+        if not self._bloom_has(key):
             return None
         entry = self._lru.get(key)
         if entry is None or self._cur_gen - entry[1] >= self._generations:
@@ -149,9 +153,7 @@ class ReferenceDedup:
         seq_v = u64(seq)
         now = u64(now_ms)
         self._advance(now)
-        bloom = self._blooms[self._cur_gen % self._generations]
-        for p in self._probes(key):
-            bloom[p >> 3] |= 1 << (p & 7)
+        self._blooms[self._cur_gen % self._generations].add(self._salt + key, skip_check=True)
         entry = self._lru.get(key)
         if entry is not None:
             entry[0] = seq_v
@@ -167,7 +169,7 @@ class ReferenceDedup:
         key = dedup_key(conv, sender, cid)
         now = u64(now_ms)
         self._advance(now)
-        return self._bloom_has(self._probes(key))
+        return self._bloom_has(key)
 
     def __len__(self) -> int:
         return len(self._lru)

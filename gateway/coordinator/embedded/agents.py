@@ -1,0 +1,82 @@
+"""AgentsAndQueue in one process: agents with the native load index, one deque per queue."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+
+from routing.load_index import make_load_index
+from routing.model import Agent
+
+from ..ports import AgentsAndQueue
+
+
+class MemoryAgentsAndQueue(AgentsAndQueue):
+    def _init_agents(self) -> None:
+        self._agents: dict[tuple[str, str], Agent] = {}
+        self._index = make_load_index()
+        self._queues: dict[tuple[str, str], deque[str]] = {}
+
+    def _ikey(self, tenant: str, agent_id: str) -> str:
+        return f"{tenant}\0{agent_id}"
+
+    async def upsert_agent(self, agent: Agent) -> Agent:
+        key = (agent.tenant, agent.id)
+        old = self._agents.get(key)
+        agent = replace(agent, load=old.load if old else 0)
+        self._agents[key] = agent
+        self._index.upsert(
+            self._ikey(agent.tenant, agent.id),
+            [f"{agent.tenant}\0{g}" for g in agent.groups],
+            agent.capacity,
+            agent.available,
+        )
+        return replace(agent)
+
+    async def get_agent(self, tenant: str, agent_id: str) -> Agent | None:
+        a = self._agents.get((tenant, agent_id))
+        return replace(a) if a else None
+
+    async def reserve_agent(self, tenant: str, group: str, prefer: str | None = None) -> str | None:
+        if prefer is not None:
+            a = self._agents.get((tenant, prefer))
+            if a and group in a.groups and self._index.acquire(self._ikey(tenant, prefer)):
+                a.load += 1
+                return prefer
+        picked = self._index.pick(f"{tenant}\0{group}")
+        if picked is None:
+            return None
+        agent_id = picked.split("\0", 1)[1]
+        if not self._index.acquire(picked):  # pick and acquire disagree only on a bug
+            raise RuntimeError(f"load index picked {agent_id} but could not charge it")
+        self._agents[(tenant, agent_id)].load += 1
+        return agent_id
+
+    async def release_agent(self, tenant: str, agent_id: str) -> None:
+        a = self._agents.get((tenant, agent_id))
+        if a and a.load > 0:
+            a.load -= 1
+            self._index.release(self._ikey(tenant, agent_id))
+
+
+    # queues
+    async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None:
+        q = self._queues.setdefault((tenant, group), deque())
+        if conv_id in q:
+            return
+        q.appendleft(conv_id) if front else q.append(conv_id)
+
+    async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool:
+        q = self._queues.get((tenant, group))
+        if q and conv_id in q:
+            q.remove(conv_id)
+            return True
+        return False
+
+    async def queue_head(self, tenant: str, group: str) -> str | None:
+        q = self._queues.get((tenant, group))
+        return q[0] if q else None
+
+    async def queue_list(self, tenant: str, group: str) -> list[str]:
+        return list(self._queues.get((tenant, group), ()))
+

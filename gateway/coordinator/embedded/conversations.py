@@ -1,0 +1,72 @@
+"""ConversationState in one process: conversations, a visitor's open one, an agent's, sticky agents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from routing.model import Conversation
+
+from ..ports import ConversationState
+
+
+class MemoryConversations(ConversationState):
+    """Conversations are kept as private copies; readers get copies (`peek_*` excepted: read-only).
+
+    A conversation's log is made with it (`_new_log`, from the log's module).
+    """
+
+    _new_log: Callable[[tuple[str, str]], None]
+
+    def _init_conversations(self) -> None:
+        self._convs: dict[tuple[str, str], Conversation] = {}
+        self._open_of: dict[tuple[str, str], str] = {}
+        self._sticky: dict[tuple[str, str], str] = {}
+        self._agent_convs: dict[tuple[str, str], set[str]] = {}
+
+    async def create_conversation(self, conv: Conversation) -> Conversation:
+        key = (conv.tenant, conv.id)
+        if key in self._convs:
+            raise ValueError(f"conversation {conv.id} exists")
+        self._convs[key] = conv.copy()
+        self._new_log(key)
+        self._open_of[(conv.tenant, conv.visitor)] = conv.id
+        self._track(None, conv)
+        return conv
+
+    async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
+        c = self._convs.get((tenant, conv_id))
+        return c.copy() if c else None
+
+    async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
+        return self.peek_now(tenant, conv_id)
+
+    def peek_now(self, tenant: str, conv_id: str) -> Conversation | None:
+        """`peek_conversation` without a coroutine, for the hub's inline path."""
+        return self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
+
+    async def save_conversation(self, conv: Conversation) -> None:
+        key = (conv.tenant, conv.id)
+        old = self._convs.get(key)
+        self._convs[key] = conv.copy()
+        self._track(old, conv)
+        if conv.state == "closed" and self._open_of.get((conv.tenant, conv.visitor)) == conv.id:
+            del self._open_of[(conv.tenant, conv.visitor)]
+
+    def _track(self, old: Conversation | None, new: Conversation) -> None:
+        if old and old.agent:
+            self._agent_convs.get((old.tenant, old.agent), set()).discard(old.id)
+        if new.agent and new.state == "assigned":
+            self._agent_convs.setdefault((new.tenant, new.agent), set()).add(new.id)
+
+    async def open_conversation_of(self, tenant: str, visitor: str) -> str | None:
+        return self._open_of.get((tenant, visitor))
+
+    async def conversations_of_agent(self, tenant: str, agent: str) -> list[str]:
+        return sorted(self._agent_convs.get((tenant, agent), ()))
+
+    async def sticky_agent(self, tenant: str, visitor: str) -> str | None:
+        return self._sticky.get((tenant, visitor))
+
+    async def set_sticky_agent(self, tenant: str, visitor: str, agent: str) -> None:
+        self._sticky[(tenant, visitor)] = agent
+

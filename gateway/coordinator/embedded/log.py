@@ -1,0 +1,97 @@
+"""ConversationLog in one process, with its synchronous fast path (`SyncLog`, docs/hub.md 6a).
+
+Each conversation's entries are kept encoded (JSON bytes), at most `history_keep` of them;
+the client-id map is trimmed with the log, so a retry is answered exactly while its entry is kept.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+import orjson
+
+from ..ports import ConversationLog
+
+_pack = orjson.dumps
+_unpack = orjson.loads
+
+
+class _Log:
+    # Entries are kept encoded: bytes are invisible to the garbage collector, so a node holding
+    # millions of log entries doesn't pay for them in every full collection (relay p99).
+    __slots__ = ("entries", "first", "ids")
+
+    def __init__(self) -> None:
+        self.entries: deque[bytes] = deque()
+        self.first = 1  # seq of entries[0]
+        self.ids: OrderedDict[tuple[str, str], int] = OrderedDict()  # (sender, client id) -> seq, trimmed with the log
+
+
+class MemoryLog(ConversationLog):
+    """The logs, by (tenant, conversation); a conversation's log is made when it is created."""
+
+    _keep: int
+
+    def _init_logs(self, history_keep: int) -> None:
+        self._keep = history_keep
+        self._logs: dict[tuple[str, str], _Log] = {}
+
+    def _new_log(self, key: tuple[str, str]) -> None:
+        self._logs[key] = _Log()
+
+    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+        seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
+        return seq, dup
+
+    async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        return self.seq_of_now(tenant, conv_id, sender, client_id)
+
+    def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        """The seq the log gave `sender`'s `client_id`, while its entry is kept."""
+        log = self._logs.get((tenant, conv_id))
+        return None if log is None else log.ids.get((sender, client_id))
+
+    def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
+        """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
+        log = self._logs.get((tenant, conv_id))
+        if log is None:
+            raise KeyError(conv_id)
+        if client_id is not None:
+            client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
+            seq = log.ids.get(client_id)
+            if seq is not None:
+                return seq, True, b""
+        seq = log.first + len(log.entries)
+        entry["seq"] = seq
+        packed = _pack(entry)
+        log.entries.append(packed)
+        if client_id is not None:
+            log.ids[client_id] = seq
+        if len(log.entries) > self._keep:
+            while len(log.entries) > self._keep:
+                log.entries.popleft()
+                log.first += 1
+            while log.ids and next(iter(log.ids.values())) < log.first:
+                log.ids.popitem(last=False)
+        return seq, False, packed
+
+    async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        log = self._logs.get((tenant, conv_id))
+        if log is None:
+            return [], 1
+        start = max(after + 1 - log.first, 0)
+        out = [_unpack(log.entries[i]) for i in range(start, min(start + limit, len(log.entries)))]
+        return out, log.first
+
+    async def read_before(self, tenant: str, conv_id: str, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        log = self._logs.get((tenant, conv_id))
+        if log is None:
+            return [], 1
+        end = len(log.entries) if before is None else max(min(before - log.first, len(log.entries)), 0)
+        return [_unpack(log.entries[i]) for i in range(max(end - limit, 0), end)], log.first
+
+    async def last_seq(self, tenant: str, conv_id: str) -> int:
+        log = self._logs.get((tenant, conv_id))
+        return log.first + len(log.entries) - 1 if log else 0
+
