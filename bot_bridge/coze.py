@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import aiohttp
 from cachetools import LRUCache
 
 from .base import BackendError, BotContext, BotResult
-from .http import HttpBackend
+from .http import HttpBackend, is_2xx, read_body
 from .sse import check_status, iter_sse
 
 
@@ -61,13 +62,13 @@ class CozeBackend(HttpBackend):
         async with self.client.stream("POST", f"{self.base_url}/v3/chat", params=params, json=self.build_body(ctx)) as resp:
             await check_status(resp, "coze")
             if "text/event-stream" not in resp.headers.get("content-type", ""):
-                data = _loads(await resp.aread())  # Coze answers request errors as JSON {code, msg}
+                data = _loads(await read_body(resp))  # Coze answers request errors as JSON {code, msg}
                 raise BackendError(f"coze: error {data.get('code')}: {data.get('msg')}")
             async with aclosing(self._events(ctx, key, resp)) as items:
                 async for item in items:
                     yield item
 
-    async def _events(self, ctx: BotContext, key: tuple[str, str], resp: Any) -> AsyncIterator[str | BotResult]:
+    async def _events(self, ctx: BotContext, key: tuple[str, str], resp: aiohttp.ClientResponse) -> AsyncIterator[str | BotResult]:
         streamed: dict[str, str] = {}  # message id -> text received as deltas
         order: list[str] = []
         completed = False
@@ -126,8 +127,8 @@ class CozeBackend(HttpBackend):
         resp = await self.client.post(
             f"{self.base_url}/v3/chat/cancel", json={"conversation_id": conversation_id, "chat_id": chat_id}
         )
-        if not resp.is_success:
-            raise BackendError(f"coze: cancel {chat_id}: HTTP {resp.status_code}")
+        if not is_2xx(resp):
+            raise BackendError(f"coze: cancel {chat_id}: HTTP {resp.status}")
 
 
 def _loads(raw: str | bytes) -> dict[str, Any]:

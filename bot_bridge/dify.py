@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import aiohttp
 from cachetools import LRUCache
 
 from .base import BackendError, BotContext, BotResult
-from .http import HttpBackend, Response
+from .http import HttpBackend, is_2xx
 from .sse import check_status, iter_sse
 
 
@@ -59,7 +60,7 @@ class DifyBackend(HttpBackend):
         url = f"{self.base_url}/chat-messages"
         for attempt in (0, 1):
             async with self.client.stream("POST", url, json=body) as resp:
-                if resp.status_code == 404 and body["conversation_id"] and attempt == 0:
+                if resp.status == 404 and body["conversation_id"] and attempt == 0:
                     # Dify forgot the conversation (deleted, expired): start a new one once.
                     self.conversations.pop(key)
                     body["conversation_id"] = ""
@@ -70,7 +71,7 @@ class DifyBackend(HttpBackend):
                         yield item
                 return
 
-    async def _events(self, ctx: BotContext, resp: Response) -> AsyncIterator[str | BotResult]:
+    async def _events(self, ctx: BotContext, resp: aiohttp.ClientResponse) -> AsyncIterator[str | BotResult]:
         key = (ctx.tenant, ctx.conv_id)
         text = ""
         ended = False
@@ -117,5 +118,5 @@ class DifyBackend(HttpBackend):
         if not task_id:
             return
         resp = await self.client.post(f"{self.base_url}/chat-messages/{task_id}/stop", json={"user": self.user_id(ctx)})
-        if not resp.is_success:
-            raise BackendError(f"dify: stop {task_id}: HTTP {resp.status_code}")
+        if not is_2xx(resp):
+            raise BackendError(f"dify: stop {task_id}: HTTP {resp.status}")

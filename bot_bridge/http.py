@@ -1,4 +1,9 @@
-"""Shared plumbing for HTTP backends: one pooled aiohttp session per backend."""
+"""Shared plumbing for HTTP backends: one pooled aiohttp session per backend.
+
+Backends get aiohttp's own ``ClientResponse`` from ``Client.stream`` and use its
+API for status and headers; its body goes through ``read_body`` / ``lines`` so
+that transport failures reach them as ``HTTPError`` and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +13,41 @@ from typing import Any
 
 import aiohttp
 
+_OPEN_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+_BODY_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
+
 
 class HTTPError(Exception):
     """Any transport failure talking to a backend: refused, reset, cut body, timeout."""
 
 
-class Response:
-    """The part of a streaming HTTP response the backends use (status, headers, body, lines)."""
+def is_2xx(resp: aiohttp.ClientResponse) -> bool:
+    """Whether the status is 2xx (``resp.ok`` would also accept 1xx and 3xx)."""
+    return 200 <= resp.status < 300
 
-    __slots__ = ("_r",)
 
-    def __init__(self, r: aiohttp.ClientResponse) -> None:
-        self._r = r
+async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body. Raises HTTPError if it cannot be read to its end (reset, cut, read timeout)."""
+    try:
+        return await resp.read()
+    except _BODY_ERRORS as exc:
+        raise HTTPError(repr(exc)) from exc
 
-    @property
-    def status_code(self) -> int:
-        return self._r.status
 
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self._r.status < 300
+async def lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """Lines of the body without their line endings (LF or CRLF), decoded as UTF-8 (bad bytes replaced).
 
-    @property
-    def headers(self) -> Any:
-        return self._r.headers
-
-    async def aread(self) -> bytes:
-        try:
-            return await self._r.read()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise HTTPError(repr(exc)) from exc
-
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        """Lines of the body without their line endings (LF or CRLF), decoded as UTF-8."""
-        try:
-            async for raw in self._r.content:
-                yield raw.decode("utf-8", "replace").rstrip("\r\n")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise HTTPError(repr(exc)) from exc
+    Raises HTTPError if the body breaks off with an error (reset, incomplete chunked body, read timeout).
+    """
+    try:
+        async for raw in resp.content:
+            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+    except _BODY_ERRORS as exc:
+        raise HTTPError(repr(exc)) from exc
 
 
 class Client:
-    """A pooled aiohttp session behind the small API the backends use.
+    """A pooled aiohttp session: ``stream`` for requests whose body the caller reads, ``post`` for short calls.
 
     aiohttp rather than httpx: under bot load the httpx/httpcore/anyio stack took
     about half of a node's CPU (bench bot scenario), on the same core as the chat.
@@ -71,21 +69,31 @@ class Client:
 
     @asynccontextmanager
     async def stream(self, method: str, url: str, *, json: Any = None, content: bytes | None = None,
-                     params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> AsyncIterator[Response]:
+                     params: dict[str, str] | None = None,
+                     headers: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send the request and yield the response once its status and headers are in, whatever the status.
+
+        Read the body with ``read_body`` or ``lines``. Raises HTTPError if the request fails before
+        the response head (refused, reset, connect or read timeout); the connection is released on exit.
+        """
         try:
             ctx = self._s().request(method, url, json=json, data=content, params=params, headers=headers)
             resp = await ctx.__aenter__()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except _OPEN_ERRORS as exc:
             raise HTTPError(repr(exc)) from exc
         try:
-            yield Response(resp)
+            yield resp
         finally:
             await ctx.__aexit__(None, None, None)
 
     async def post(self, url: str, *, json: Any = None, content: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+                   headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """POST and read the whole answer; the returned response is released, its body already read.
+
+        Raises HTTPError on a transport failure; any status is returned, not raised.
+        """
         async with self.stream("POST", url, json=json, content=content, headers=headers) as resp:
-            await resp.aread()
+            await read_body(resp)
             return resp
 
     async def aclose(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .base import BackendError, BotContext, BotResult
 from .history import compile_entities, estimate_tokens, trim_history
-from .http import HttpBackend
+from .http import HttpBackend, read_body
 from .sse import check_status, iter_sse
 
 DEFAULT_SYSTEM = (
@@ -81,7 +81,7 @@ class OpenAIBackend(HttpBackend):
             ctype = resp.headers.get("content-type", "")
             if "text/event-stream" not in ctype:
                 # Some servers ignore stream=true and answer one JSON completion.
-                data = _loads(await resp.aread())
+                data = _loads(await read_body(resp))
                 _raise_error(data)
                 text = _first_choice(data).get("message", {}).get("content") or ""
                 yield BotResult(text)

@@ -25,10 +25,11 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from .base import BackendError, BotContext, BotResult
-from .http import HttpBackend, HTTPError
+from .http import HttpBackend, HTTPError, is_2xx, lines, read_body
 
 SIGNATURE_HEADER = "X-Chatgw-Signature"
 TIMESTAMP_HEADER = "X-Chatgw-Timestamp"
@@ -99,31 +100,32 @@ class WebhookBackend(HttpBackend):
         headers = self._signed(body, idempotency_key(ctx))
         headers["Accept"] = "application/x-ndjson, application/json"
         async with self.client.stream("POST", self.url, content=body, headers=headers) as resp:
-            if not resp.is_success:
-                detail = (await resp.aread())[:300].decode("utf-8", "replace")
-                raise BackendError(f"webhook: HTTP {resp.status_code}: {detail}")
+            if not is_2xx(resp):
+                detail = (await read_body(resp))[:300].decode("utf-8", "replace")
+                raise BackendError(f"webhook: HTTP {resp.status}: {detail}")
             ctype = resp.headers.get("content-type", "")
             if "ndjson" in ctype or "jsonlines" in ctype:
                 done = False
                 try:
-                    async for line in resp.aiter_lines():
-                        if not line.strip():
-                            continue
-                        data = _loads(line)
-                        if data.get("error"):
-                            raise BackendError(f"webhook: error: {data['error']}")
-                        if data.get("delta"):
-                            yield str(data["delta"])
-                        if data.get("done"):
-                            done = True
-                            yield _result(data)
-                            break
+                    async with aclosing(lines(resp)) as body_lines:
+                        async for line in body_lines:
+                            if not line.strip():
+                                continue
+                            data = _loads(line)
+                            if data.get("error"):
+                                raise BackendError(f"webhook: error: {data['error']}")
+                            if data.get("delta"):
+                                yield str(data["delta"])
+                            if data.get("done"):
+                                done = True
+                                yield _result(data)
+                                break
                 except HTTPError as exc:
                     raise BackendError(f"webhook: stream broken: {exc!r}") from exc
                 if not done:
                     raise BackendError("webhook: NDJSON stream ended before its done line")
             else:
-                data = _loads(await resp.aread())
+                data = _loads(await read_body(resp))
                 if data.get("error"):
                     raise BackendError(f"webhook: error: {data['error']}")
                 if "text" not in data and not data.get("handoff"):
@@ -136,8 +138,8 @@ class WebhookBackend(HttpBackend):
         key = idempotency_key(ctx)
         body = json.dumps({"tenant": ctx.tenant, "conv_id": ctx.conv_id, "idempotency_key": key}).encode()
         resp = await self.client.post(self.cancel_url, content=body, headers=self._signed(body, key))
-        if not resp.is_success:
-            raise BackendError(f"webhook: cancel: HTTP {resp.status_code}")
+        if not is_2xx(resp):
+            raise BackendError(f"webhook: cancel: HTTP {resp.status}")
 
 
 def _loads(raw: str | bytes) -> dict[str, Any]:
