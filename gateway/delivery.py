@@ -13,9 +13,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from .coordinator import Conversation, Coordinator
+from .coordinator import Conversation, Coordinator, Unavailable
 from .protocol import Outgoing
 from .replies import Gap, Reply, Resumed, routed
+from .retry import until_done
 from .session import Session
 from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, unsubscribe
 
@@ -68,7 +69,15 @@ class Delivery:
         out = env if isinstance(env, Outgoing) else Outgoing(env)
         remote = [u for u in users if not self.apply(tenant, u, out)]
         if remote:
-            await self.coord.deliver_remote(tenant, remote, out.env)
+            await self.remote(tenant, remote, out.env)
+
+    async def remote(self, tenant: str, users: list[str], env: Any) -> None:
+        """Hand `env` to the nodes holding `users`. Never raises `Unavailable`: what is sent is in the
+        log or already answered, so while shared state is away it is tried again in the background."""
+        try:
+            await self.coord.deliver_remote(tenant, users, env)
+        except Unavailable:
+            self._spawn(until_done(lambda: self.coord.deliver_remote(tenant, users, env), "remote delivery"))
 
     async def deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
         """Send a log entry to every connection of every participant, at most once and in order."""
@@ -83,7 +92,9 @@ class Delivery:
         await self.send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
 
     async def catch_up(self, conn: Session, tenant: str, conv_id: str) -> None:
-        await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False)
+        """Send `conn` what the log has past its cursor on `conv_id`; tried until done or `conn` closes."""
+        await until_done(lambda: self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False),
+                         "catch-up", lambda: conn.closed)
 
     async def _drained(self, conn: Session) -> bool:
         """Write what `conn` has queued and wait until the client has read it; False if it is gone.
@@ -121,7 +132,7 @@ class Delivery:
         if buffered is None:
             return  # a replay of this conversation is already running on this connection
         # Never below what this connection was already sent: each entry at most once per connection.
-        last = max(after, cursor(conn, conv_id))
+        last = start = max(after, cursor(conn, conv_id))
         try:
             while not conn.closed:
                 entries, first = await self.coord.read_after(tenant, conv_id, last, REPLAY_PAGE)
@@ -157,6 +168,10 @@ class Delivery:
                         if seq == last + 1:
                             conn.push(out)
                             last = seq
+        except BaseException:
+            if last > start:  # what was pushed before the failure counts: a retry goes on from there
+                subscribe(conn, conv_id, last)
+            raise
         finally:
             end_replay(conn, conv_id)
         subscribe(conn, conv_id, last)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from msgspec import to_builtins
@@ -41,6 +42,7 @@ from .envelopes import (
 from .metrics import METRICS
 from .protocol import Outgoing, ProtocolError
 from .replies import Ack, AgentStatus, Pong, Refreshed, msg_entry
+from .retry import answered_then
 from .session import Session
 from .subscriptions import subscribe
 
@@ -55,8 +57,9 @@ class Handlers:
     """The envelope handlers of one node; `table()` is the dispatcher's registry."""
 
     def __init__(self, cfg: Any, coord: Coordinator, router: Router, delivery: Delivery, events: ConversationEvents,
-                 bots: Any, bot_turns: BotTurns | None):
+                 bots: Any, bot_turns: BotTurns | None, spawn: Callable[[Awaitable[object]], object]):
         self.cfg = cfg
+        self._spawn = spawn  # background tasks (the node's TaskSet)
         self.coord = coord
         self.router = router
         self.delivery = delivery
@@ -115,9 +118,17 @@ class Handlers:
             await self.router.join(conv)  # first, so the reply carries the position it joined at
         conn.send_env(await self._events.conv_view(conv, env.rid))
         if with_bot:
-            await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=self.bots.backend_for(conv.tenant, group)))
+            backend = self.bots.backend_for(conv.tenant, group)
+            await self._then(lambda: self._bot_started(conv, backend), "bot start")
         else:
-            await self.router.joined(conv)  # `queued` logged, the queue drained; `queue` frames as usual
+            await self._then(lambda: self.router.joined(conv), "queue drain")  # `queued` logged, `queue` frames
+
+    async def _bot_started(self, conv: Conversation, backend: str | None) -> None:
+        await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=backend))
+
+    async def _then(self, step: Any, what: str) -> None:
+        """The rest of a request that has its answer: never a second answer (retry.answered_then)."""
+        await answered_then(step, what, self._spawn)
 
     # `msg`: one algorithm (docs/hub.md, "The msg steps"). Steps 1-3 read and append through
     # the log's port, synchronously for an in-process log (`msg_now`) or awaiting a remote one
@@ -163,7 +174,7 @@ class Handlers:
             out = Outgoing(first[0]) if first and first[0]["seq"] == seq else None
         remote = self._appended(conn, conv, env, entry, seq, dup, out)
         if remote:
-            await self.coord.deliver_remote(conv.tenant, list(remote), out.env)
+            await self.delivery.remote(conv.tenant, list(remote), out.env)  # retried, never an error: acked
 
     def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
         """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
@@ -242,13 +253,14 @@ class Handlers:
         agent = await self.coord.upsert_agent(agent)
         conn.send_env(AgentStatus(status=agent.status, capacity=agent.capacity, groups=list(agent.groups), load=agent.load,
                                   rid=env.rid))
-        await self.router.agent_changed(agent)
+        await self._then(lambda: self.router.agent_changed(agent), "assignment after status")
 
     async def h_transfer(self, conn: Session, env: Transfer) -> None:
         if conn.role != "agent":
             raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.rid)
         conv = await self._participant(conn, env)
-        await self.router.transfer(conn.tenant, conv.id, conn.user, env.to, env.group, env.rid)
+        moved = await self.router.transfer(conn.tenant, conv.id, conn.user, env.to, env.group, env.rid)
+        await self._then(lambda: self.router.settle_transfer(moved, conn.user), "transfer")
 
     async def h_ping(self, conn: Session, env: Ping) -> None:
         conn.send_env(Pong(env.rid))

@@ -53,7 +53,8 @@ class Hub:
             self.bots = WorkerBridge.from_mapping(cfg.bots)
             self.bot_turns = BotTurns(self.bots, coord, self.delivery, self.events, self.router, self.tasks)
             self.events.bot_turns = self.bot_turns
-        self.handlers = Handlers(cfg, coord, self.router, self.delivery, self.events, self.bots, self.bot_turns)
+        self.handlers = Handlers(cfg, coord, self.router, self.delivery, self.events, self.bots, self.bot_turns,
+                                 self.tasks.spawn)
         self.lifecycle = Lifecycle(cfg, coord, self.router, self.delivery, self.events, self.tasks, self.bot_turns)
         dispatcher = Dispatcher(self.tasks, self.handlers.table(), eager=self.handlers.eager, inline=self.handlers.inline())
         self.conns = self.lifecycle.conns

@@ -43,6 +43,7 @@ class _Metrics:
         self.bot_handoffs = Counter("chatgw_bot_handoffs_total", "Conversations handed from a bot to people", ["reason"], registry=r)
         self.bot_cancelled = Counter("chatgw_bot_cancelled_total", "Bot calls cancelled (visitor left, agent took over)", registry=r)
         self.auth_failures = Counter("chatgw_auth_failures_total", "Upgrades refused with 401 and token refreshes refused", registry=r)
+        self.retried_steps = Counter("chatgw_retried_steps_total", "Steps after an answer or an append tried again because shared state was away", ["step"], registry=r)
         self.tokens_expired = Counter("chatgw_tokens_expired_total", "Connections closed because their token expired unrefreshed", registry=r)
 
 

@@ -156,7 +156,8 @@ class Router:
                        rid: Any = None) -> Conversation:
         """Move a conversation to a named agent (who must have room) or to a group's queue.
 
-        `rid` (the transfer request's) goes into the `unassigned` that answers `by`.
+        `rid` (the transfer request's) goes into the `unassigned` that answers `by`; the caller then
+        calls `settle_transfer` (the request is answered: what follows is not reported to `by`).
         Raises RoutingError: not_participant, forbidden (not `by`'s), conflict (target has no room).
         """
         async with self.coord.lock(tenant, conv_id):
@@ -185,6 +186,12 @@ class Router:
                 await self.coord.save_conversation(conv)
         await self.coord.release_agent(tenant, by)
         await self.sink.on_unassigned(conv, by, rid)
+        return conv
+
+    async def settle_transfer(self, conv: Conversation, by: str) -> None:
+        """After `transfer` answered `by`: the named agent gets the conversation (`conv.agent`), or it
+        goes to the front of its group's queue, which drains; then `by`'s freed slot takes new work."""
+        tenant, group, to_agent = conv.tenant, conv.group, conv.agent
         if to_agent is not None:
             await self.coord.set_sticky_agent(tenant, conv.visitor, to_agent)
             await self.sink.on_assigned(conv, "transferred", by)
@@ -197,7 +204,6 @@ class Router:
         me = await self.coord.get_agent(tenant, by)
         if me:
             await self.agent_changed(me)
-        return conv
 
     async def requeue_agent(self, tenant: str, agent_id: str) -> list[str]:
         """The agent's grace period ran out: its conversations go back to the front of their queues."""

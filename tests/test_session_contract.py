@@ -17,36 +17,10 @@ import websockets
 
 from gateway import auth
 from gateway.config import load
-from gateway.protocol import Outgoing
 from gateway.server import Node
-from gateway.session import ChannelSession, Session
+from gateway.session import Session
 
-
-class QueueChannel(ChannelSession):
-    """A channel whose wire is an asyncio queue of envelopes (what a bot API channel would POST)."""
-
-    __slots__ = ("frames", "closed_with")
-
-    def __init__(self, core, ident, max_text):
-        super().__init__(core, ident, max_text)
-        self.frames: asyncio.Queue[dict] = asyncio.Queue()
-        self.closed_with: tuple[int, str] | None = None
-
-    def write(self, batch: list[Outgoing]) -> None:
-        for out in batch:
-            self.frames.put_nowait(json.loads(out.json()))
-
-    def close_transport(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-
-    async def send(self, env: dict) -> None:
-        self.receive(env)
-
-    async def until(self, kind: str, **match) -> dict:
-        while True:
-            env = await asyncio.wait_for(self.frames.get(), 10)
-            if env.get("t") == kind and all(env.get(k) == v for k, v in match.items()):
-                return env
+from .channel import QueueChannel
 
 
 class WsClient:

@@ -10,7 +10,9 @@ from typing import Any
 import msgpack
 import msgspec
 from redis.exceptions import RedisError
+from tenacity import AsyncRetrying
 
+from ...retry import backoff
 from ..base import DeliveryHandler
 from .errors import available_errors
 
@@ -55,14 +57,17 @@ class RedisNodeBus:
     async def _flusher(self) -> None:
         # One flusher, so publishes leave in the order deliveries were queued. Whatever queued
         # up while the previous pipeline was in flight leaves together: one publish per node.
+        # A publish that fails is tried again with what queued meanwhile behind it (the entries
+        # are acked: a connected recipient must get them without having to resume).
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             if self._outbox:
-                try:
-                    await self._flush()
-                except Exception:
-                    log.exception("delivery flush failed")
+                async for attempt in AsyncRetrying(wait=backoff(),
+                                                   stop=lambda _state: self._closing, reraise=False,
+                                                   retry_error_callback=lambda _state: None):
+                    with attempt:
+                        await self._flush()
 
     async def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -71,12 +76,15 @@ class RedisNodeBus:
                 for node, items in outbox.items():
                     p.spublish(self._channel(node), _pack(items))
                 await p.execute()
-            self.stats["pipelines"] += 1
-            self.stats["published"] += len(outbox)
-            self.stats["delivered_items"] += sum(len(v) for v in outbox.values())
-        except (RedisError, OSError) as e:
-            # The entries are in the log: recipients catch up when they resume.
-            log.warning("publish to %d nodes failed: %s", len(outbox), e)
+        except BaseException as e:
+            for node, items in outbox.items():  # back in front of whatever queued meanwhile
+                self._outbox[node] = items + self._outbox.get(node, [])
+            if isinstance(e, Exception):
+                log.warning("publish to %d nodes failed (%s: %s); trying again", len(outbox), type(e).__name__, e)
+            raise
+        self.stats["pipelines"] += 1
+        self.stats["published"] += len(outbox)
+        self.stats["delivered_items"] += sum(len(v) for v in outbox.values())
 
     async def _subscriber(self) -> None:
         channel = self._channel(self.node_id)

@@ -1,0 +1,147 @@
+"""Steps after an append that can fail are retried, and a request gets exactly one answer (issue 12).
+
+The faults a three-node chaos run found, as their kinds, on one real node (in this process, so
+the test can order the outage exactly) over a real redis-server with AOF:
+
+- a catch-up that reads the log while Redis is away is tried again until it reads, so a
+  connected session gets entries its node missed without having to resume;
+- an acked message whose delivery to another node fails gets its ack and nothing else, and is
+  published to that node once shared state is back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+
+from gateway import auth
+from gateway.config import load
+from gateway.protocol import Outgoing
+from gateway.replies import msg_entry
+from gateway.server import Node
+
+from .channel import QueueChannel
+from .redis_support import RedisServer, free_port
+from .support import wait_for
+
+
+@pytest.fixture
+async def redis_node(tmp_path):
+    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
+    secret = secrets.token_urlsafe(32)
+    cfg = load(env={}, ws_port=0, http_port=0, jwt_secret=secret, admin_token=secrets.token_urlsafe(32),
+               bots_enabled=False, demo=False, coordinator="redis", redis_url=server.url, node_heartbeat_s=0.2,
+               node_ttl_s=1.0)
+    node = Node(cfg)
+    await node.start()
+    try:
+        yield node, server, secret
+    finally:
+        await node.stop()
+        server.stop()
+
+
+async def _session(node, secret, user, role="visitor", **kw) -> QueueChannel:
+    s = QueueChannel(node.hub, auth.verify(auth.mint(secret, tenant="t", user=user, role=role, **kw), secret),
+                     node.cfg.max_text)
+    s.open()
+    await s.until("welcome")
+    return s
+
+
+async def test_a_catch_up_while_redis_is_away_is_retried_until_it_reads(tmp_path):
+    """Delivery and the Redis log alone (no node around them whose re-subscription would heal
+    the hole by another way): the catch-up itself must not give up on its first failure."""
+    from asyncio import get_running_loop
+
+    from gateway.subscriptions import subscribe
+
+    from gateway.coordinator import Conversation
+    from gateway.coordinator.redis import RedisCoordinator
+    from gateway.delivery import Delivery
+    from gateway.tasks import TaskSet
+
+    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
+    coord = RedisCoordinator("n1", server.url, heartbeat_s=0.2, node_ttl_s=1.0)
+    await coord.start()
+    try:
+        delivery = Delivery(coord, TaskSet(get_running_loop()).spawn)
+        secret = secrets.token_urlsafe(32)
+        session = QueueChannel(None, auth.verify(auth.mint(secret, tenant="t", user="v1", role="visitor"), secret), 4000)
+        delivery.users[("t", "v1")] = (session,)
+        await coord.create_conversation(Conversation(id="c1", tenant="t", visitor="v1", group="g"))
+        subscribe(session, "c1", 0)
+        missed = []  # entries this node never delivered (appended while its subscription was down, say)
+        for i in range(3):
+            entry = msg_entry("c1", f"m{i}", "a1", "agent", f"text {i}", int(time.time() * 1000))
+            await coord.append("t", "c1", entry, f"m{i}")
+            missed.append(entry)
+        server.stop()
+        # The session hears of the last one first: ahead of its cursor, so it catches up from the
+        # log, and the log is away.
+        delivery.apply("t", "v1", Outgoing(missed[-1]))
+        # The coordinator has seen Redis gone (its probe failed): by then the catch-up, started
+        # first, has failed too.
+        await wait_for(lambda: not coord.health_state.get("ok"), what="Redis seen gone")
+        server.start()
+        got = [await session.until("msg", conv="c1") for _ in range(3)]
+        assert [(g["id"], g["seq"]) for g in got] == [("m0", 1), ("m1", 2), ("m2", 3)]
+    finally:
+        await coord.close()
+        server.stop()
+
+
+async def test_an_acked_message_whose_delivery_fails_gets_no_second_answer_and_arrives(redis_node):
+    node, server, secret = redis_node
+    visitor = await _session(node, secret, "v2")
+    visitor.receive({"t": "open", "rid": "o"})
+    conv = (await visitor.until("conv", rid="o"))["conv"]
+    await visitor.until("event", ev="queued")
+    # The agent is held by another node: a second coordinator on the same Redis registers it there.
+    from gateway.coordinator.redis import RedisCoordinator
+
+    other = RedisCoordinator("other-node", server.url, heartbeat_s=0.2, node_ttl_s=1.0)
+    await other.start()
+    try:
+        await other.set_present("t", "a2", True, "agent")
+        conv_state = await node.coord.get_conversation("t", conv)
+        conv_state.state, conv_state.agent = "assigned", "a2"
+        async with node.coord.lock("t", conv):
+            await node.coord.save_conversation(conv_state)
+        # Redis goes away between the append (done) and the lookup of the agent's node: the
+        # first `deliver_remote` of this message fails. The presence lookup is what fails here;
+        # stopping Redis from inside the step is the only way to place the outage exactly.
+        coord = node.coord
+        real = coord.deliver_remote
+        calls = []
+
+        async def deliver_remote_after_outage(tenant, users, env):
+            calls.append(env)
+            if len(calls) == 1:
+                server.stop()
+                try:
+                    await real(tenant, users, env)
+                finally:
+                    server.start()
+            else:
+                await real(tenant, users, env)
+
+        coord.deliver_remote = deliver_remote_after_outage
+        visitor.receive({"t": "msg", "conv": conv, "id": "x1", "text": "hello", "rid": 1})
+        visitor.receive({"t": "ping", "rid": 2})  # answered after the msg: its handler has finished
+        answers = []
+        while True:
+            env = await visitor.until_any()
+            if env.get("rid") in (1, 2):
+                answers.append(env)
+            if env.get("rid") == 2:
+                break
+        assert [(a["t"], a["rid"]) for a in answers] == [("ack", 1), ("pong", 2)]
+        # Tried again once Redis was back, and published (whether the other node's subscription was
+        # back by then is its own affair: it catches its sessions up from the log when it is).
+        await wait_for(lambda: coord.stats["delivered_items"] >= 1, what="the retried delivery published")
+        assert len(calls) >= 2 and all(c["id"] == "x1" for c in calls)
+    finally:
+        await other.close()
