@@ -6,13 +6,17 @@ Each conversation has its visitor and its agent on different nodes. Every party 
 messages one at a time, each with its own client id, and retries the same id after an
 `unavailable` error, a lost answer or a lost connection (reconnecting to a live node and
 resuming from the last seq it saw). When a third of all messages are acked, one node is
-killed with SIGKILL; at two thirds, Redis is stopped and started again (AOF on, fsync
-always, so what it acked survives). At the end every party resumes once more, and the log
+killed with SIGKILL; when each party has about two messages left, Redis is stopped, and
+started again (AOF on, fsync always, so what it acked survives) once the parties have been
+refused a few times. So the last messages are appended just after Redis returns, while the
+nodes re-subscribe, and then the conversations go quiet: nothing later heals a hole. At the end every party resumes once more, and the log
 is read back. Printed counts:
 
 - sent (client ids), acked, delivered (entries received over all connections);
 - lost: acked ids missing from the log; duplicated: ids in the log more than once;
 - out of order: a connection that received a seq at or below one it had already received;
+- undelivered: acked entries a party's connections had not received live, without a resume,
+  10 s after the traffic stopped (a hole that only a resume would close);
 - gaps: log entries a party never received on any of its connections after its last resume;
 - double answers: requests (one rid per attempt) answered more than once.
 
@@ -144,6 +148,7 @@ class Counts:
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
+    undelivered: int = 0
     gaps: int = 0
     double_answers: int = 0
     retries: int = 0
@@ -289,6 +294,7 @@ class Party:
                 if answer.get("code") != "unavailable":
                     raise RuntimeError(f"{self.name}: {cid} refused: {answer}")
                 self.run.counts.retries += 1
+                self.run.on_refused()
                 await asyncio.sleep(0.05)  # `unavailable`: a client's pause before it retries the same id
 
 
@@ -303,7 +309,8 @@ class Chaos:
         self.redis: Redis | None = None
         self.total = 0
         self.events: list[str] = []
-        self._killed = self._restarted = False
+        self._killed = self._stopped = self._restarted = False
+        self._refused_at_stop = 0
 
     def on_acked(self) -> None:
         self.counts.acked += 1
@@ -312,11 +319,17 @@ class Chaos:
             victim = self.nodes[2]
             victim.kill()
             self.events.append(f"SIGKILL node 2 after {self.counts.acked} acks")
-        elif not self._restarted and self.counts.acked * 3 >= self.total * 2:
-            self._restarted = True
+        elif not self._stopped and self.counts.acked >= self.total - 2 * self.total // self.messages:
+            self._stopped = True
+            self._refused_at_stop = self.counts.retries
             self.redis.stop()
+            self.events.append(f"Redis stopped after {self.counts.acked} acks")
+
+    def on_refused(self) -> None:
+        if self._stopped and not self._restarted and self.counts.retries - self._refused_at_stop >= self.conversations * 4:
+            self._restarted = True
             self.redis.start()
-            self.events.append(f"Redis restarted after {self.counts.acked} acks")
+            self.events.append(f"started again after {self.counts.retries - self._refused_at_stop} refusals")
 
     async def run(self) -> Counts:
         with tempfile.TemporaryDirectory(prefix="chatgw-chaos-") as tmp:
@@ -345,6 +358,7 @@ class Chaos:
             parties += [visitor, agent]
         self.total = len(parties) * self.messages
         await asyncio.gather(*(p.send_all(self.messages) for p in parties))
+        self.counts.undelivered = await self._live_holes(parties)
         for p in parties:  # a last resume on the connection each party holds now
             while True:
                 try:
@@ -356,6 +370,25 @@ class Chaos:
         for p in parties:
             with contextlib.suppress(Exception):
                 await p.ws.close()
+
+    async def _live_holes(self, parties: list[Party], deadline_s: float = 10.0) -> int:
+        """Acked entries some party has not received live (no resume) once delivery has settled."""
+        last: dict[str, int] = {}
+        for p in parties:
+            last[p.conv] = max([last.get(p.conv, 0), *p.acked.values()])
+
+        def holes() -> int:
+            n = 0
+            for p in parties:
+                seen = {s for c in p.connections for s in c}
+                first = min((c[0] for c in p.connections if c), default=1)
+                n += sum(1 for s in range(first, last[p.conv] + 1) if s not in seen)
+            return n
+
+        deadline = time.monotonic() + deadline_s
+        while holes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polling for delivery to settle, with a deadline
+        return holes()
 
     async def _check(self, parties: list[Party]) -> None:
         by_conv: dict[str, list[Party]] = {}
@@ -411,7 +444,7 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=300, help="per party")
     p.add_argument("--seed", type=int, default=1)
     counts = asyncio.run(main_async(p.parse_args()))
-    bad = counts.lost + counts.duplicated + counts.out_of_order + counts.gaps + counts.double_answers
+    bad = counts.lost + counts.duplicated + counts.out_of_order + counts.undelivered + counts.gaps + counts.double_answers
     sys.exit(1 if bad else 0)
 
 
