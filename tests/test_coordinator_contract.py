@@ -57,6 +57,20 @@ async def test_append_allocates_gap_free_seq_and_dedups_client_ids(coord):
     assert await coord.seq_of("t", "c1", "v1", "id1") == 2 and await coord.seq_of("t", "c1", "v1", "nope") is None
 
 
+async def test_appends_in_one_loop_turn_each_get_their_own_answer(coord):
+    """Appends issued together (a Redis log commits them as one group): seqs per conversation in
+    issue order, a client id repeated within the group answered as a duplicate of the first."""
+    for c in ("c1", "c2"):
+        await coord.create_conversation(conv(c))
+    calls = [coord.append("t", c, {"t": "msg", "from": "v1", "text": f"{c}{i}"}, f"id{i}") for i in range(3) for c in ("c1", "c2")]
+    calls.append(coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "again"}, "id0"))
+    calls.append(coord.append("t", "c2", {"t": "event"}))
+    results = await asyncio.gather(*calls)
+    assert results == [(1, False), (1, False), (2, False), (2, False), (3, False), (3, False), (1, True), (4, False)]
+    entries, _ = await coord.read_after("t", "c1", 0, 10)
+    assert [e["text"] for e in entries] == ["c10", "c11", "c12"]
+
+
 async def test_two_senders_reusing_each_others_client_ids_are_two_messages(coord):
     """Issue 10, item 4: the visitor sends id "1", then the agent sends a different id "1"."""
     await coord.create_conversation(conv())

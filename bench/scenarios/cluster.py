@@ -36,7 +36,7 @@ from .base import Context, Skipped
 from .relay import open_conversations, pair_flows, run_step
 
 HOSTED = True  # starts redis-server and two gateway nodes itself
-STATS = ("published", "delivered_items", "pipelines", "received_items", "no_holder")
+STATS = ("published", "delivered_items", "pipelines", "received_items", "no_holder", "commit_batches", "commit_appends")
 
 
 def _ready(srv: servers.Running, timeout: float) -> bool:
@@ -86,6 +86,7 @@ def _measured_step(ctx: Context, nodes: list[servers.Running], redis_port: int, 
     step["coordinator_by_node"] = [{k: a[k] - b[k] for k in STATS} for a, b in zip(after, before, strict=True)]
     step["items_per_publish"] = round(delta["delivered_items"] / delta["published"], 2) if delta["published"] else None
     step["publishes_per_msg"] = round(delta["published"] / d, 3) if d else None
+    step["appends_per_commit"] = round(delta["commit_appends"] / delta["commit_batches"], 2) if delta["commit_batches"] else None
     step["items_per_pipeline"] = round(delta["delivered_items"] / delta["pipelines"], 2) if delta["pipelines"] else None
     step["gateway_cpu_us_per_msg"] = round(step["server_cpu_s"] * 1e6 / d, 2) if d else None
     step["gateway_cpu_us_per_msg_each"] = [round(c * 1e6 / d, 2) for c in step.get("server_cpu_each_s", [])] if d else None

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from ..base import Coordinator, DeliveryHandler, Unavailable
 from .agents import RedisAgentsAndQueue
 from .bus import RedisNodeBus
+from .commit import GroupCommit
 from .conversations import RedisConversations
 from .keys import Keys
 from .locks import RedisLocks
@@ -69,7 +70,9 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
     async def start(self) -> None:
         self.r = self._client()
         s = self.r.register_script
-        self._append_s = s(lua("append"))
+        batch = s(lua("append_batch"))
+        self._commit = GroupCommit(lambda keys, args: batch(keys=keys, args=args), self._keep,
+                                   self.r.keyslot if self._cluster else None, self.stats)
         self._read_s = s(lua("read"))
         self._save_s = s(lua("save"))
         self._lock_s = s(lua("lock"))

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from ..base import idempotency_key
+from .commit import GroupCommit
 from .errors import available_errors
 
 
@@ -14,15 +15,15 @@ class RedisLog:
     """The `ConversationLog` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
     the registered scripts and the key builders (keys.py)."""
 
-    @available_errors
+    _commit: GroupCommit
+
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+        """Queued for this loop turn's group commit (commit.py); returns once Redis has it."""
         body = {k: v for k, v in entry.items() if k != "seq"}
-        seq, dup = await self._append_s(
-            keys=[self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")],
-            args=["" if client_id is None else idempotency_key(entry["from"], client_id), orjson.dumps(body), self._keep],
-        )
-        entry["seq"] = int(seq)
-        return int(seq), bool(dup)
+        keys = [self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")]
+        seq, dup = await self._commit.append(keys, entry.get("from", ""), client_id, body)
+        entry["seq"] = seq
+        return seq, dup
 
     @available_errors
     async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:

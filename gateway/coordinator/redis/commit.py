@@ -1,0 +1,86 @@
+"""Group commit of log appends: the appends of one loop turn go to Redis together (docs/cluster.md, step 2a).
+
+`append` queues the entry and waits; at the end of the loop turn the queue leaves as one
+`append_batch.lua` call per hash slot (a conversation's keys share one; on a standalone
+Redis every slot is on the one server, so the whole turn is one call). The script returns
+each append's seq and duplicate flag, in order, and each waiting caller gets its own: the
+sender's ack still waits for Redis's reply, so an acked message is in Redis. Calls for
+different turns may be in flight at once; one sender's next message is never in a turn
+before its previous one has its ack (the dispatcher handles a connection's envelopes one
+after the other), so a sender's order is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..base import Unavailable, idempotency_key
+from .errors import UNREACHABLE
+
+# One pending append: its three keys, its client-id key ('' for none), its body, and the future
+# its caller waits on.
+_Pending = tuple[list[str], str, bytes, "asyncio.Future[tuple[int, bool]]"]
+
+
+class GroupCommit:
+    """Batches `append`s per loop turn; `run(slot_group)` is the script call for one slot's batch."""
+
+    def __init__(self, call: Callable[[list[str], list[Any]], Any], keep: int, slot_of: Callable[[str], int] | None,
+                 stats: dict[str, int]):
+        self._call = call  # (keys, args) -> awaitable flat [seq, dup, ...]
+        self._keep = keep
+        self._slot_of = slot_of  # None: one server holds every slot
+        self._pending: list[_Pending] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = stats  # the coordinator's: commit_batches, commit_appends
+        stats.setdefault("commit_batches", 0)
+        stats.setdefault("commit_appends", 0)
+
+    async def append(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any]) -> tuple[int, bool]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        cid = "" if client_id is None else idempotency_key(sender, client_id)
+        self._pending.append((keys, cid, orjson.dumps(body), fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._commit)
+        return await fut
+
+    def _commit(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        groups: dict[int, list[_Pending]] = {}
+        for p in pending:
+            groups.setdefault(self._slot_of(p[0][0]) if self._slot_of else 0, []).append(p)
+        for batch in groups.values():
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [self._keep]
+        for k, cid, body, _ in batch:
+            keys += k
+            args += [cid, body]
+        try:
+            flat = await self._call(keys, args)
+        except UNREACHABLE as e:
+            err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, whatever it is
+            err = e
+        else:
+            self.stats["commit_batches"] += 1
+            self.stats["commit_appends"] += len(batch)
+            for i, (_, _, _, fut) in enumerate(batch):
+                if not fut.done():
+                    fut.set_result((int(flat[2 * i]), bool(flat[2 * i + 1])))
+            return
+        for _, _, _, fut in batch:
+            if not fut.done():
+                fut.set_exception(err)

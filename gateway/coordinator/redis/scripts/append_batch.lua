@@ -1,0 +1,32 @@
+-- Group commit: the appends of one loop turn whose keys share a slot, in order, in one call.
+-- KEYS: log, ids, meta of each append (3 per append). ARGV: keep, then client id and body of each.
+-- Each append is append.lua's: dedup by client id, next seq, XADD with the seq as the id, trim
+-- with the client ids. Returns seq, dup of each append, flat.
+local keep = tonumber(ARGV[1])
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local log, ids, meta = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local cid, body = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local seq, dup = nil, 0
+  if cid ~= '' then
+    local s = redis.call('HGET', ids, cid)
+    if s then seq, dup = tonumber(s), 1 end
+  end
+  if not seq then
+    seq = redis.call('HINCRBY', meta, 'seq', 1)
+    redis.call('XADD', log, seq .. '-1', 'e', body, 'c', cid)
+    if cid ~= '' then redis.call('HSET', ids, cid, seq) end
+    local n = redis.call('XLEN', log)
+    if n > keep then
+      local old = redis.call('XRANGE', log, '-', '+', 'COUNT', n - keep)
+      for _, item in ipairs(old) do
+        local f = item[2]
+        if f[4] ~= '' then redis.call('HDEL', ids, f[4]) end
+        redis.call('XDEL', log, item[1])
+      end
+    end
+  end
+  out[#out + 1] = seq
+  out[#out + 1] = dup
+end
+return out
