@@ -21,7 +21,7 @@ from routing import Router
 from . import auth, replies
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
-from .coordinator import Agent, Conversation, Coordinator
+from .coordinator import Agent, Conversation, Coordinator, StaleState, Unavailable
 from .coordinator.ports import SyncLog
 from .delivery import Delivery
 from .dispatch import Handler, InlineHandler
@@ -46,6 +46,9 @@ from .retry import answered_then
 from .session import Session
 from .subscriptions import subscribe
 
+# How often a `msg` reads the conversation again when its copy was stale (each time another node
+# changed the conversation between the read and the append): past that, the client sends it again.
+STALE_RETRIES = 3
 _NONE: tuple[()] = ()  # no remote participants (most messages on one node): nothing allocated
 
 
@@ -88,8 +91,12 @@ class Handlers:
         return {"msg": self.msg_now}
 
     async def _participant(self, conn: Session, env: Envelope) -> Conversation:
-        """The conversation, read-only, if this connection's user takes part in it."""
-        return _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env.conv))
+        """The conversation as stored now, if this connection's user takes part in it.
+
+        Not the node's cached copy (`peek_conversation`): only `msg` uses that, because only its
+        append checks the copy's version; a reader that was just unassigned must be refused here.
+        """
+        return _taking_part(conn, env, await self.coord.get_conversation(conn.tenant, env.conv))
 
     async def h_open(self, conn: Session, env: Open) -> None:
         if conn.role != "visitor":
@@ -150,21 +157,32 @@ class Handlers:
         self._appended(conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
 
     async def h_msg(self, conn: Session, env: Msg) -> None:
-        """`msg` over a remote log, with this node's dedup cache in front of it."""
-        conv = await self._participant(conn, env)  # 1
+        """`msg` over a remote log, with this node's dedup cache in front of it.
+
+        Steps 1-3 read the node's copy of the conversation and append only if that copy is
+        still the stored state (`if_version`); a stale copy is read again and checked again.
+        """
         cid = env.id
-        # Conversation ids are random and unique across tenants, and the tenant was checked above.
-        # Client ids are the sender's own: the key is (conversation, sender, id).
-        now = _now_ms()
-        seq = self.dedup.get(conv.id, conn.user, cid, now)
-        if seq is not None:  # 2: this node appended it already (and delivered it then)
-            self._appended(conn, conv, env, None, seq, True, None)
-            return
-        if conv.state == "closed":
-            self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
-            return
-        entry = _new_entry(conn, conv, env, now)
-        seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid)  # 3
+        for _ in range(STALE_RETRIES):
+            conv = _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env.conv))  # 1
+            # Conversation ids are random and unique across tenants, and the tenant was checked above.
+            # Client ids are the sender's own: the key is (conversation, sender, id).
+            now = _now_ms()
+            seq = self.dedup.get(conv.id, conn.user, cid, now)
+            if seq is not None:  # 2: this node appended it already (and delivered it then)
+                self._appended(conn, conv, env, None, seq, True, None)
+                return
+            if conv.state == "closed":
+                self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
+                return
+            entry = _new_entry(conn, conv, env, now)
+            try:
+                seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid, if_version=conv.version)  # 3
+            except StaleState:
+                continue  # another node changed it meanwhile: read it again
+            break
+        else:
+            raise Unavailable("the conversation kept changing while this message was sent; send it again")
         self.dedup.put(conv.id, conn.user, cid, seq, now)
         out = Outgoing(entry)
         if dup:

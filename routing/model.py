@@ -25,9 +25,14 @@ class Conversation:
     assigned_us: int = 0
     # The agent that transferred it to a group: not given it back while another agent can take it.
     avoid: str | None = None
+    # The state's version: 0 when created, one more at each save (kept by the store, not in the doc).
+    # An append can be made conditional on it (ConversationLog.append's `if_version`).
+    version: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["version"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Conversation:

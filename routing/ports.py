@@ -35,12 +35,16 @@ class ConversationState(ABC):
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None: ...
 
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        """Like get_conversation, for callers that only read: the result must not be mutated."""
+        """Like get_conversation, for callers that only read: the result must not be mutated.
+
+        It may be a copy this node keeps and be older than the stored state; its `version` says
+        which, and an append made with `if_version` fails if it is not the current one.
+        """
         return await self.get_conversation(tenant, conv_id)
 
     @abstractmethod
     async def save_conversation(self, conv: Conversation) -> None:
-        """Write the state of `conv`; the caller holds its lock."""
+        """Write the state of `conv` (the caller holds its lock); its `version` becomes one more."""
 
     @abstractmethod
     async def open_conversation_of(self, tenant: str, visitor: str) -> str | None:

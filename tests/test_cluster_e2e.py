@@ -269,3 +269,26 @@ async def test_retry_on_another_node_after_close_gets_its_ack(nodes):
     assert again["seq"] == first["seq"] and again["dup"] is True
     await v_b.send({"t": "msg", "conv": conv, "id": "client-2", "text": "after closing", "rid": 7})
     assert (await v_b.next("error", lambda e: e.get("rid") == 7))["code"] == "conflict"
+
+
+async def test_a_node_with_an_old_copy_of_the_conversation_never_delivers_to_the_old_agent(nodes):
+    """Node A serves the visitor and keeps its copy of the conversation; the agent transfers it on
+    node B. A's next append finds its copy stale (the state's version moved), reads it again, and
+    delivers to the new agent only (docs/cluster.md, step 2b)."""
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    first = await online(b_node, tenant, "old-agent", 1)
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await first.next("assigned", lambda e: e["conv"] == conv)
+    before = await visitor.msg(conv, "to the first agent")  # A now holds a copy naming old-agent
+    await first.next("msg", lambda e: e["seq"] == before["seq"])
+    second = await online(b_node, tenant, "new-agent", 1)
+    await first.request({"t": "transfer", "conv": conv, "to": "new-agent"}, "unassigned")
+    await second.next("assigned", lambda e: e["conv"] == conv)
+    after = await visitor.msg(conv, "after the transfer")
+    got = await second.next("msg", lambda e: e["seq"] == after["seq"])
+    assert got["text"] == "after the transfer"
+    # The old agent is told nothing more of it: the ping's answer comes after anything queued before it.
+    await first.request({"t": "ping"}, "pong")
+    assert not [e for e in first.seen if e.get("t") == "msg" and e.get("seq") == after["seq"]]

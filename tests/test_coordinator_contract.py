@@ -71,6 +71,27 @@ async def test_appends_in_one_loop_turn_each_get_their_own_answer(coord):
     assert [e["text"] for e in entries] == ["c10", "c11", "c12"]
 
 
+async def test_state_versions_and_conditional_appends(coord):
+    """Created at version 0, one more per save; an append with a stale `if_version` appends nothing."""
+    from gateway.coordinator import StaleState
+
+    await coord.create_conversation(conv())
+    assert (await coord.get_conversation("t", "c1")).version == 0
+    seen = await coord.peek_conversation("t", "c1")
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "a"}, "a", if_version=seen.version) == (1, False)
+    c = await coord.get_conversation("t", "c1")
+    c.state, c.agent = "assigned", "a1"
+    async with coord.lock("t", "c1"):
+        await coord.save_conversation(c)
+    assert c.version == 1 and (await coord.get_conversation("t", "c1")).version == 1
+    with pytest.raises(StaleState):
+        await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "b"}, "b", if_version=0)
+    assert await coord.last_seq("t", "c1") == 1 and await coord.seq_of("t", "c1", "v1", "b") is None
+    fresh = await coord.peek_conversation("t", "c1")  # a stale copy was dropped: read again
+    assert (fresh.version, fresh.agent) == (1, "a1")
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "b"}, "b", if_version=1) == (2, False)
+
+
 async def test_two_senders_reusing_each_others_client_ids_are_two_messages(coord):
     """Issue 10, item 4: the visitor sends id "1", then the agent sends a different id "1"."""
     await coord.create_conversation(conv())

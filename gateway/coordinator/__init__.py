@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Agent, Conversation, Coordinator, Unavailable
+from .base import Agent, Conversation, Coordinator, StaleState, Unavailable
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Agent", "Conversation", "Coordinator", "Unavailable", "make_coordinator"]
+__all__ = ["Agent", "Conversation", "Coordinator", "StaleState", "Unavailable", "make_coordinator"]
 
 
 def make_coordinator(cfg: Config) -> Coordinator:

@@ -33,7 +33,7 @@ from .ports import (
 )
 
 __all__ = ["Agent", "AgentsAndQueue", "Conversation", "ConversationLog", "ConversationState", "Coordinator",
-           "DeliveryHandler", "Locks", "NodeBus", "Presence", "SyncLog", "Unavailable", "idempotency_key"]
+           "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "SyncLog", "Unavailable", "idempotency_key"]
 
 
 def idempotency_key(sender: str, client_id: str) -> str:
@@ -46,6 +46,10 @@ def idempotency_key(sender: str, client_id: str) -> str:
 
 class Unavailable(Exception):
     """Shared state can't be reached; the node refuses new work instead of guessing."""
+
+
+class StaleState(Exception):
+    """A conditional append (`if_version`) found the conversation changed since it was read."""
 
 
 class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence):

@@ -32,11 +32,14 @@ class ConversationLog(ABC):
     """Each conversation's append-only log: seq 1, 2, 3, ...; idempotent per (sender, client id)."""
 
     @abstractmethod
-    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
+                     if_version: int | None = None) -> tuple[int, bool]:
         """Append entry (its `seq` is set here); returns (seq, duplicate).
 
         With a `client_id`, an entry whose sender (`entry["from"]`) already appended that id
         is not appended again: the answer is the first seq and duplicate=True.
+        With `if_version`, nothing is appended unless the conversation's state is still at that
+        version (`Conversation.version`): else `StaleState`, and the caller reads it again.
         """
 
     @abstractmethod

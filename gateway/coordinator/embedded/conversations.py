@@ -47,6 +47,7 @@ class MemoryConversations(ConversationState):
     async def save_conversation(self, conv: Conversation) -> None:
         key = (conv.tenant, conv.id)
         old = self._convs.get(key)
+        conv.version = old.version + 1 if old else 0
         self._convs[key] = conv.copy()
         self._track(old, conv)
         if conv.state == "closed" and self._open_of.get((conv.tenant, conv.visitor)) == conv.id:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from ..base import StaleState
 from ..ports import ConversationLog
 
 _pack = orjson.dumps
@@ -32,6 +33,7 @@ class MemoryLog(ConversationLog):
     """The logs, by (tenant, conversation); a conversation's log is made when it is created."""
 
     _keep: int
+    _convs: dict[tuple[str, str], Any]  # the conversations' state (conversations.py), for `if_version`
 
     def _init_logs(self, history_keep: int) -> None:
         self._keep = history_keep
@@ -40,7 +42,12 @@ class MemoryLog(ConversationLog):
     def _new_log(self, key: tuple[str, str]) -> None:
         self._logs[key] = _Log()
 
-    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
+                     if_version: int | None = None) -> tuple[int, bool]:
+        if if_version is not None:
+            conv = self._convs.get((tenant, conv_id))
+            if conv is not None and conv.version != if_version:
+                raise StaleState(f"conversation {conv_id} is at version {conv.version}, not {if_version}")
         seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
         return seq, dup
 

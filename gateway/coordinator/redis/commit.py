@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from ..base import Unavailable, idempotency_key
+from ..base import StaleState, Unavailable, idempotency_key
 from .errors import UNREACHABLE
 
-# One pending append: its three keys, its client-id key ('' for none), its body, and the future
-# its caller waits on.
-_Pending = tuple[list[str], str, bytes, "asyncio.Future[tuple[int, bool]]"]
+# One pending append: its three keys, its client-id key ('' for none), its body, the state version
+# it requires ('' for none), and the future its caller waits on.
+_Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool]]"]
 
 
 class GroupCommit:
@@ -41,11 +41,13 @@ class GroupCommit:
         stats.setdefault("commit_batches", 0)
         stats.setdefault("commit_appends", 0)
 
-    async def append(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any]) -> tuple[int, bool]:
+    async def append(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any],
+                     if_version: int | None = None) -> tuple[int, bool]:
+        """(seq, duplicate) once Redis has the entry; StaleState if `if_version` is not the state's."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
         cid = "" if client_id is None else idempotency_key(sender, client_id)
-        self._pending.append((keys, cid, orjson.dumps(body), fut))
+        self._pending.append((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._commit)
@@ -65,9 +67,9 @@ class GroupCommit:
     async def _run(self, batch: list[_Pending]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._keep]
-        for k, cid, body, _ in batch:
+        for k, cid, body, version, _ in batch:
             keys += k
-            args += [cid, body]
+            args += [cid, body, version]
         try:
             flat = await self._call(keys, args)
         except UNREACHABLE as e:
@@ -77,10 +79,15 @@ class GroupCommit:
         else:
             self.stats["commit_batches"] += 1
             self.stats["commit_appends"] += len(batch)
-            for i, (_, _, _, fut) in enumerate(batch):
-                if not fut.done():
-                    fut.set_result((int(flat[2 * i]), bool(flat[2 * i + 1])))
+            for i, (*_, fut) in enumerate(batch):
+                seq, dup = int(flat[2 * i]), int(flat[2 * i + 1])
+                if fut.done():
+                    continue
+                if seq < 0:
+                    fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
+                else:
+                    fut.set_result((seq, bool(dup)))
             return
-        for _, _, _, fut in batch:
+        for *_, fut in batch:
             if not fut.done():
                 fut.set_exception(err)

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import orjson
+from cachetools import LRUCache
 
 from ..base import Conversation, Unavailable
 from .errors import available_errors
 from .keys import q
 from .locks import FENCE
 
+# Conversations this node serves, kept between messages (docs/cluster.md, step 2b): the `msg`
+# path reads them here instead of from Redis; a copy older than the stored state fails the
+# append (its version) and is read again.
+CACHED_CONVERSATIONS = 100_000
+
 
 class RedisConversations:
     """The `ConversationState` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
     the registered scripts and the key builders (keys.py)."""
+
+    _cache: LRUCache[tuple[str, str], Conversation]
+
+    def _forget(self, tenant: str, conv_id: str) -> None:
+        self._cache.pop((tenant, conv_id), None)
 
     @available_errors
     async def create_conversation(self, conv: Conversation) -> Conversation:
@@ -20,22 +31,43 @@ class RedisConversations:
         if not await self.r.set(self._ck(conv.tenant, conv.id, "doc"), doc, nx=True):
             raise ValueError(f"conversation {conv.id} exists")
         await self.r.set(self._vk(conv.tenant, conv.visitor, "open"), conv.id)
+        conv.version = 0
+        self._cache[(conv.tenant, conv.id)] = conv.copy()
         return conv
 
     @available_errors
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        raw = await self.r.get(self._ck(tenant, conv_id, "doc"))
-        return Conversation.from_dict(orjson.loads(raw)) if raw else None
+        async with self.r.pipeline(transaction=False) as p:  # one slot: the doc and its version together
+            p.get(self._ck(tenant, conv_id, "doc"))
+            p.hget(self._ck(tenant, conv_id, "meta"), "ver")
+            raw, ver = await p.execute()
+        if not raw:
+            return None
+        conv = Conversation.from_dict(orjson.loads(raw))
+        conv.version = int(ver or 0)
+        return conv
+
+    async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
+        """This node's copy when it has one (it may be older than Redis's: see `version`)."""
+        conv = self._cache.get((tenant, conv_id))
+        if conv is None:
+            conv = await self.get_conversation(tenant, conv_id)
+            if conv is not None:
+                self._cache[(tenant, conv_id)] = conv
+        return conv
 
     @available_errors
     async def save_conversation(self, conv: Conversation) -> None:
         old = await self.get_conversation(conv.tenant, conv.id)
-        ok = await self._save_s(
+        version = await self._save_s(
             keys=[self._ck(conv.tenant, conv.id, "doc"), self._ck(conv.tenant, conv.id, "meta")],
             args=[orjson.dumps(conv.to_dict()), FENCE.get()],
         )
-        if not ok:
+        if version < 0:
+            self._forget(conv.tenant, conv.id)
             raise Unavailable("lost the conversation lock to another node (stale fencing token)")
+        conv.version = int(version)
+        self._cache[(conv.tenant, conv.id)] = conv.copy()
         if old and old.agent and (old.agent != conv.agent or conv.state != "assigned"):
             await self.r.srem(self._ak(conv.tenant, "convs:" + q(old.agent)), conv.id)
         if conv.agent and conv.state == "assigned":

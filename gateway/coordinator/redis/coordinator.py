@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from cachetools import LRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -15,7 +16,7 @@ from ..base import Coordinator, DeliveryHandler, Unavailable
 from .agents import RedisAgentsAndQueue
 from .bus import RedisNodeBus
 from .commit import GroupCommit
-from .conversations import RedisConversations
+from .conversations import CACHED_CONVERSATIONS, RedisConversations
 from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
@@ -59,6 +60,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
         self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0}
         self.r: Any = None
+        self._cache = LRUCache(CACHED_CONVERSATIONS)
 
     def _client(self) -> Any:
         kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}

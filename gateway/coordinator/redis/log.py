@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ..base import idempotency_key
+from ..base import StaleState, idempotency_key
 from .commit import GroupCommit
 from .errors import available_errors
 
@@ -16,12 +17,18 @@ class RedisLog:
     the registered scripts and the key builders (keys.py)."""
 
     _commit: GroupCommit
+    _forget: Callable[[str, str], None]  # drop a conversation's cached state (conversations.py)
 
-    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool]:
+    async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
+                     if_version: int | None = None) -> tuple[int, bool]:
         """Queued for this loop turn's group commit (commit.py); returns once Redis has it."""
         body = {k: v for k, v in entry.items() if k != "seq"}
         keys = [self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")]
-        seq, dup = await self._commit.append(keys, entry.get("from", ""), client_id, body)
+        try:
+            seq, dup = await self._commit.append(keys, entry.get("from", ""), client_id, body, if_version)
+        except StaleState:
+            self._forget(tenant, conv_id)  # the caller reads the state again
+            raise
         entry["seq"] = seq
         return seq, dup
 

@@ -1,14 +1,20 @@
 -- Group commit: the appends of one loop turn whose keys share a slot, in order, in one call.
--- KEYS: log, ids, meta of each append (3 per append). ARGV: keep, then client id and body of each.
--- Each append is append.lua's: dedup by client id, next seq, XADD with the seq as the id, trim
--- with the client ids. Returns seq, dup of each append, flat.
+-- KEYS: log, ids, meta of each append (3 per append). ARGV: keep, then the client id, body and
+-- expected state version ('' for none) of each. Each append: unless the conversation's state has
+-- moved past the expected version, dedup by client id, next seq, XADD with the seq as the id, trim
+-- with the client ids. Returns seq, dup of each append, flat; seq -1 and the current version when
+-- the state had moved (nothing appended).
 local keep = tonumber(ARGV[1])
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
   local log, ids, meta = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local cid, body = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local cid, body, ev = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
   local seq, dup = nil, 0
-  if cid ~= '' then
+  if ev ~= '' then
+    local v = redis.call('HGET', meta, 'ver') or '0'
+    if v ~= ev then seq, dup = -1, tonumber(v) end
+  end
+  if not seq and cid ~= '' then
     local s = redis.call('HGET', ids, cid)
     if s then seq, dup = tonumber(s), 1 end
   end
