@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 import time
 
 import aiohttp
 import pytest
+import redis
+import redis.cluster
+import websockets
 
 from .redis_support import RedisServer, free_port, start_cluster, wait_cluster_ok
 from .support import Client, uid, wait_for
@@ -292,3 +296,39 @@ async def test_a_node_with_an_old_copy_of_the_conversation_never_delivers_to_the
     # The old agent is told nothing more of it: the ping's answer comes after anything queued before it.
     await first.request({"t": "ping"}, "pong")
     assert not [e for e in first.seen if e.get("t") == "msg" and e.get("seq") == after["seq"]]
+
+
+async def test_a_connection_storm_reaps_no_node_and_exhausts_no_pool(nodes):
+    """Hundreds of visitors connect to two nodes at once and leave at once (issue 12's storm, scaled to
+    the suite): every one is welcomed, no node is taken for dead, no Redis pool runs dry, the nodes
+    stay ready, and afterwards nobody is present. The node heartbeat runs on its own thread and
+    connection; presence changes go to Redis in one pipeline per loop turn."""
+    from gateway import auth
+
+    gws = nodes()
+    tenant = uid("t")
+    n = 300
+
+    async def visitor(i: int):
+        gw = gws[i % 2]
+        token = auth.mint(gw.secret, tenant=tenant, user=f"storm-{i}", role="visitor")
+        ws = await websockets.connect(f"{gw.ws_url}?v=1&token={token}", open_timeout=30)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert welcome["t"] == "welcome"
+        return ws
+
+    conns = await asyncio.gather(*(visitor(i) for i in range(n)))
+    await asyncio.gather(*(ws.close() for ws in conns))
+    for gw in gws:
+        async with aiohttp.ClientSession() as s, s.get(gw.http_url + "/readyz") as r:
+            assert r.status == 200, await r.text()
+    presence = redis.Redis.from_url(gws[0].env["GATEWAY_REDIS_URL"]) if gws[0].env["GATEWAY_REDIS_CLUSTER"] == "false" \
+        else redis.cluster.RedisCluster.from_url(gws[0].env["GATEWAY_REDIS_URL"])
+    try:
+        await wait_for(lambda: not any(presence.hkeys(f"cg:{{p:{tenant}:storm-{i}}}:nodes") for i in range(n)),
+                       what="nobody present after the storm left")
+    finally:
+        presence.close()
+    for gw in gws:
+        out = "".join(gw.output)
+        assert "is gone" not in out and "Too many connections" not in out and "MaxConnectionsError" not in out, out[-2000:]

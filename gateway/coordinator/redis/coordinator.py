@@ -7,7 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from cachetools import LRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -21,9 +23,12 @@ from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
 from .presence import RedisPresence
+from .presence_writes import PresenceWrites
 from .scripts import lua
 
 HEARTBEAT_S = 1.0
+POOL_CONNECTIONS = 64  # Redis connections of one node's pool (the heartbeat and the subscriber have their own)
+POOL_WAIT_S = 5.0
 NODE_TTL_S = 5.0
 
 
@@ -66,12 +71,25 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}
         if self._cluster:
             return RedisCluster.from_url(self._url, **kw)
-        return aioredis.Redis.from_url(self._url, **kw)
+        # A blocking pool: past POOL_CONNECTIONS, a command waits for a free connection (up to
+        # POOL_WAIT_S) instead of failing with MaxConnectionsError, as redis-py's default pool
+        # does at 100 (a storm of welcomes hit it 57,186 times).
+        pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=POOL_CONNECTIONS,
+                                                        timeout=POOL_WAIT_S, **kw)
+        return aioredis.Redis(connection_pool=pool)
+
+    def _sync_client(self) -> Any:
+        """A blocking client for the heartbeat thread (presence.py); the timeouts bound a beat."""
+        kw = {"socket_timeout": self._node_ttl_s, "socket_connect_timeout": self._node_ttl_s}
+        if self._cluster:
+            return redis.cluster.RedisCluster.from_url(self._url, **kw)
+        return redis.Redis.from_url(self._url, **kw)
 
     # lifecycle
     async def start(self) -> None:
         self.r = self._client()
         s = self.r.register_script
+        self._presence = PresenceWrites(self)
         batch = s(lua("append_batch"))
         self._commit = GroupCommit(lambda keys, args: batch(keys=keys, args=args), self._keep,
                                    self.r.keyslot if self._cluster else None, self.stats)
@@ -83,12 +101,16 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._reserve_s = s(lua("reserve"))
         self._release_s = s(lua("release"))
         self._enqueue_s = s(lua("enqueue"))
+        self._beat_client = self._sync_client()
         try:
-            await self._heartbeat_once()
+            await asyncio.to_thread(self._beat)
+            await self._watch_nodes()
         except (RedisError, OSError) as e:
+            self._beat_client.close()
             raise Unavailable(f"redis at {self._url} unreachable: {e}") from None
+        self._start_heartbeat()
         self._tasks.append(asyncio.create_task(self._subscriber()))
-        self._tasks.append(asyncio.create_task(self._every("heartbeat", self._heartbeat_once)))
+        self._tasks.append(asyncio.create_task(self._every("node watch", self._watch_nodes)))
         self._tasks.append(asyncio.create_task(self._flusher()))
         self._tasks.append(asyncio.create_task(self._every("probe", self._probe)))
         await asyncio.wait_for(self._subscribed.wait(), 10)
@@ -107,6 +129,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
 
     async def _stop_tasks(self) -> None:
         self._closing = True
+        await asyncio.to_thread(self._stop_heartbeat)
         pending = set(self._tasks)
         while pending:
             for t in pending:

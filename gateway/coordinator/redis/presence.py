@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
 import msgpack
 
+from ...retry import until_done
 from .errors import available_errors
 from .keys import q
+from .presence_writes import PresenceWrites
 
 log = logging.getLogger("gateway.redis")
 
@@ -17,17 +22,12 @@ class RedisPresence:
     """The `Presence` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
     the registered scripts and the key builders (keys.py)."""
 
-    @available_errors
+    _presence: PresenceWrites
+
     async def set_present(self, tenant: str, user: str, present: bool, role: str = "") -> int:
-        key = self._pk(tenant, user)
-        member = msgpack.packb([tenant, user, role])
-        if present:
-            await self.r.hset(key, self.node_id, role)
-            await self.r.sadd(self._nk(self.node_id), member)
-        else:
-            await self.r.hdel(key, self.node_id)
-            await self.r.srem(self._nk(self.node_id), member)
-        return len(await self._nodes_of(tenant, user))
+        """Batched with the other changes of this loop turn (presence_writes.py)."""
+        holders = await self._presence.write(tenant, user, present, role)
+        return len([n for n in holders if n not in self._dead_nodes])
 
     async def _nodes_of(self, tenant: str, user: str) -> list[str]:
         nodes = [n.decode() for n in await self.r.hkeys(self._pk(tenant, user))]
@@ -43,22 +43,64 @@ class RedisPresence:
     def on_rejoin(self, handler: Callable[[], Awaitable[None]]) -> None:
         self._rejoin = handler
 
-    async def _heartbeat_once(self) -> None:
+    # The heartbeat (step 8a): a thread of its own with a Redis connection of its own, so the
+    # node's liveness doesn't share fate with its event loop (a storm of handshakes kept it busy
+    # for 31 s) or with its connection pool.
+
+    def _start_heartbeat(self) -> None:
+        self._beat_stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        self._beat_thread = threading.Thread(target=self._beat_forever, args=(loop,), name="chatgw-heartbeat",
+                                             daemon=True)
+        self._beat_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        stop = getattr(self, "_beat_stop", None)
+        if stop is not None and not stop.is_set():
+            stop.set()
+            self._beat_thread.join(5)
+            with contextlib.suppress(Exception):
+                self._beat_client.close()
+
+    def _beat_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._beat_stop.wait(self._heartbeat_s):
+            try:
+                cut_off = self._beat()
+            except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                loop.call_soon_threadsafe(self._beat_failed, e)
+                continue
+            if cut_off is not None:
+                loop.call_soon_threadsafe(self._cut_off, *cut_off)
+
+    def _beat(self) -> tuple[float, bool] | None:
+        """Renew our entry in the live-node set; (gap, reaped) when we were cut off, else None."""
         now_ms = int(time.time() * 1000)
-        nodes_key = f"{self._p}:nodes"
         # ZADD counts a new member: our entry was gone, so a reaper removed it (its last step,
         # after our presence) or Redis lost its data. Either way our users must be registered again.
-        added = await self.r.zadd(nodes_key, {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
+        added = self._beat_client.zadd(f"{self._p}:nodes", {self.node_id: now_ms + int(self._node_ttl_s * 1000)})
         reaped = bool(added) and self._beats > 0
         self._beats += 1
         gap = time.monotonic() - self._last_beat
         self._last_beat = time.monotonic()
-        if (gap > self._node_ttl_s or reaped) and self._rejoin is not None:
-            # We were cut off longer than our TTL, or reaped: presence gone, agents marked away.
-            # We are alive, so say again whom we hold (and catch our connections up).
-            log.warning("heartbeat gap of %.1f s (ttl %.1f s)%s: re-registering this node's users", gap,
-                        self._node_ttl_s, ", and we were reaped" if reaped else "")
-            await self._rejoin()
+        return (gap, reaped) if gap > self._node_ttl_s or reaped else None
+
+    def _beat_failed(self, e: Exception) -> None:
+        self.health_state = {"ok": False, "reason": f"heartbeat: {type(e).__name__}: {e}"}
+
+    def _cut_off(self, gap: float, reaped: bool) -> None:
+        """We were cut off longer than our TTL, or reaped: presence gone, agents marked away. We are
+        alive, so say again whom we hold (and catch our connections up)."""
+        if self._rejoin is None or self._closing:
+            return
+        log.warning("heartbeat gap of %.1f s (ttl %.1f s)%s: re-registering this node's users", gap,
+                    self._node_ttl_s, ", and we were reaped" if reaped else "")
+        task = asyncio.ensure_future(until_done(self._rejoin, "re-registration after a gap", lambda: self._closing))
+        self._tasks.append(task)
+
+    async def _watch_nodes(self) -> None:
+        """Which nodes are live, which are dead; reap the dead (one survivor does each)."""
+        now_ms = int(time.time() * 1000)
+        nodes_key = f"{self._p}:nodes"
         live = await self.r.zrangebyscore(nodes_key, now_ms, "+inf")
         self._live_nodes = {n.decode() for n in live}
         dead = [n.decode() for n in await self.r.zrangebyscore(nodes_key, "-inf", now_ms - 1)]
