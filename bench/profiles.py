@@ -22,7 +22,7 @@ QUICK: dict[str, Any] = {
             "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 1.0, "ramp_s": 0.5, "step_s": 3.0,
             "bot_drain_s": 3.0},
     "cluster": {"pairs": 100, "window": 4, "warmup_s": 1.0, "probe_s": 2.5, "fractions": [0.25, 0.5, 0.75], "step_s": 2.0,
-                "drain_s": 1.0},
+                "drain_s": 1.0, "node_counts": [1, 2, 3]},
     # memory-only comparisons in a quick run: the read buffer, the transport, the gateway's bare listener
     "only": {"picows_1k": ["idle"], "picows_uv": ["idle"], "gateway_echo": ["idle"]},
 }
@@ -40,7 +40,7 @@ FULL: dict[str, Any] = {
             "bot_levels": [10, 30, 100], "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 3.0,
             "ramp_s": 1.0, "step_s": 10.0, "bot_drain_s": 5.0},
     "cluster": {"pairs": 500, "window": 4, "warmup_s": 2.0, "probe_s": 10.0, "fractions": [0.1, 0.25, 0.5, 0.75, 0.9],
-                "step_s": 8.0, "drain_s": 3.0},
+                "step_s": 8.0, "drain_s": 3.0, "node_counts": [1, 2, 3]},
     "only": {},
 }
 
@@ -56,7 +56,8 @@ TINY: dict[str, Any] = {
     "bot": {"human_pairs": 10, "human_rate": 200, "window": 2, "drain_s": 1.0, "bot_convs": 4, "bot_levels": [4],
             "tokens": 20, "token_delay_ms": "5-10", "coalesce_ms": 50, "warmup_s": 0.5, "ramp_s": 0.3, "step_s": 1.0,
             "bot_drain_s": 2.0},
-    "cluster": {"pairs": 10, "window": 2, "warmup_s": 0.3, "probe_s": 1.0, "fractions": [0.5], "step_s": 1.0, "drain_s": 1.0},
+    "cluster": {"pairs": 10, "window": 2, "warmup_s": 0.3, "probe_s": 1.0, "fractions": [0.5], "step_s": 1.0, "drain_s": 1.0,
+                "node_counts": [1, 2]},
     "only": {},
 }
 

@@ -320,6 +320,19 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
     if one and pk.get("msgs_per_cpu_s"):
         rows += ["", f"Msgs per gateway CPU-s at peak: cluster {_fmt(pk['msgs_per_cpu_s'])} vs one node with the embedded "
                  f"coordinator {_fmt(one)} (relay, same run): {_fmt(_ratio(pk['msgs_per_cpu_s'], one), 3)}x."]
+    by = r.get("by_nodes") or {}
+    if by:
+        two = (by.get("2") or {}).get("msgs_per_gateway_cpu_s")
+        rows += ["", "By node count (one after the other in this run; with several nodes every message crosses nodes):", "",
+                 "| nodes | peak msg/s | msgs per gateway CPU-s at peak | vs embedded | vs 2 nodes | p99 ms at half of peak | "
+                 "Redis commands/msg at peak / at 25% | Redis us/msg at peak | appends per commit at peak |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for n, b in sorted(by.items(), key=lambda kv: int(kv[0])):
+            per = b.get("msgs_per_gateway_cpu_s")
+            rows.append(f"| {n} | {_fmt(b.get('peak_msgs_per_s'))} | {_fmt(per)} | {_fmt(_ratio(per, one), 3)}x | "
+                        f"{_fmt(_ratio(per, two), 2)}x | {_fmt(b.get('p99_ms_at_half_peak'))} | "
+                        f"{_fmt(b.get('redis_calls_per_msg_at_peak'), 2)} / {_fmt(b.get('redis_calls_per_msg_at_quarter'), 2)} | "
+                        f"{_fmt(b.get('redis_cpu_us_per_msg_at_peak'))} | {_fmt(b.get('appends_per_commit_at_peak'), 1)} |")
     return rows
 
 
@@ -429,6 +442,22 @@ def make_plots(out: Path, results: dict[str, Any]) -> list[Path]:
         fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.1, 1, 1))
         paths.append(out / "idle_memory.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    by = cl.get("by_nodes") if isinstance(cl, dict) else None
+    if by:
+        counts = sorted(by, key=int)
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        a1.plot([int(n) for n in counts], [by[n].get("msgs_per_gateway_cpu_s") or 0 for n in counts], marker="o")
+        a1.set_title("cluster: messages per gateway CPU-s at peak")
+        a2.plot([int(n) for n in counts], [by[n].get("p99_ms_at_half_peak") or 0 for n in counts], marker="o")
+        a2.set_title("cluster: p99 at half of peak (ms)")
+        for ax in (a1, a2):
+            ax.set_xlabel("nodes (one Redis)")
+            ax.set_xticks([int(n) for n in counts])
+            ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        paths.append(out / "cluster_nodes.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     bars = []

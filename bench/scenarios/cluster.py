@@ -1,20 +1,25 @@
-"""cluster: two gateway nodes over one Redis; every message crosses nodes, under rising load.
+"""cluster: 1, 2 and 3 gateway nodes over one Redis (`node_counts`), one after the other in the same run.
+
+With several nodes every message crosses nodes (visitors on node i, their agents on node i+1), under
+rising load; one node over Redis shows what the Redis path costs without the crossing. The main
+result (the tables) is two nodes'; `by_nodes` has each count's peak, msgs per gateway CPU-s, p99 at
+half of peak and Redis commands per message, which the report tables and plots against node count.
 
 The scenario hosts its own processes (HOSTED):
 - one `redis-server` on a free 127.0.0.1 port, no persistence (`save ""`, `appendonly no`), its own
   temporary directory (removed afterwards), stopped with SIGTERM at the end;
-- two gateway nodes (`python -m gateway serve`, GATEWAY_COORDINATOR=redis, GATEWAY_REDIS_URL at it,
-  GATEWAY_BOTS_ENABLED=false, the same GATEWAY_JWT_SECRET and admin token), each waited for until its
-  `/readyz` proves delivery through Redis.
+- for each node count, that many gateway nodes (`python -m gateway serve`, GATEWAY_COORDINATOR=redis,
+  GATEWAY_REDIS_URL at it, GATEWAY_BOTS_ENABLED=false, the same GATEWAY_JWT_SECRET and admin token), each
+  waited for until its `/readyz` proves delivery through Redis, stopped before the next count starts.
 
-Pinning (when the bench pins, i.e. 2+ CPUs): both nodes share the server CPU(s), so together they have
+Pinning (when the bench pins, i.e. 2+ CPUs): all nodes share the server CPU(s), so together they have
 what one node has in the relay scenario and msgs per gateway CPU-s compare with it; redis-server runs on
 the load generator's CPU(s). With 2 CPUs: nodes on CPU 0, Redis and the load generator on CPU 1.
 
-Conversations: half have the visitor on node A and the agent on node B, half the other way round (one
-tenant per direction and worker), so every `msg` is appended by one node (a Lua script in Redis) and
-delivered to the other participant through Redis (`SPUBLISH` to the holder's channel, batched: one
-publish per destination node per flush). Steps as relay: closed-loop probe for the peak, then open-loop
+Conversations: spread over the routes node i -> node i+1 (one tenant per route and worker), so every
+`msg` is appended by one node (group commit: one Lua call per loop turn) and delivered to the other
+participant through Redis (`SPUBLISH` to the holder's channel, batched: one publish per destination
+node per flush). Steps as relay: closed-loop probe for the peak, then open-loop
 steps at fractions of it. Per step: delivered msgs/s, one-way latency across nodes, gateway CPU per
 message (both nodes together, and each), redis-server CPU per message (/proc/PID/stat), Redis commands
 per message (INFO commandstats), and from both nodes' /admin/stats (hub.coordinator): publishes,
@@ -107,7 +112,7 @@ def run(ctx: Context) -> dict[str, Any]:
     p = ctx.params
     if shutil.which("redis-server") is None:
         raise Skipped("redis-server not installed")
-    ctx.need(p["probe_s"] + p["step_s"] * len(p["fractions"]) + 30, "cluster scenario")
+    ctx.need((p["probe_s"] + p["step_s"] * len(p["fractions"]) + 30) * len(p.get("node_counts", [2])), "cluster scenario")
     lg_cpus = ctx.loadgen.cpus
     tmp = tempfile.mkdtemp(prefix="chatgw-bench-redis-")
     redis = None
@@ -121,14 +126,25 @@ def run(ctx: Context) -> dict[str, Any]:
         env = {"GATEWAY_COORDINATOR": "redis", "GATEWAY_REDIS_URL": f"redis://{servers.HOST}:{port}/0",
                "GATEWAY_BOTS_ENABLED": "false", "GATEWAY_JWT_SECRET": secrets.token_urlsafe(32),
                "GATEWAY_ADMIN_TOKEN": secrets.token_urlsafe(32)}
-        for i in range(2):
-            nodes.append(servers.start("gateway", {"heartbeat_s": ctx.profile["heartbeat_s"]}, ctx.server_cpus,
-                                       dict(env, GATEWAY_NODE_ID=f"bench-node-{'ab'[i]}-{ctx.tag}")))
-        for n in nodes:
-            if not _ready(n, 20):
-                raise RuntimeError(f"node on port {n.port} not ready (/readyz) within 20 s: {''.join(n.output[-5:])}")
-        ctx.server, ctx.more_servers, ctx.others = nodes[0], nodes[1:], {"redis": redis.pid}
-        return _measure(ctx, nodes, port)
+        results: dict[int, dict[str, Any]] = {}
+        for count in p.get("node_counts", [2]):
+            nodes = []
+            for i in range(count):
+                nodes.append(servers.start("gateway", {"heartbeat_s": ctx.profile["heartbeat_s"]}, ctx.server_cpus,
+                                           dict(env, GATEWAY_NODE_ID=f"bench-node-{count}{'abc'[i]}-{ctx.tag}")))
+            for n in nodes:
+                if not _ready(n, 20):
+                    raise RuntimeError(f"node on port {n.port} not ready (/readyz) within 20 s: {''.join(n.output[-5:])}")
+            ctx.server, ctx.more_servers, ctx.others = nodes[0], nodes[1:], {"redis": redis.pid}
+            results[count] = _measure(ctx, nodes, port)
+            for n in nodes:
+                code = n.stop()
+                if code not in (0, None, -15):
+                    ctx.log(f"    cluster: node exit code {code}: {''.join(n.output[-5:])}")
+            nodes = []
+        main = results.get(2) or next(iter(results.values()))
+        main["by_nodes"] = {str(k): _by_nodes(v) for k, v in results.items()}
+        return main
     finally:
         for n in nodes:
             code = n.stop()
@@ -141,19 +157,25 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def _measure(ctx: Context, nodes: list[servers.Running], redis_port: int) -> dict[str, Any]:
     p = ctx.params
-    a, b = nodes
+    count = len(nodes)
     pin = (f"nodes on CPU {sorted(ctx.server_cpus)}, redis-server and load generator on CPU {sorted(ctx.loadgen.cpus)}"
            if ctx.server_cpus else "no CPU pinning")
-    ctx.log(f"    cluster: redis on port {redis_port}, nodes A ws {a.port} and B ws {b.port}; {pin}; "
-            f"{p['pairs']} conversations, half A->B, half B->A")
-    half = p["pairs"] // 2
-    ab = open_conversations(ctx, p["pairs"] - half, prefix="ab", tenant="ab", agents_kw={"url": b.url},
-                            visitors_kw={"url": a.url})
-    ba = open_conversations(ctx, half, prefix="ba", tenant="ba", agents_kw={"url": a.url}, visitors_kw={"url": b.url})
-    for s in (ab, ba):
+    # Every message crosses nodes when there are several: visitors on node i, their agents on i+1.
+    routes = [(0, 0)] if count == 1 else [(i, (i + 1) % count) for i in range(count)]
+    ctx.log(f"    cluster: {count} node(s) (ws {', '.join(str(n.port) for n in nodes)}), redis on port {redis_port}; "
+            f"{pin}; {p['pairs']} conversations over {len(routes)} route(s)")
+    setup: dict[str, Any] = {}
+    names = []
+    for k, (v, a) in enumerate(routes):
+        share = p["pairs"] // len(routes) + (1 if k < p["pairs"] % len(routes) else 0)
+        name = f"r{count}{v}{a}"
+        s = open_conversations(ctx, share, prefix=name, tenant=name, agents_kw={"url": nodes[a].url},
+                               visitors_kw={"url": nodes[v].url})
         s.pop("tenant"), s.pop("agent_user")
-    setup: dict[str, Any] = {"visitors_on_a_agents_on_b": ab, "visitors_on_b_agents_on_a": ba, **pair_flows(ctx)}
-    out: dict[str, Any] = {"setup": setup, "window": p["window"], "steps": [], "pinning": pin,
+        setup[f"visitors_on_{v}_agents_on_{a}"] = s
+        names.append(name)
+    setup.update(pair_flows(ctx))
+    out: dict[str, Any] = {"setup": setup, "window": p["window"], "steps": [], "pinning": pin, "node_count": count,
                            "nodes": [{"ws_port": n.port, "pid": n.pid} for n in nodes]}
     if not setup["flows"]:
         out["error"] = f"no flows could be set up: {setup}"
@@ -176,10 +198,22 @@ def _measure(ctx: Context, nodes: list[servers.Running], redis_port: int) -> dic
     out["steps"].append(probe)
     out["node_stats"] = [(n.admin_stats() or {}).get("hub") for n in nodes]
     time.sleep(0.1)
-    out["close"] = {"ab": ctx.close_all("ab_visitors"), "ba": ctx.close_all("ba_visitors", reset_flows=True)}
-    ctx.close_all("ab_agents")
-    ctx.close_all("ba_agents", reset_flows=True)
+    out["close"] = {name: ctx.close_all(f"{name}_visitors", reset_flows=name == names[-1]) for name in names}
+    for name in names:
+        ctx.close_all(f"{name}_agents", reset_flows=name == names[-1])
     return out
+
+
+def _by_nodes(r: dict[str, Any]) -> dict[str, Any]:
+    """One node count's figures for the by-node-count table and plot."""
+    steps = {s.get("fraction_of_peak"): s for s in r.get("steps", [])}
+    peak, half, quarter = steps.get(1.0) or {}, steps.get(0.5) or {}, steps.get(0.25) or {}
+    return {"peak_msgs_per_s": peak.get("msgs_per_s"), "msgs_per_gateway_cpu_s": peak.get("msgs_per_cpu_s"),
+            "p99_ms_at_half_peak": (half.get("latency") or {}).get("p99_ms"),
+            "redis_calls_per_msg_at_peak": peak.get("redis_calls_per_msg"),
+            "redis_calls_per_msg_at_quarter": quarter.get("redis_calls_per_msg"),
+            "redis_cpu_us_per_msg_at_peak": peak.get("redis_cpu_us_per_msg"),
+            "appends_per_commit_at_peak": peak.get("appends_per_commit")}
 
 
 def _line(s: dict[str, Any]) -> str:
