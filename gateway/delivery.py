@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .coordinator import Conversation, Coordinator, Unavailable
-from .protocol import Outgoing
+from .protocol import EncodedEntry, Outgoing
 from .replies import Gap, Reply, Resumed, routed
 from .retry import until_done
 from .session import Session
@@ -69,22 +69,29 @@ class Delivery:
         out = env if isinstance(env, Outgoing) else Outgoing(env)
         remote = [u for u in users if not self.apply(tenant, u, out)]
         if remote:
-            await self.remote(tenant, remote, out.env)
+            await self.remote(tenant, remote, out)
 
-    async def remote(self, tenant: str, users: list[str], env: Any) -> None:
-        """Hand `env` to the nodes holding `users`. Never raises `Unavailable`: what is sent is in the
-        log or already answered, so while shared state is away it is tried again in the background."""
+    async def remote(self, tenant: str, users: list[str], out: Outgoing) -> None:
+        """Hand `out` to the nodes holding `users` (a log entry with its JSON, encoded once). Never raises
+        `Unavailable`: what is sent is in the log or already answered, so while shared state is away
+        it is tried again in the background."""
+        env = out.env
+        encoded = out.json() if type(env) is dict else None
+
+        def send() -> Any:
+            return self.coord.deliver_remote(tenant, users, env, encoded)
+
         try:
-            await self.coord.deliver_remote(tenant, users, env)
+            await send()
         except Unavailable:
-            self._spawn(until_done(lambda: self.coord.deliver_remote(tenant, users, env), "remote delivery"))
+            self._spawn(until_done(send, "remote delivery"))
 
     async def deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
         """Send a log entry to every connection of every participant, at most once and in order."""
         await self.send_to(conv.tenant, conv.participants(), entry)
 
-    async def from_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
-        out = Outgoing(routed(env))
+    async def from_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None) -> None:
+        out = EncodedEntry(env, encoded) if encoded is not None else Outgoing(routed(env))
         for user in users:
             self.apply(tenant, user, out)
 

@@ -192,7 +192,7 @@ class Handlers:
             out = Outgoing(first[0]) if first and first[0]["seq"] == seq else None
         remote = self._appended(conn, conv, env, entry, seq, dup, out)
         if remote:
-            await self.delivery.remote(conv.tenant, list(remote), out.env)  # retried, never an error: acked
+            await self.delivery.remote(conv.tenant, list(remote), out)  # retried, never an error: acked
 
     def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
         """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""

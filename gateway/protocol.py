@@ -60,6 +60,27 @@ class Outgoing:
         return self._msgpack
 
 
+class EncodedEntry(Outgoing):
+    """A log entry that arrived from another node already encoded for JSON clients.
+
+    `env` is only its routing head ({t, conv, seq}: what delivery reads); the JSON is written as
+    it came, and the whole entry is decoded only for a msgpack client.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, head: dict[str, Any], json: bytes):
+        super().__init__(head, json)
+
+    def msgpack(self) -> bytes:
+        if self._msgpack is None:
+            self._msgpack = _msgpack_encode(_json_decode(self._json))
+        return self._msgpack
+
+
+_json_decode = msgspec.json.decode
+
+
 def msgpack_array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))

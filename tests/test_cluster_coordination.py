@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 import pytest
 
 from gateway.coordinator.redis import RedisCoordinator
@@ -37,8 +38,8 @@ async def test_delivery_goes_only_to_the_node_holding_the_user(pair):
     a, b = pair
     got_b: list = []
     got_a: list = []
-    b.on_delivery(lambda t, users, env: got_b.append((t, users, env)))
-    a.on_delivery(lambda t, users, env: got_a.append((t, users, env)))
+    b.on_delivery(lambda t, users, env, encoded: got_b.append((t, users, env)))
+    a.on_delivery(lambda t, users, env, encoded: got_a.append((t, users, env)))
     await b.set_present("t", "agent-1", True, "agent")
     assert await a.is_present("t", "agent-1")
     for i in range(20):
@@ -50,14 +51,27 @@ async def test_delivery_goes_only_to_the_node_holding_the_user(pair):
     assert a.stats["delivered_items"] == 20
 
 
+async def test_an_entry_crosses_nodes_encoded_once(pair):
+    """A log entry sent with its JSON arrives as its routing head and those very bytes."""
+    a, b = pair
+    got: list = []
+    b.on_delivery(lambda t, users, env, encoded: got.append((env, encoded)))
+    await b.set_present("t", "agent-3", True, "agent")
+    entry = {"t": "msg", "conv": "c9", "seq": 7, "id": "x", "from": "v", "role": "visitor", "text": "héllo", "ts": 1}
+    encoded = orjson.dumps(entry)
+    await a.deliver_remote("t", ["agent-3"], entry, encoded)
+    await wait_for(lambda: got, what="the entry on node b")
+    assert got == [({"t": "msg", "conv": "c9", "seq": 7}, encoded)]
+
+
 async def test_queued_deliveries_leave_as_one_publish_per_node(pair):
     a, b = pair
     got: list = []
-    b.on_delivery(lambda t, users, env: got.append(env["seq"]))
+    b.on_delivery(lambda t, users, env, encoded: got.append(env["seq"]))
     await b.set_present("t", "agent-2", True, "agent")
     before = dict(a.stats)
     # What piles up while a publish is in flight is flushed together: one publish for node b.
-    a._outbox["node-b"] = [("t", ["agent-2"], {"t": "msg", "conv": "c", "seq": i}) for i in range(1, 51)]
+    a._outbox["node-b"] = [("t", ["agent-2"], {"t": "msg", "conv": "c", "seq": i}, None) for i in range(1, 51)]
     await a._flush()
     await wait_for(lambda: len(got) == 50, what="50 deliveries")
     assert got == list(range(1, 51))

@@ -332,3 +332,19 @@ async def test_a_connection_storm_reaps_no_node_and_exhausts_no_pool(nodes):
     for gw in gws:
         out = "".join(gw.output)
         assert "is gone" not in out and "Too many connections" not in out and "MaxConnectionsError" not in out, out[-2000:]
+
+
+async def test_an_entry_from_another_node_reaches_a_msgpack_client_whole(nodes):
+    """Entries cross nodes as the JSON their clients get; a msgpack client on the receiving node
+    still gets every field (decoded from that JSON there, once per entry)."""
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    agent = await Client.connect(b_node, "agent", "bin-agent", tenant, binary=True)
+    await agent.request({"t": "status", "status": "online", "capacity": 1}, "status")
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await agent.next("assigned", lambda e: e["conv"] == conv)
+    ack = await visitor.msg(conv, "naïve café ☕", cid="m-1")
+    got = await agent.next("msg", lambda e: e["seq"] == ack["seq"])
+    assert (got["id"], got["text"], got["from"], got["role"], got["conv"]) == \
+        ("m-1", "naïve café ☕", visitor.welcome["user"], "visitor", conv)

@@ -117,16 +117,16 @@ async def test_an_acked_message_whose_delivery_fails_gets_no_second_answer_and_a
         real = coord.deliver_remote
         calls = []
 
-        async def deliver_remote_after_outage(tenant, users, env):
+        async def deliver_remote_after_outage(tenant, users, env, encoded=None):
             calls.append(env)
             if len(calls) == 1:
                 server.stop()
                 try:
-                    await real(tenant, users, env)
+                    await real(tenant, users, env, encoded)
                 finally:
                     server.start()
             else:
-                await real(tenant, users, env)
+                await real(tenant, users, env, encoded)
 
         coord.deliver_remote = deliver_remote_after_outage
         visitor.receive({"t": "msg", "conv": conv, "id": "x1", "text": "hello", "rid": 1})

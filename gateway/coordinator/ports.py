@@ -24,8 +24,10 @@ from routing.ports import AgentsAndQueue, ConversationState, Locks
 __all__ = ["AgentsAndQueue", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
            "Presence", "SyncLog"]
 
-# A remote delivery: (tenant, users, envelope) handed to the node holding them.
-DeliveryHandler = Callable[[str, list[str], dict[str, Any]], Awaitable[None] | None]
+# A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
+# log entry sent encoded, `envelope` is only its routing head {t, conv, seq} and `encoded` the JSON
+# the clients get; else `encoded` is None.
+DeliveryHandler = Callable[[str, list[str], Any, bytes | None], Awaitable[None] | None]
 
 
 class ConversationLog(ABC):
@@ -81,8 +83,12 @@ class NodeBus(ABC):
     """Delivery to the nodes that hold recipients (never a broadcast to every node)."""
 
     @abstractmethod
-    async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
-        """Hand `env` to the nodes that hold `users` but not this node."""
+    async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
+        """Hand `env` to the nodes that hold `users` but not this node.
+
+        `encoded`: a log entry's JSON as its clients get it, when the caller has it; the receiving
+        node writes it as it is (one encoding per entry in the whole cluster).
+        """
 
     @abstractmethod
     def on_delivery(self, handler: DeliveryHandler) -> None:

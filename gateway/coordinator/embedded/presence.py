@@ -12,7 +12,7 @@ class MemoryPresence(NodeBus, Presence):
         self._present: set[tuple[str, str]] = set()
         self._handler: DeliveryHandler | None = None
 
-    async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
+    async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
         return None
 
     def on_delivery(self, handler: DeliveryHandler) -> None:

@@ -14,7 +14,7 @@ from tenacity import AsyncRetrying
 
 from ...retry import backoff
 from ..base import DeliveryHandler
-from .errors import available_errors
+from .lookups import HolderLookups
 
 # Envelopes are reply Structs (gateway/replies.py) or log entries (maps): msgspec writes both.
 _pack = msgspec.msgpack.Encoder().encode
@@ -29,28 +29,29 @@ class RedisNodeBus:
     def on_delivery(self, handler: DeliveryHandler) -> None:
         self._handler = handler
 
-    @available_errors
-    async def deliver_remote(self, tenant: str, users: list[str], env: dict[str, Any]) -> None:
+    _lookups: HolderLookups
+
+    async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
         by_node: dict[str, list[str]] = {}
         if len(users) == 1:
-            holders = [await self.r.hkeys(self._pk(tenant, users[0]))]
+            holders = [await self._lookups.holders(tenant, users[0])]
         else:
-            async with self.r.pipeline(transaction=False) as p:
-                for u in users:
-                    p.hkeys(self._pk(tenant, u))
-                holders = await p.execute()
+            holders = await asyncio.gather(*(self._lookups.holders(tenant, u) for u in users))
         for user, nodes in zip(users, holders, strict=True):
             if not nodes:
                 self.stats["no_holder"] += 1
             for n in nodes:
-                n = n.decode()
                 # Every holder, also one our view still counts as dead: it may be back (it has
                 # re-registered: presence is written only by live nodes and removed by the reaper),
                 # and a publish to a channel nobody hears costs nothing but the publish.
                 if n != self.node_id:
                     by_node.setdefault(n, []).append(user)
+        # An entry travels as its routing head and the JSON its clients get (no decoding and
+        # re-encoding on the other side); anything else as itself.
+        item = (tenant, None, {"t": env["t"], "conv": env["conv"], "seq": env["seq"]}, encoded) if encoded is not None \
+            else (tenant, None, env, None)
         for node, us in by_node.items():
-            self._outbox.setdefault(node, []).append((tenant, us, env))
+            self._outbox.setdefault(node, []).append((item[0], us, item[2], item[3]))
         if by_node:
             self._outbox_ready.set()
 
@@ -137,14 +138,14 @@ class RedisNodeBus:
     async def _on_message(self, data: bytes) -> None:
         items = msgpack.unpackb(data, raw=False)
         self.stats["received_items"] += len(items)
-        for tenant, users, env in items:
+        for tenant, users, env, encoded in items:
             if isinstance(env, dict) and env.get("t") == "_probe":
                 fut = self._probe_waiters.pop(env.get("nonce"), None)
                 if fut and not fut.done():
                     fut.set_result(None)
                 continue
             if self._handler is not None:
-                r = self._handler(tenant, users, env)
+                r = self._handler(tenant, users, env, encoded)
                 if asyncio.iscoroutine(r):
                     await r
 
@@ -154,7 +155,7 @@ class RedisNodeBus:
         fut = asyncio.get_running_loop().create_future()
         self._probe_waiters[nonce] = fut
         try:
-            await self.r.spublish(self._channel(self.node_id), _pack([("", [], {"t": "_probe", "nonce": nonce})]))
+            await self.r.spublish(self._channel(self.node_id), _pack([("", [], {"t": "_probe", "nonce": nonce}, None)]))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives as
             # the probe comes back, and the loop then never stops (a hung shutdown, seen in tests).
             async with asyncio.timeout(2.0):

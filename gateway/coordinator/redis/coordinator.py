@@ -22,6 +22,7 @@ from .conversations import CACHED_CONVERSATIONS, RedisConversations
 from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
+from .lookups import HolderLookups
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
@@ -90,6 +91,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self.r = self._client()
         s = self.r.register_script
         self._presence = PresenceWrites(self)
+        self._lookups = HolderLookups(self)
         batch = s(lua("append_batch"))
         self._commit = GroupCommit(lambda keys, args: batch(keys=keys, args=args), self._keep,
                                    self.r.keyslot if self._cluster else None, self.stats)

@@ -1,0 +1,68 @@
+"""Which nodes hold a user: the lookups of one loop turn in one pipeline (docs/cluster.md, step 6b).
+
+Every message to a participant held elsewhere needs its holders (`HKEYS` of the user's presence
+hash). Asked one by one that is a Redis round trip, and a redis-py call's CPU, per message; here
+the lookups queued during one loop turn leave as one pipeline, each distinct user asked once,
+and every caller gets the answer for its users. The answer is as fresh as a lookup per message:
+it is read after the message was appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..base import Unavailable
+from .errors import UNREACHABLE
+
+
+class HolderLookups:
+    def __init__(self, coord: Any):
+        self._c = coord  # the RedisCoordinator: its client `r` and key builders
+        self._waiting: dict[tuple[str, str], list[asyncio.Future[list[str]]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        coord.stats.setdefault("lookup_batches", 0)
+        coord.stats.setdefault("lookups", 0)
+
+    async def holders(self, tenant: str, user: str) -> list[str]:
+        """The node ids holding `user` (this node included when it does)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[str]] = loop.create_future()
+        self._waiting.setdefault((tenant, user), []).append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send)
+        return await fut
+
+    def _send(self) -> None:
+        self._scheduled = False
+        batch, self._waiting = self._waiting, {}
+        task = asyncio.ensure_future(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: dict[tuple[str, str], list[asyncio.Future[list[str]]]]) -> None:
+        c = self._c
+        try:
+            async with c.r.pipeline(transaction=False) as p:
+                for tenant, user in batch:
+                    p.hkeys(c._pk(tenant, user))
+                replies = await p.execute()
+        except UNREACHABLE as e:
+            err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - every waiter gets the failure, whatever it is
+            err = e
+        else:
+            c.stats["lookup_batches"] += 1
+            c.stats["lookups"] += len(batch)
+            for futs, nodes in zip(batch.values(), replies, strict=True):
+                answer = [n.decode() for n in nodes]
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_result(answer)
+            return
+        for futs in batch.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(err)
