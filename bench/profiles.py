@@ -23,6 +23,9 @@ QUICK: dict[str, Any] = {
             "bot_drain_s": 3.0},
     "cluster": {"pairs": 100, "window": 4, "warmup_s": 1.0, "probe_s": 2.5, "fractions": [0.25, 0.5, 0.75], "step_s": 2.0,
                 "drain_s": 1.0, "node_counts": [1, 2, 3]},
+    # not in the default scenario list: `--scenario storm` (it holds many connections for a while)
+    "storm": {"connections": 20_000, "workers": 2, "open_deadline_s": 120.0, "chat_fraction": 0.01, "settle_s": 2.0,
+              "hold_s": 5.0, "chat_s": 5.0, "chat_rate": 200.0, "window": 2, "drain_s": 1.0, "conc": 200},
     # memory-only comparisons in a quick run: the read buffer, the transport, the gateway's bare listener
     "only": {"picows_1k": ["idle"], "picows_uv": ["idle"], "gateway_echo": ["idle"]},
 }
@@ -41,6 +44,8 @@ FULL: dict[str, Any] = {
             "ramp_s": 1.0, "step_s": 10.0, "bot_drain_s": 5.0},
     "cluster": {"pairs": 500, "window": 4, "warmup_s": 2.0, "probe_s": 10.0, "fractions": [0.1, 0.25, 0.5, 0.75, 0.9],
                 "step_s": 8.0, "drain_s": 3.0, "node_counts": [1, 2, 3]},
+    "storm": {"connections": 100_000, "workers": 6, "open_deadline_s": 300.0, "chat_fraction": 0.01, "settle_s": 5.0,
+              "hold_s": 20.0, "chat_s": 20.0, "chat_rate": 1000.0, "window": 2, "drain_s": 2.0, "conc": 200},
     "only": {},
 }
 
@@ -58,6 +63,8 @@ TINY: dict[str, Any] = {
             "bot_drain_s": 2.0},
     "cluster": {"pairs": 10, "window": 2, "warmup_s": 0.3, "probe_s": 1.0, "fractions": [0.5], "step_s": 1.0, "drain_s": 1.0,
                 "node_counts": [1, 2]},
+    "storm": {"connections": 200, "workers": 2, "open_deadline_s": 30.0, "chat_fraction": 0.05, "settle_s": 0.5,
+              "hold_s": 1.0, "chat_s": 1.0, "chat_rate": 50.0, "window": 2, "drain_s": 1.0, "conc": 50},
     "only": {},
 }
 

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     pin(lg_cpus)  # this process belongs with the load generator
     raise_nofile()
     cap, cap_reason = max_connections()
-    biggest = max([min(n, cap) for n in prof["idle"]["steps"]] + [prof["fanout"]["recipients"], prof["relay"]["pairs"] * 2])
+    biggest = max([min(n, cap) for n in prof["idle"]["steps"]] + [prof["fanout"]["recipients"], prof["relay"]["pairs"] * 2]
+                  + ([prof["storm"]["connections"]] if "storm" in args.scenario.split(",") else []))
     per_worker = LoadGen.per_worker_capacity()
     # One worker per load-generator CPU (several processes on one CPU only add scheduling delay to the
     # latencies), more when the connections need more open files than one process may have.

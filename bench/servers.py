@@ -69,6 +69,9 @@ SERVERS: dict[str, ServerSpec] = {
     for s in [
         ServerSpec("gateway", "gateway (chatgw)", "gateway", lambda o: [sys.executable, "-m", "gateway", "serve"], _gateway_env,
                    "/ws", "python -m gateway serve, embedded coordinator, JSON envelopes"),
+        ServerSpec("gateway_workers", "gateway (chatgw), serve --workers N over Redis", "gateway",
+                   lambda o: [sys.executable, "-m", "gateway", "serve", "--workers", str(o["workers"])], _gateway_env, "/ws",
+                   "N worker processes on the same ports (SO_REUSEPORT), Redis coordinator: the storm scenario"),
         ServerSpec("gateway_echo", "gateway /echo endpoint", "echo", lambda o: [sys.executable, "-m", "gateway", "serve", "--echo"],
                    _gateway_env, "/echo", "the gateway's own listener (Cython Connection on picows) without the hub: "
                    "separates the cost of the connection layer from the chat logic"),

@@ -62,6 +62,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self._probe_waiters: dict[str, asyncio.Future[None]] = {}
+        self._probe_misses = 0  # delivery probes lost in a row (bus.py)
         self._subscribed = asyncio.Event()
         self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
         self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0}
