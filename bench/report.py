@@ -336,6 +336,35 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def storm_table(results: dict[str, Any]) -> list[str]:
+    r, st = _hosted(results, "storm")
+    if r is None:
+        return []
+    if st is not None:
+        return [f"- storm: {st}"]
+    op, emb, hold, chat = r.get("open") or {}, r.get("embedded_open") or {}, r.get("hold") or {}, r.get("chat") or {}
+    lat, leave, ready = chat.get("latency") or {}, r.get("leave") or {}, r.get("readyz") or {}
+    bad = r.get("bad_log_lines") or {}
+    return [
+        f"`serve --workers {r.get('workers')}` over Redis, {_fmt(r.get('connections'))} visitors, heartbeats every "
+        f"{r.get('heartbeat_s')} s.", "",
+        "| figure | workers over Redis | one embedded node, same run |", "|---|---|---|",
+        f"| opened at once | {_fmt(op.get('opened'))} of {_fmt(op.get('requested'))} in {op.get('elapsed_s')} s "
+        f"({_fmt(op.get('rate_per_s'))}/s), {_fmt(op.get('failed'))} failed | {_fmt(emb.get('opened'))} in "
+        f"{emb.get('elapsed_s')} s ({_fmt(emb.get('rate_per_s'))}/s) |",
+        f"| connections per worker CPU-s while opening | {_fmt(op.get('conns_per_cpu_s'))} | {_fmt(emb.get('conns_per_cpu_s'))} |",
+        f"| RSS per connection (summed over the workers) | {hold.get('rss_per_conn_kb')} KB | |",
+        f"| CPU at rest | {hold.get('cpu_at_rest_pct')}% of one CPU | |",
+        f"| {_fmt(chat.get('pairs'))} pairs chatting meanwhile ({_fmt(chat.get('msgs_per_s'))} msg/s) | {_lat(lat)} ms | |",
+        f"| all leave at once | {_fmt(leave.get('clean'))} clean closes in {leave.get('wall_s')} s | |",
+        f"| /readyz ({_fmt(ready.get('polls'))} polls) | {_fmt(ready.get('not_ready_503'))} x 503, "
+        f"{_fmt(ready.get('no_answer_in_5s'))} unanswered in 5 s | |",
+        f"| nodes reaped / pool exhausted / heartbeat gaps (logs) | {bad.get('is gone')} / "
+        f"{(bad.get('Too many connections') or 0) + (bad.get('MaxConnectionsError') or 0)} / {bad.get('heartbeat gap')} | |",
+        f"| presence left in Redis | {r.get('presence_left')} | |",
+    ]
+
+
 def machine_lines(results: dict[str, Any]) -> list[str]:
     meta = results.get("meta", {})
     m = meta.get("machine", {})
@@ -358,7 +387,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
     sc = results.get("scenarios", {})
     for scen, title, fn in (("idle", "Idle connections", idle_table), ("relay", "Relay", relay_table),
                             ("fanout", "Fan-out", fanout_table), ("churn", "Churn", churn_table),
-                            ("bot", "Bots (gateway only)", bot_table), ("cluster", "Cluster (gateway only)", cluster_table)):
+                            ("bot", "Bots (gateway only)", bot_table), ("cluster", "Cluster (gateway only)", cluster_table),
+                            ("storm", "Storm (gateway only)", storm_table)):
         if scen in sc and (rows := fn(results)):
             lines += ["", f"### {title}", "", *rows]
     stubs = [f"- {s}: {r['status']}" for s, r in sc.items() if isinstance(r, dict) and "status" in r]
