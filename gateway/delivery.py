@@ -18,7 +18,7 @@ from .protocol import EncodedEntry, Outgoing
 from .replies import Gap, Reply, Resumed, routed
 from .retry import until_done
 from .session import Session
-from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, unsubscribe
+from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, subscribed_to, unsubscribe
 
 REPLAY_PAGE = 500
 # A replay writes this much, then waits until the client has read it (the transport's write
@@ -100,8 +100,12 @@ class Delivery:
 
     async def catch_up(self, conn: Session, tenant: str, conv_id: str) -> None:
         """Send `conn` what the log has past its cursor on `conv_id`; tried until done or `conn` closes."""
-        await until_done(lambda: self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False),
-                         "catch-up", lambda: conn.closed)
+        async def step() -> None:
+            if conn.closed or not subscribed_to(conn, conv_id):
+                return  # closed, or unsubscribed (unassigned) while waiting to try again: nothing to catch up
+            await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False)
+
+        await until_done(step, "catch-up", lambda: conn.closed)
 
     async def _drained(self, conn: Session) -> bool:
         """Write what `conn` has queued and wait until the client has read it; False if it is gone.
@@ -176,11 +180,14 @@ class Delivery:
                             conn.push(out)
                             last = seq
         except BaseException:
-            if last > start:  # what was pushed before the failure counts: a retry goes on from there
-                subscribe(conn, conv_id, last)
+            if last > start and (tell_gap or subscribed_to(conn, conv_id)):
+                subscribe(conn, conv_id, last)  # what was pushed before the failure counts: a retry goes on from there
             raise
         finally:
             end_replay(conn, conv_id)
-        subscribe(conn, conv_id, last)
+        # A resume subscribes; a catch-up only moves the cursor of a subscription still there (the
+        # agent may have been unassigned while it read).
+        if tell_gap or subscribed_to(conn, conv_id):
+            subscribe(conn, conv_id, last)
         if tell_gap:
             conn.send_env(Resumed(conv_id, last, rid))

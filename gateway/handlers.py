@@ -128,14 +128,17 @@ class Handlers:
             backend = self.bots.backend_for(conv.tenant, group)
             await self._then(lambda: self._bot_started(conv, backend), "bot start")
         else:
-            await self._then(lambda: self.router.joined(conv), "queue drain")  # `queued` logged, `queue` frames
+            await self._then(lambda: self.router.joined(conv), "queue drain",  # `queued` logged, `queue` frames
+                             retry=lambda: self.router.drain_and_tell(conv.tenant, conv.group))
 
     async def _bot_started(self, conv: Conversation, backend: str | None) -> None:
         await self.delivery.deliver(conv, await self._events.event(conv, "bot", backend=backend))
 
-    async def _then(self, step: Any, what: str) -> None:
-        """The rest of a request that has its answer: never a second answer (retry.answered_then)."""
-        await answered_then(step, what, self._spawn)
+    async def _then(self, step: Any, what: str, retry: Any = None) -> None:
+        """The rest of a request that has its answer: never a second answer (retry.answered_then).
+
+        `retry`: what to try again if `step` failed partway and must not be repeated whole."""
+        await answered_then(step, what, self._spawn, retry=retry)
 
     # `msg`: one algorithm (docs/hub.md, "The msg steps"). Steps 1-3 read and append through
     # the log's port, synchronously for an in-process log (`msg_now`) or awaiting a remote one
@@ -164,7 +167,11 @@ class Handlers:
         """
         cid = env.id
         for _ in range(STALE_RETRIES):
-            conv = _taking_part(conn, env, await self.coord.peek_conversation(conn.tenant, env.conv))  # 1
+            conv = await self.coord.peek_conversation(conn.tenant, env.conv)
+            if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
+                # The node's copy may predate this sender's assignment: only the stored state may refuse.
+                conv = await self.coord.get_conversation(conn.tenant, env.conv)
+            conv = _taking_part(conn, env, conv)  # 1
             # Conversation ids are random and unique across tenants, and the tenant was checked above.
             # Client ids are the sender's own: the key is (conversation, sender, id).
             now = _now_ms()
@@ -278,7 +285,8 @@ class Handlers:
             raise ProtocolError("forbidden", "only agents transfer conversations", rid=env.rid)
         conv = await self._participant(conn, env)
         moved = await self.router.transfer(conn.tenant, conv.id, conn.user, env.to, env.group, env.rid)
-        await self._then(lambda: self.router.settle_transfer(moved, conn.user), "transfer")
+        done: set[str] = set()
+        await self._then(lambda: self.router.settle_transfer(moved, conn.user, done), "transfer")
 
     async def h_ping(self, conn: Session, env: Ping) -> None:
         conn.send_env(Pong(env.rid))

@@ -78,6 +78,7 @@ class Hub:
             self.bot_turns.cancel_all()
             await self.bots.close()
         self.lifecycle.stop()
+        self.tasks.cancel_all()
 
     def stats(self) -> dict[str, Any]:
         dedup = self.handlers.dedup

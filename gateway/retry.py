@@ -57,12 +57,14 @@ async def until_done(step: Callable[[], Awaitable[object]], what: str, give_up: 
 
 
 async def answered_then(step: Callable[[], Awaitable[object]], what: str, spawn: Callable[[Awaitable[object]], object],
-                        give_up: Callable[[], bool] = _never) -> None:
+                        give_up: Callable[[], bool] = _never, retry: Callable[[], Awaitable[object]] | None = None) -> None:
     """The rest of a request whose answer was sent: run now; if shared state is away, keep trying in
-    the background (`spawn`). Nothing it raises reaches the client, which has its one answer."""
+    the background (`spawn`) `retry` (default: `step` again; pass the part that may be repeated when
+    `step` must not be, e.g. a drain after a logged event). Nothing reaches the client, which has
+    its one answer."""
     try:
         await step()
     except Unavailable:
-        spawn(until_done(step, what, give_up))
+        spawn(until_done(retry or step, what, give_up))
     except Exception:
         log.exception("%s failed after the request was answered", what)

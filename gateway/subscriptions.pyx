@@ -35,6 +35,11 @@ def unsubscribe(s, conv: str):
         s.sent.pop(conv, None)
 
 
+def subscribed_to(s, conv: str):
+    """Does `s` receive `conv` live?"""
+    return s.sent is not None and conv in s.sent
+
+
 def cursor(s, conv: str):
     """The last seq of `conv` sent to `s` (0 when not subscribed)."""
     sent = s.sent

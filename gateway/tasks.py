@@ -37,5 +37,10 @@ class TaskSet:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
+    def cancel_all(self) -> None:
+        """The node stops: end every task it started (retries of steps after an ack among them)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     def __len__(self) -> int:
         return len(self._tasks)

@@ -57,8 +57,12 @@ class Router:
     async def joined(self, conv: Conversation) -> None:
         """Log `queued` for a conversation `join` placed, then drain its queue."""
         await self.sink.on_queued(conv, "queued")
-        if not await self.drain(conv.tenant, conv.group):
-            await self.sink.on_queue_changed(conv.tenant, conv.group)
+        await self.drain_and_tell(conv.tenant, conv.group)
+
+    async def drain_and_tell(self, tenant: str, group: str) -> None:
+        """Drain the queue; if nobody was assigned, tell the waiting visitors their positions."""
+        if not await self.drain(tenant, group):
+            await self.sink.on_queue_changed(tenant, group)
 
     async def drain(self, tenant: str, group: str) -> int:
         """Assign queue heads while agents have room; returns how many were assigned.
@@ -156,8 +160,9 @@ class Router:
                        rid: Any = None) -> Conversation:
         """Move a conversation to a named agent (who must have room) or to a group's queue.
 
-        `rid` (the transfer request's) goes into the `unassigned` that answers `by`; the caller then
-        calls `settle_transfer` (the request is answered: what follows is not reported to `by`).
+        `rid` (the transfer request's) goes into the `unassigned` that answers `by`, right after the
+        state is saved; the caller then calls `settle_transfer` with a fresh `done` set (the request
+        is answered: what follows is not reported to `by`, and is retried).
         Raises RoutingError: not_participant, forbidden (not `by`'s), conflict (target has no room).
         """
         async with self.coord.lock(tenant, conv_id):
@@ -184,23 +189,40 @@ class Router:
             else:
                 conv.state, conv.agent, conv.group, conv.avoid = "queued", None, group, by
                 await self.coord.save_conversation(conv)
-        await self.coord.release_agent(tenant, by)
         await self.sink.on_unassigned(conv, by, rid)
         return conv
 
-    async def settle_transfer(self, conv: Conversation, by: str) -> None:
-        """After `transfer` answered `by`: the named agent gets the conversation (`conv.agent`), or it
-        goes to the front of its group's queue, which drains; then `by`'s freed slot takes new work."""
+    async def settle_transfer(self, conv: Conversation, by: str, done: set[str]) -> None:
+        """After `transfer` answered `by`: `by`'s slot is released, the named agent gets the
+        conversation (`conv.agent`) or it goes to the front of its group's queue, which drains; then
+        `by`'s freed slot takes new work.
+
+        Tried again from the start when shared state was away: `done` (the caller's, kept between
+        tries) records the steps that took effect, so none is done twice (a slot released twice would
+        undercount the agent's load). A conversation that changed meanwhile (closed, moved again) is
+        not announced.
+        """
         tenant, group, to_agent = conv.tenant, conv.group, conv.agent
-        if to_agent is not None:
-            await self.coord.set_sticky_agent(tenant, conv.visitor, to_agent)
-            await self.sink.on_assigned(conv, "transferred", by)
-        else:
-            async with self.coord.lock(tenant, "queue:" + group):
-                await self.coord.enqueue(tenant, group, conv.id, front=True)
-            await self.sink.on_queued(conv, "transferred")
+        if "release" not in done:
+            await self.coord.release_agent(tenant, by)
+            done.add("release")
+        if "move" not in done:
+            current = await self.coord.get_conversation(tenant, conv.id)
+            if current is None or current.state != conv.state or current.agent != to_agent:
+                done.add("move")  # changed since the transfer: the change announced itself
+            elif to_agent is not None:
+                await self.coord.set_sticky_agent(tenant, conv.visitor, to_agent)
+                await self.sink.on_assigned(current, "transferred", by)
+                done.add("move")
+            else:
+                async with self.coord.lock(tenant, "queue:" + group):
+                    await self.coord.enqueue(tenant, group, conv.id, front=True)
+                await self.sink.on_queued(current, "transferred")
+                done.add("move")
+        if "drain" not in done and to_agent is None:
             if not await self.drain(tenant, group):
                 await self.sink.on_queue_changed(tenant, group)
+            done.add("drain")
         me = await self.coord.get_agent(tenant, by)
         if me:
             await self.agent_changed(me)

@@ -348,3 +348,21 @@ async def test_an_entry_from_another_node_reaches_a_msgpack_client_whole(nodes):
     got = await agent.next("msg", lambda e: e["seq"] == ack["seq"])
     assert (got["id"], got["text"], got["from"], got["role"], got["conv"]) == \
         ("m-1", "naïve café ☕", visitor.welcome["user"], "visitor", conv)
+
+
+async def test_a_node_with_an_old_copy_lets_the_new_agent_write(nodes):
+    """The other half of an old copy: node A's copy names the old agent, and the conversation is
+    transferred on node B to an agent connected to A. A must not refuse the new agent's message
+    with `not_participant` on the strength of its copy (it reads the stored state first)."""
+    a_node, b_node = nodes()
+    tenant = uid("t")
+    old = await online(b_node, tenant, "old-agent-2", 1)
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await old.next("assigned", lambda e: e["conv"] == conv)
+    await visitor.msg(conv, "A keeps a copy naming old-agent-2")
+    new = await online(a_node, tenant, "new-agent-2", 1)
+    await old.request({"t": "transfer", "conv": conv, "to": "new-agent-2"}, "unassigned")
+    await new.next("assigned", lambda e: e["conv"] == conv)
+    ack = await new.msg(conv, "hello from the new agent")
+    assert (await visitor.next("msg", lambda e: e["seq"] == ack["seq"]))["text"] == "hello from the new agent"

@@ -145,3 +145,44 @@ async def test_an_acked_message_whose_delivery_fails_gets_no_second_answer_and_a
         assert len(calls) >= 2 and all(c["id"] == "x1" for c in calls)
     finally:
         await other.close()
+
+
+async def test_a_catch_up_waiting_to_retry_ends_when_the_session_is_unsubscribed(tmp_path):
+    """Unassigned while its catch-up waits for Redis: when Redis is back nothing is replayed to it
+    and it is not subscribed again (the review's scenario: a cursor read afresh would be 0)."""
+    from asyncio import get_running_loop
+
+    from gateway.subscriptions import subscribe, subscribed_to, unsubscribe
+
+    from gateway.coordinator import Conversation
+    from gateway.coordinator.redis import RedisCoordinator
+    from gateway.delivery import Delivery
+    from gateway.tasks import TaskSet
+
+    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
+    coord = RedisCoordinator("n1", server.url, heartbeat_s=0.2, node_ttl_s=1.0)
+    await coord.start()
+    tasks = TaskSet(get_running_loop())
+    try:
+        delivery = Delivery(coord, tasks.spawn)
+        secret = secrets.token_urlsafe(32)
+        session = QueueChannel(None, auth.verify(auth.mint(secret, tenant="t", user="a1", role="agent"), secret), 4000)
+        delivery.users[("t", "a1")] = (session,)
+        await coord.create_conversation(Conversation(id="c1", tenant="t", visitor="v1", group="g"))
+        entries = []
+        for i in range(4):
+            entry = msg_entry("c1", f"m{i}", "v1", "visitor", f"text {i}", int(time.time() * 1000))
+            await coord.append("t", "c1", entry, f"m{i}")
+            entries.append(entry)
+        subscribe(session, "c1", 1)  # it has seq 1
+        server.stop()
+        delivery.apply("t", "a1", Outgoing(entries[-1]))  # seq 4: ahead, a catch-up starts and fails
+        await wait_for(lambda: not coord.health_state.get("ok"), what="Redis seen gone")
+        unsubscribe(session, "c1")  # unassigned meanwhile
+        server.start()
+        await wait_for(lambda: not tasks, what="the catch-up ended")
+        assert session.frames.empty() and not subscribed_to(session, "c1")
+    finally:
+        tasks.cancel_all()
+        await coord.close()
+        server.stop()

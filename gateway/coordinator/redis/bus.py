@@ -10,10 +10,11 @@ from typing import Any
 import msgpack
 import msgspec
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from ...retry import backoff
 from ..base import DeliveryHandler
+from .errors import UNREACHABLE
 from .lookups import HolderLookups
 
 # Envelopes are reply Structs (gateway/replies.py) or log entries (maps): msgspec writes both.
@@ -64,7 +65,7 @@ class RedisNodeBus:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             if self._outbox:
-                async for attempt in AsyncRetrying(wait=backoff(),
+                async for attempt in AsyncRetrying(retry=retry_if_exception_type(UNREACHABLE), wait=backoff(),
                                                    stop=lambda _state: self._closing, reraise=False,
                                                    retry_error_callback=lambda _state: None):
                     with attempt:
@@ -77,12 +78,14 @@ class RedisNodeBus:
                 for node, items in outbox.items():
                     p.spublish(self._channel(node), _pack(items))
                 await p.execute()
-        except BaseException as e:
+        except UNREACHABLE as e:
             for node, items in outbox.items():  # back in front of whatever queued meanwhile
                 self._outbox[node] = items + self._outbox.get(node, [])
-            if isinstance(e, Exception):
-                log.warning("publish to %d nodes failed (%s: %s); trying again", len(outbox), type(e).__name__, e)
+            log.warning("publish to %d nodes failed (%s: %s); trying again", len(outbox), type(e).__name__, e)
             raise
+        except Exception:  # a bug, not an outage: dropped (entries are in the log), never retried forever
+            log.exception("publish to %d nodes failed; %d items dropped", len(outbox), sum(map(len, outbox.values())))
+            return
         self.stats["pipelines"] += 1
         self.stats["published"] += len(outbox)
         self.stats["delivered_items"] += sum(len(v) for v in outbox.values())

@@ -83,7 +83,9 @@ class GroupCommit:
                 seq, dup = int(flat[2 * i]), int(flat[2 * i + 1])
                 if fut.done():
                     continue
-                if seq < 0:
+                if seq == -2:
+                    fut.set_exception(RuntimeError("the append failed inside Redis (append_batch.lua)"))
+                elif seq < 0:
                     fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
                 else:
                     fut.set_result((seq, bool(dup)))

@@ -37,14 +37,18 @@ class RedisConversations:
 
     @available_errors
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        async with self.r.pipeline(transaction=False) as p:  # one slot: the doc and its version together
-            p.get(self._ck(tenant, conv_id, "doc"))
+        # The version first: a save between the two reads then pairs a newer doc with an older
+        # version, which only makes a conditional append fail and read again (never the reverse).
+        async with self.r.pipeline(transaction=False) as p:
             p.hget(self._ck(tenant, conv_id, "meta"), "ver")
-            raw, ver = await p.execute()
+            p.get(self._ck(tenant, conv_id, "doc"))
+            ver, raw = await p.execute()
         if not raw:
             return None
         conv = Conversation.from_dict(orjson.loads(raw))
         conv.version = int(ver or 0)
+        if (tenant, conv_id) in self._cache:  # the node keeps this one: keep it fresh
+            self._cache[(tenant, conv_id)] = conv.copy()
         return conv
 
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:

@@ -78,7 +78,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         # does at 100 (a storm of welcomes hit it 57,186 times).
         pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=POOL_CONNECTIONS,
                                                         timeout=POOL_WAIT_S, **kw)
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes the sockets
 
     def _sync_client(self) -> Any:
         """A blocking client for the heartbeat thread (presence.py); the timeouts bound a beat."""

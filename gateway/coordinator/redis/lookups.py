@@ -51,7 +51,7 @@ class HolderLookups:
                 replies = await p.execute()
         except UNREACHABLE as e:
             err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
-        except Exception as e:  # noqa: BLE001 - every waiter gets the failure, whatever it is
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, cancellation included
             err = e
         else:
             c.stats["lookup_batches"] += 1
@@ -66,3 +66,5 @@ class HolderLookups:
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(err)
+        if isinstance(err, asyncio.CancelledError):
+            raise err

@@ -58,7 +58,7 @@ class RedisPresence:
         stop = getattr(self, "_beat_stop", None)
         if stop is not None and not stop.is_set():
             stop.set()
-            self._beat_thread.join(5)
+            self._beat_thread.join(self._node_ttl_s * 2 + 1)  # longer than a beat's socket timeout
             with contextlib.suppress(Exception):
                 self._beat_client.close()
 
@@ -66,11 +66,13 @@ class RedisPresence:
         while not self._beat_stop.wait(self._heartbeat_s):
             try:
                 cut_off = self._beat()
+                if cut_off is not None:
+                    loop.call_soon_threadsafe(self._cut_off, *cut_off)
+            except RuntimeError:  # the loop is closed: the node is stopping
+                return
             except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any one failure
-                loop.call_soon_threadsafe(self._beat_failed, e)
-                continue
-            if cut_off is not None:
-                loop.call_soon_threadsafe(self._cut_off, *cut_off)
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._beat_failed, e)
 
     def _beat(self) -> tuple[float, bool] | None:
         """Renew our entry in the live-node set; (gap, reaped) when we were cut off, else None."""

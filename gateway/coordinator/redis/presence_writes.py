@@ -67,7 +67,7 @@ class PresenceWrites:
                 replies = await p.execute()
         except UNREACHABLE as e:
             err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
-        except Exception as e:  # noqa: BLE001 - every waiter gets the failure, whatever it is
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, cancellation included
             err = e
         else:
             self.stats["presence_batches"] += 1
@@ -79,3 +79,5 @@ class PresenceWrites:
         for *_, fut in batch:
             if not fut.done():
                 fut.set_exception(err)
+        if isinstance(err, asyncio.CancelledError):
+            raise err

@@ -4,11 +4,12 @@
 -- moved past the expected version, dedup by client id, next seq, XADD with the seq as the id, trim
 -- with the client ids. Returns seq, dup of each append, flat; seq -1 and the current version when
 -- the state had moved (nothing appended).
+-- An append that fails (a Redis error) answers seq -2 and leaves the others' answers alone: a
+-- script is not rolled back, so the appends before it are stored and must be acked.
 local keep = tonumber(ARGV[1])
 local out = {}
-for i = 0, #KEYS / 3 - 1 do
-  local log, ids, meta = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local cid, body, ev = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
+
+local function append(log, ids, meta, cid, body, ev)
   local seq, dup = nil, 0
   if ev ~= '' then
     local v = redis.call('HGET', meta, 'ver') or '0'
@@ -32,6 +33,13 @@ for i = 0, #KEYS / 3 - 1 do
       end
     end
   end
+  return seq, dup
+end
+
+for i = 0, #KEYS / 3 - 1 do
+  local ok, seq, dup = pcall(append, KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3],
+                             ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4])
+  if not ok then seq, dup = -2, 0 end
   out[#out + 1] = seq
   out[#out + 1] = dup
 end
