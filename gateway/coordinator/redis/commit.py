@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from ..base import StaleState, Unavailable, idempotency_key
-from .errors import UNREACHABLE
+from ..base import StaleState, idempotency_key
+from .errors import answer_waiters
 
 # One pending append: its three keys, its client-id key ('' for none), its body, the state version
 # it requires ('' for none), and the future its caller waits on.
@@ -70,26 +70,18 @@ class GroupCommit:
         for k, cid, body, version, _ in batch:
             keys += k
             args += [cid, body, version]
-        try:
-            flat = await self._call(keys, args)
-        except UNREACHABLE as e:
-            err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
-        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, whatever it is
-            err = e
-        else:
-            self.stats["commit_batches"] += 1
-            self.stats["commit_appends"] += len(batch)
-            for i, (*_, fut) in enumerate(batch):
-                seq, dup = int(flat[2 * i]), int(flat[2 * i + 1])
-                if fut.done():
-                    continue
-                if seq == -2:
-                    fut.set_exception(RuntimeError("the append failed inside Redis (append_batch.lua)"))
-                elif seq < 0:
-                    fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
-                else:
-                    fut.set_result((seq, bool(dup)))
+        ok, flat = await answer_waiters([fut for *_, fut in batch], self._call(keys, args))
+        if not ok:
             return
-        for *_, fut in batch:
-            if not fut.done():
-                fut.set_exception(err)
+        self.stats["commit_batches"] += 1
+        self.stats["commit_appends"] += len(batch)
+        for i, (*_, fut) in enumerate(batch):
+            seq, dup = int(flat[2 * i]), int(flat[2 * i + 1])
+            if fut.done():
+                continue
+            if seq == -2:
+                fut.set_exception(RuntimeError("the append failed inside Redis (append_batch.lua)"))
+            elif seq < 0:
+                fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
+            else:
+                fut.set_result((seq, bool(dup)))

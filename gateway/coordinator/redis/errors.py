@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.exceptions import (
@@ -29,6 +30,25 @@ UNREACHABLE = (
     MasterDownError, MaxConnectionsError, RedisClusterException, SlotNotCoveredError, TryAgainError,
     ReadOnlyError,
 )
+
+
+async def answer_waiters(waiters: Iterable[asyncio.Future[Any]], call: Awaitable[Any]) -> tuple[bool, Any]:
+    """Await `call`, a Redis round trip made for the callers waiting on `waiters` (a batch).
+
+    Returns (True, its result); if it fails, every waiter not yet answered gets the failure
+    (`Unavailable` when Redis is away) and (False, None) is returned; a cancellation is passed on
+    to them and then re-raised.
+    """
+    try:
+        return True, await call
+    except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, cancellation included
+        err = Unavailable(f"redis unreachable: {type(e).__name__}: {e}") if isinstance(e, UNREACHABLE) else e
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        return False, None
 
 
 def available_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

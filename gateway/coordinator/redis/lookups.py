@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..base import Unavailable
-from .errors import UNREACHABLE
+from .errors import answer_waiters
 
 
 class HolderLookups:
@@ -44,27 +43,20 @@ class HolderLookups:
 
     async def _run(self, batch: dict[tuple[str, str], list[asyncio.Future[list[str]]]]) -> None:
         c = self._c
-        try:
+
+        async def hkeys() -> list[Any]:
             async with c.r.pipeline(transaction=False) as p:
                 for tenant, user in batch:
                     p.hkeys(c._pk(tenant, user))
-                replies = await p.execute()
-        except UNREACHABLE as e:
-            err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
-        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, cancellation included
-            err = e
-        else:
-            c.stats["lookup_batches"] += 1
-            c.stats["lookups"] += len(batch)
-            for futs, nodes in zip(batch.values(), replies, strict=True):
-                answer = [n.decode() for n in nodes]
-                for fut in futs:
-                    if not fut.done():
-                        fut.set_result(answer)
+                return await p.execute()
+
+        ok, replies = await answer_waiters([f for futs in batch.values() for f in futs], hkeys())
+        if not ok:
             return
-        for futs in batch.values():
+        c.stats["lookup_batches"] += 1
+        c.stats["lookups"] += len(batch)
+        for futs, nodes in zip(batch.values(), replies, strict=True):
+            answer = [n.decode() for n in nodes]
             for fut in futs:
                 if not fut.done():
-                    fut.set_exception(err)
-        if isinstance(err, asyncio.CancelledError):
-            raise err
+                    fut.set_result(answer)

@@ -16,8 +16,7 @@ from typing import Any
 
 import msgpack
 
-from ..base import Unavailable
-from .errors import UNREACHABLE
+from .errors import answer_waiters
 
 _Change = tuple[str, str, bool, str, "asyncio.Future[list[str]]"]  # tenant, user, present, role, holders
 
@@ -52,7 +51,8 @@ class PresenceWrites:
     async def _write(self, batch: list[_Change]) -> None:
         c = self._c
         node_key = c._nk(c.node_id)
-        try:
+
+        async def pipeline() -> list[Any]:
             async with c.r.pipeline(transaction=False) as p:
                 for tenant, user, present, role, _ in batch:
                     key = c._pk(tenant, user)
@@ -64,20 +64,13 @@ class PresenceWrites:
                         p.hdel(key, c.node_id)
                         p.srem(node_key, member)
                     p.hkeys(key)
-                replies = await p.execute()
-        except UNREACHABLE as e:
-            err: BaseException = Unavailable(f"redis unreachable: {type(e).__name__}: {e}")
-        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure, cancellation included
-            err = e
-        else:
-            self.stats["presence_batches"] += 1
-            self.stats["presence_changes"] += len(batch)
-            for i, (*_, fut) in enumerate(batch):
-                if not fut.done():
-                    fut.set_result([n.decode() for n in replies[3 * i + 2]])
+                return await p.execute()
+
+        ok, replies = await answer_waiters([fut for *_, fut in batch], pipeline())
+        if not ok:
             return
-        for *_, fut in batch:
+        self.stats["presence_batches"] += 1
+        self.stats["presence_changes"] += len(batch)
+        for i, (*_, fut) in enumerate(batch):
             if not fut.done():
-                fut.set_exception(err)
-        if isinstance(err, asyncio.CancelledError):
-            raise err
+                fut.set_result([n.decode() for n in replies[3 * i + 2]])
