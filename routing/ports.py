@@ -44,7 +44,7 @@ class ConversationState(ABC):
 
     @abstractmethod
     async def save_conversation(self, conv: Conversation) -> None:
-        """Write the state of `conv` (the caller holds its lock); its `version` becomes one more."""
+        """Write the state of `conv` (the caller holds its lock); its `version` changes to one it never had."""
 
     @abstractmethod
     async def open_conversation_of(self, tenant: str, visitor: str) -> str | None:

@@ -72,7 +72,7 @@ async def test_appends_in_one_loop_turn_each_get_their_own_answer(coord):
 
 
 async def test_state_versions_and_conditional_appends(coord):
-    """Created at version 0, one more per save; an append with a stale `if_version` appends nothing."""
+    """Created at version 0, another at each save; an append with a stale `if_version` appends nothing."""
     from gateway.coordinator import StaleState
 
     await coord.create_conversation(conv())
@@ -83,13 +83,16 @@ async def test_state_versions_and_conditional_appends(coord):
     c.state, c.agent = "assigned", "a1"
     async with coord.lock("t", "c1"):
         await coord.save_conversation(c)
-    assert c.version == 1 and (await coord.get_conversation("t", "c1")).version == 1
+    assert c.version != 0 and (await coord.get_conversation("t", "c1")).version == c.version
     with pytest.raises(StaleState):
         await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "b"}, "b", if_version=0)
     assert await coord.last_seq("t", "c1") == 1 and await coord.seq_of("t", "c1", "v1", "b") is None
     fresh = await coord.peek_conversation("t", "c1")  # a stale copy was dropped: read again
-    assert (fresh.version, fresh.agent) == (1, "a1")
-    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "b"}, "b", if_version=1) == (2, False)
+    assert (fresh.version, fresh.agent) == (c.version, "a1")
+    assert await coord.append("t", "c1", {"t": "msg", "from": "v1", "text": "b"}, "b", if_version=c.version) == (2, False)
+    async with coord.lock("t", "c1"):
+        await coord.save_conversation(c)
+    assert c.version not in (0, fresh.version)  # every save a version it never had
 
 
 async def test_two_senders_reusing_each_others_client_ids_are_two_messages(coord):

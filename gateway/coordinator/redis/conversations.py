@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import orjson
 from cachetools import LRUCache
 
@@ -65,7 +67,7 @@ class RedisConversations:
         old = await self.get_conversation(conv.tenant, conv.id)
         version = await self._save_s(
             keys=[self._ck(conv.tenant, conv.id, "doc"), self._ck(conv.tenant, conv.id, "meta")],
-            args=[orjson.dumps(conv.to_dict()), FENCE.get()],
+            args=[orjson.dumps(conv.to_dict()), FENCE.get(), secrets.randbits(52) + 1],
         )
         if version < 0:
             self._forget(conv.tenant, conv.id)
