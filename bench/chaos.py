@@ -30,114 +30,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import servers
+
 ANSWER_TIMEOUT_S = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_redis(workdir: Path, port: int = 0) -> servers.Aux:
+    """redis-server with AOF (fsync always); started again on the same `port` and data by passing it."""
+    port = port or servers.free_port()
+    return servers.start_aux("redis", ["redis-server", "--port", str(port), "--bind", servers.HOST, "--save", "",
+                                       "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir),
+                                       "--protected-mode", "no", "--daemonize", "no", "--logfile", ""],
+                             None, r"Ready to accept connections", port=port)
 
 
-class Redis:
-    """redis-server with AOF (fsync always), restartable on the same port and data."""
-
-    def __init__(self, workdir: Path):
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if not binary:
-            raise RuntimeError("redis-server is not installed (./dev test installs it)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.workdir), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)  # polling a process we just started: not test synchronisation
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-
-
-@dataclass
-class Node:
-    proc: subprocess.Popen[str]
-    ws_port: int
-    output: list[str] = field(default_factory=list)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def start_node(redis_url: str, secret: str) -> Node:
-    sys.path.insert(0, str(ROOT))
-    from gateway.server import banner_ports
-
-    env = dict(os.environ, GATEWAY_JWT_SECRET=secret, GATEWAY_ADMIN_TOKEN=secrets.token_urlsafe(32),
-               GATEWAY_HTTP_PORT="0", GATEWAY_WS_PORT="0", GATEWAY_HOST="127.0.0.1", GATEWAY_LOG_LEVEL="warning",
-               GATEWAY_BOTS_ENABLED="false", GATEWAY_COORDINATOR="redis", GATEWAY_REDIS_URL=redis_url,
-               GATEWAY_NODE_HEARTBEAT_S="0.2", GATEWAY_NODE_TTL_S="1.0", GATEWAY_RATE_PER_S="1000",
-               GATEWAY_RATE_BURST="1000", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ports: dict[str, int] = {}
-    lines: list[str] = []
-    while len(ports) < 2:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("gateway did not start:\n" + "".join(lines))
-        lines.append(line)
-        ports.update(banner_ports(line))
-    node = Node(proc, ports["websocket"], lines)
-    threading.Thread(target=lambda: [node.output.append(x) for x in proc.stdout], daemon=True).start()
-    return node
+def start_node(redis_url: str, secret: str) -> servers.Running:
+    """A gateway node on the Redis coordinator, beating every 0.2 s (reaped 1 s after a SIGKILL)."""
+    return servers.start("gateway", {"heartbeat_s": 20.0}, None, {
+        "GATEWAY_COORDINATOR": "redis", "GATEWAY_REDIS_URL": redis_url, "GATEWAY_JWT_SECRET": secret,
+        "GATEWAY_NODE_HEARTBEAT_S": "0.2", "GATEWAY_NODE_TTL_S": "1.0", "GATEWAY_RATE_PER_S": "1000",
+        "GATEWAY_RATE_BURST": "1000"})
 
 
 @dataclass
@@ -192,11 +117,11 @@ class Party:
         nodes = self.run.nodes
         for k in range(len(nodes)):
             node = nodes[(self.home + k) % len(nodes)]
-            if not node.alive:
+            if not node.alive():
                 continue
             token = auth.mint(self.run.secret, tenant=self.run.tenant, user=self.name, role=self.role, groups=[self.group])
             try:
-                self.ws = await websockets.connect(f"ws://127.0.0.1:{node.ws_port}/ws?v=1&token={token}", max_size=None)
+                self.ws = await websockets.connect(f"{node.url}?v=1&token={token}", max_size=None)
             except (OSError, websockets.InvalidHandshake):
                 continue
             self.home = (self.home + k) % len(nodes)
@@ -305,8 +230,9 @@ class Chaos:
         self.secret = secrets.token_urlsafe(32)
         self.tenant = f"chaos{seed}"
         self.counts = Counts()
-        self.nodes: list[Node] = []
-        self.redis: Redis | None = None
+        self.nodes: list[servers.Running] = []
+        self.redis: servers.Aux | None = None
+        self._redis_dir: Path | None = None
         self.total = 0
         self.events: list[str] = []
         self._killed = self._stopped = self._restarted = False
@@ -317,7 +243,8 @@ class Chaos:
         if not self._killed and self.counts.acked * 3 >= self.total:
             self._killed = True
             victim = self.nodes[2]
-            victim.kill()
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait()
             self.events.append(f"SIGKILL node 2 after {self.counts.acked} acks")
         elif not self._stopped and self.counts.acked >= self.total - 2 * self.total // self.messages:
             self._stopped = True
@@ -328,15 +255,16 @@ class Chaos:
     def on_refused(self) -> None:
         if self._stopped and not self._restarted and self.counts.retries - self._refused_at_stop >= self.conversations * 4:
             self._restarted = True
-            self.redis.start()
+            self.redis = start_redis(self._redis_dir, self.redis.port)
             self.events.append(f"started again after {self.counts.retries - self._refused_at_stop} refusals")
 
     async def run(self) -> Counts:
         with tempfile.TemporaryDirectory(prefix="chatgw-chaos-") as tmp:
-            self.redis = Redis(Path(tmp))
-            self.redis.start()
+            self._redis_dir = Path(tmp)
+            self.redis = start_redis(self._redis_dir)
             try:
-                self.nodes = [start_node(self.redis.url, self.secret) for _ in range(3)]
+                url = f"redis://{servers.HOST}:{self.redis.port}/0"
+                self.nodes = [start_node(url, self.secret) for _ in range(3)]
                 await self._traffic()
             finally:
                 for n in self.nodes:
