@@ -369,7 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     lower_priority()
     import uvloop
 
-    uvloop.run(_main(int(args[0])))
+    try:
+        uvloop.run(_main(int(args[0])))
+    except KeyboardInterrupt:  # Ctrl-C reaches the node's whole process group: the node stops us too
+        pass
 
 
 if __name__ == "__main__":

@@ -149,7 +149,8 @@ def _checked(env: Envelope, max_text: int) -> Envelope:
     if t == "msg":
         text = env.text
         if len(text) > max_text or (not text and not env.att):
-            raise ProtocolError("bad_field", f"msg: 'text' must be a string of at most {max_text} characters", "text", env.rid)
+            raise ProtocolError("bad_field", f"msg: 'text' must be a string of 1 to {max_text} characters "
+                                "(empty only with attachments)", "text", env.rid)
     elif t == "transfer" and not (env.to or env.group):
         raise ProtocolError("missing_field", "transfer: 'to' or 'group' is required", "to", env.rid)
     return env
@@ -176,6 +177,8 @@ def _explain(e: msgspec.DecodeError, payload: Any, binary: bool | None) -> Proto
             return ProtocolError("bad_field", "rid must be a short string or integer", "rid")
         rid = None
     kind = raw.get("t")
+    if kind is None:
+        return ProtocolError("unknown_kind", "the envelope has no kind: field 't' is required", "t", rid)
     if not isinstance(kind, str) or kind not in KINDS:
         return ProtocolError("unknown_kind", f"unknown envelope kind {kind!r}", "t", rid)
     text = str(e)
