@@ -112,7 +112,7 @@ def run(ctx: Context) -> dict[str, Any]:
     p = ctx.params
     if shutil.which("redis-server") is None:
         raise Skipped("redis-server not installed")
-    ctx.need((p["probe_s"] + p["step_s"] * len(p["fractions"]) + 30) * len(p.get("node_counts", [2])), "cluster scenario")
+    ctx.need((p["probe_s"] + p["step_s"] * len(p["fractions"]) + 10) * len(p.get("node_counts", [2])), "cluster scenario")
     lg_cpus = ctx.loadgen.cpus
     tmp = tempfile.mkdtemp(prefix="chatgw-bench-redis-")
     redis = None
