@@ -118,6 +118,7 @@ def test_visitor_agent_roundtrip(gateway, browser, tmp_path):
 
         # The conversation reaches the agent, who sees the message.
         expect(agent.locator(".conv-item")).to_have_count(1)
+        expect(agent.locator("#load")).to_contain_text("load 1 /")  # the header counts what it holds now
         agent.locator(".conv-item").first.click()
         expect(agent.locator("#thread .msg.them .bubble", has_text=question)).to_be_visible()
 
