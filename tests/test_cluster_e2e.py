@@ -275,18 +275,25 @@ async def test_retry_on_another_node_after_close_gets_its_ack(nodes):
     assert (await v_b.next("error", lambda e: e.get("rid") == 7))["code"] == "conflict"
 
 
+async def _cached_on_a(a_node, b_node, old_name: str):
+    """A visitor on node A with a conversation held by `old_name` on node B, after a message:
+    node A now keeps a copy of the conversation that names `old_name`."""
+    tenant = uid("t")
+    old = await online(b_node, tenant, old_name, 1)
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await old.next("assigned", lambda e: e["conv"] == conv)
+    before = await visitor.msg(conv, f"to {old_name}")
+    await old.next("msg", lambda e: e["seq"] == before["seq"])
+    return tenant, visitor, conv, old
+
+
 async def test_a_node_with_an_old_copy_of_the_conversation_never_delivers_to_the_old_agent(nodes):
     """Node A serves the visitor and keeps its copy of the conversation; the agent transfers it on
     node B. A's next append finds its copy stale (the state's version moved), reads it again, and
     delivers to the new agent only (docs/cluster.md, step 2b)."""
     a_node, b_node = nodes()
-    tenant = uid("t")
-    first = await online(b_node, tenant, "old-agent", 1)
-    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
-    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
-    await first.next("assigned", lambda e: e["conv"] == conv)
-    before = await visitor.msg(conv, "to the first agent")  # A now holds a copy naming old-agent
-    await first.next("msg", lambda e: e["seq"] == before["seq"])
+    tenant, visitor, conv, first = await _cached_on_a(a_node, b_node, "old-agent")
     second = await online(b_node, tenant, "new-agent", 1)
     await first.request({"t": "transfer", "conv": conv, "to": "new-agent"}, "unassigned")
     await second.next("assigned", lambda e: e["conv"] == conv)
@@ -355,12 +362,7 @@ async def test_a_node_with_an_old_copy_lets_the_new_agent_write(nodes):
     transferred on node B to an agent connected to A. A must not refuse the new agent's message
     with `not_participant` on the strength of its copy (it reads the stored state first)."""
     a_node, b_node = nodes()
-    tenant = uid("t")
-    old = await online(b_node, tenant, "old-agent-2", 1)
-    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
-    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
-    await old.next("assigned", lambda e: e["conv"] == conv)
-    await visitor.msg(conv, "A keeps a copy naming old-agent-2")
+    tenant, visitor, conv, old = await _cached_on_a(a_node, b_node, "old-agent-2")
     new = await online(a_node, tenant, "new-agent-2", 1)
     await old.request({"t": "transfer", "conv": conv, "to": "new-agent-2"}, "unassigned")
     await new.next("assigned", lambda e: e["conv"] == conv)
