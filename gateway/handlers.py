@@ -168,7 +168,7 @@ class Handlers:
         cid = env.id
         for _ in range(STALE_RETRIES):
             conv = await self.coord.peek_conversation(conn.tenant, env.conv)
-            if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
+            if not _takes_part(conn, conv):
                 # The node's copy may predate this sender's assignment: only the stored state may refuse.
                 conv = await self.coord.get_conversation(conn.tenant, env.conv)
             conv = _taking_part(conn, env, conv)  # 1
@@ -305,8 +305,12 @@ class Handlers:
         conn.send_env(Refreshed(int(ident.expires), rid))
 
 
+def _takes_part(conn: Session, conv: Conversation | None) -> bool:
+    return conv is not None and (conn.role == "service" or conn.user in conv.participants())
+
+
 def _taking_part(conn: Session, env: Envelope, conv: Conversation | None) -> Conversation:
-    if conv is None or not (conn.role == "service" or conn.user in conv.participants()):
+    if not _takes_part(conn, conv):
         # A conversation of another tenant or another visitor looks exactly like a missing one.
         raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.rid)
     return conv
