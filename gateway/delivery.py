@@ -90,7 +90,7 @@ class Delivery:
         """Send a log entry to every connection of every participant, at most once and in order."""
         await self.send_to(conv.tenant, conv.participants(), entry)
 
-    async def from_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None) -> None:
+    def from_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None) -> None:
         out = EncodedEntry(env, encoded) if encoded is not None else Outgoing(routed(env))
         for user in users:
             self.apply(tenant, user, out)

@@ -26,8 +26,9 @@ __all__ = ["AgentsAndQueue", "ConversationLog", "ConversationState", "DeliveryHa
 
 # A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
 # log entry sent encoded, `envelope` is only its routing head {t, conv, seq} and `encoded` the JSON
-# the clients get; else `encoded` is None.
-DeliveryHandler = Callable[[str, list[str], Any, bytes | None], Awaitable[None] | None]
+# the clients get; else `encoded` is None. Synchronous: deliveries are handled in the order they
+# arrive, as they are read off the subscription.
+DeliveryHandler = Callable[[str, list[str], Any, bytes | None], None]
 
 
 class ConversationLog(ABC):

@@ -9,13 +9,13 @@ from typing import Any
 
 import msgpack
 import msgspec
-from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from ...retry import backoff
 from ..base import DeliveryHandler
 from .errors import UNREACHABLE
 from .lookups import HolderLookups
+from .pipe import Pipe, Pipes
 
 # Envelopes are reply Structs (gateway/replies.py) or log entries (maps): msgspec writes both.
 _pack = msgspec.msgpack.Encoder().encode
@@ -31,6 +31,8 @@ class RedisNodeBus:
         self._handler = handler
 
     _lookups: HolderLookups
+    _pipes: Pipes
+    _sub_pipe: Pipe  # the delivery subscription's connection
 
     async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
         by_node: dict[str, list[str]] = {}
@@ -74,10 +76,10 @@ class RedisNodeBus:
     async def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
         try:
-            async with self.r.pipeline(transaction=False) as p:
-                for node, items in outbox.items():
-                    p.spublish(self._channel(node), _pack(items))
-                await p.execute()
+            # Auto-pipelined (pipe.py): the publishes leave together, with whatever else this loop
+            # turn asks of the same server.
+            await asyncio.gather(*(self._pipes.call(ch, "SPUBLISH", ch, _pack(items))
+                                   for ch, items in ((self._channel(n), i) for n, i in outbox.items())))
         except UNREACHABLE as e:
             for node, items in outbox.items():  # back in front of whatever queued meanwhile
                 self._outbox[node] = items + self._outbox.get(node, [])
@@ -95,14 +97,15 @@ class RedisNodeBus:
         delay = 0.05
         lost = False
         while not self._closing:
-            # A client of its own, made afresh for every attempt: after a cluster restart a
-            # long-lived client can keep stale topology and never subscribe again.
-            client = self._client()
-            pubsub = client.pubsub()
+            # A connection of its own, made afresh for every attempt (after a cluster restart the
+            # channel's slot may live elsewhere); its messages arrive in `_on_push` as they are read.
+            pipe = None
             try:
-                if self._cluster:
-                    await client.initialize()  # learn the slots: ClusterPubSub doesn't on its own
-                await pubsub.ssubscribe(channel)
+                if lost and self._cluster:
+                    await self.r.nodes_manager.initialize()  # learn where the channel's slot is now
+                pipe = self._sub_pipe = self._pipes.dedicated(channel, self._on_push)
+                await pipe.call("SSUBSCRIBE", channel)
+                conn = await pipe.connection()
                 self._subscribed.set()
                 delay = 0.05
                 if lost and self._rejoin is not None:
@@ -111,17 +114,8 @@ class RedisNodeBus:
                     # (a failure here counts as a lost subscription: tried again).
                     await self._rejoin()
                 lost = False
-                while not self._closing:
-                    msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0) \
-                        if hasattr(pubsub, "get_sharded_message") else await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is None or msg.get("type") not in ("smessage", "message"):
-                        continue
-                    try:
-                        await self._on_message(msg["data"])
-                    except (RedisError, OSError):
-                        raise
-                    except Exception:  # a bad message must not end the subscription
-                        log.exception("bad delivery message dropped")
+                await conn.gone
+                raise conn.lost or ConnectionError("subscription closed")
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure (cluster errors are no RedisError): resubscribe
@@ -130,15 +124,26 @@ class RedisNodeBus:
                 self.health_state = {"ok": False, "reason": f"subscription lost: {e}"}
                 log.warning("delivery subscription lost (%s: %s); resubscribing", type(e).__name__, e)
             finally:
-                for closing in (pubsub, client):
-                    try:
-                        await closing.aclose()
-                    except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
-                        pass
+                if pipe is not None:
+                    pipe.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _on_message(self, data: bytes) -> None:
+    def _on_push(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) != 3:
+            return
+        kind = reply[0]
+        if kind == b"smessage":
+            try:
+                self._on_message(reply[2])
+            except Exception:  # a bad message must not end the subscription
+                log.exception("bad delivery message dropped")
+        elif kind == b"sunsubscribe":
+            # The channel's slot moved (resharding): subscribe again where it lives now.
+            log.warning("delivery channel unsubscribed by the server; resubscribing")
+            self._sub_pipe.close()
+
+    def _on_message(self, data: bytes) -> None:
         items = msgpack.unpackb(data, raw=False)
         self.stats["received_items"] += len(items)
         for tenant, users, env, encoded in items:
@@ -148,9 +153,7 @@ class RedisNodeBus:
                     fut.set_result(None)
                 continue
             if self._handler is not None:
-                r = self._handler(tenant, users, env, encoded)
-                if asyncio.iscoroutine(r):
-                    await r
+                self._handler(tenant, users, env, encoded)
 
     async def _probe(self) -> None:
         """Prove end to end delivery: publish to our own channel and receive it."""

@@ -23,6 +23,7 @@ from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
 from .lookups import HolderLookups
+from .pipe import Pipes, Script
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
@@ -93,8 +94,10 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         s = self.r.register_script
         self._presence = PresenceWrites(self)
         self._lookups = HolderLookups(self)
-        batch = s(lua("append_batch"))
-        self._commit = GroupCommit(lambda keys, args: batch(keys=keys, args=args), self._keep,
+        # The message path (appends, holder lookups, publishes, the delivery subscription) goes
+        # through auto-pipelined connections of its own (pipe.py); everything else through redis-py.
+        self._pipes = Pipes(self._url, self.r if self._cluster else None)
+        self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), self._keep,
                                    self.r.keyslot if self._cluster else None, self.stats)
         self._read_s = s(lua("read"))
         self._save_s = s(lua("save"))
@@ -147,6 +150,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             await self.r.zrem(f"{self._p}:nodes", self.node_id)
         except (RedisError, OSError):
             pass
+        self._pipes.close()
         await self.r.aclose()
 
     async def health(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from redis.exceptions import (
     ClusterError,
     MasterDownError,
     MaxConnectionsError,
+    MovedError,
     ReadOnlyError,
     RedisClusterException,
     SlotNotCoveredError,
@@ -28,7 +29,7 @@ from ..base import Unavailable
 UNREACHABLE = (
     RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ClusterDownError, ClusterError,
     MasterDownError, MaxConnectionsError, RedisClusterException, SlotNotCoveredError, TryAgainError,
-    ReadOnlyError,
+    ReadOnlyError, MovedError,  # MOVED: the slot has moved (resharding); nothing ran
 )
 
 

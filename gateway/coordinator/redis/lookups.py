@@ -2,7 +2,7 @@
 
 Every message to a participant held elsewhere needs its holders (`HKEYS` of the user's presence
 hash). Asked one by one that is a Redis round trip, and a redis-py call's CPU, per message; here
-the lookups queued during one loop turn leave as one pipeline, each distinct user asked once,
+the lookups queued during one loop turn leave together (auto-pipelined, pipe.py), each distinct user asked once,
 and every caller gets the answer for its users. The answer is as fresh as a lookup per message:
 it is read after the message was appended.
 """
@@ -44,13 +44,10 @@ class HolderLookups:
     async def _run(self, batch: dict[tuple[str, str], list[asyncio.Future[list[str]]]]) -> None:
         c = self._c
 
-        async def hkeys() -> list[Any]:
-            async with c.r.pipeline(transaction=False) as p:
-                for tenant, user in batch:
-                    p.hkeys(c._pk(tenant, user))
-                return await p.execute()
-
-        ok, replies = await answer_waiters([f for futs in batch.values() for f in futs], hkeys())
+        keys = [c._pk(tenant, user) for tenant, user in batch]
+        # Auto-pipelined (pipe.py): one write with this loop turn's other commands.
+        ok, replies = await answer_waiters([f for futs in batch.values() for f in futs],
+                                           asyncio.gather(*(c._pipes.call(k, "HKEYS", k) for k in keys)))
         if not ok:
             return
         c.stats["lookup_batches"] += 1
