@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .coordinator import Conversation, Coordinator, Unavailable
+from .metrics import METRICS
 from .protocol import EncodedEntry, Outgoing
 from .replies import Gap, Reply, Resumed, routed
 from .retry import until_done
@@ -53,6 +54,7 @@ class Delivery:
             seq = env["seq"]
             for conn in peers:
                 if not offer(conn, conv, seq, out):
+                    METRICS.hot.catch_ups += 1
                     self._spawn(self.catch_up(conn, tenant, conv))
             return True
         kind = env.t

@@ -9,17 +9,19 @@ from prometheus_client.core import CounterMetricFamily
 class Hot:
     """Counters bumped per message: plain integers (no lock, no label lookup), read at scrape time."""
 
-    __slots__ = ("envelopes_in", "messages", "duplicates")
+    __slots__ = ("envelopes_in", "messages", "duplicates", "catch_ups")
     HELP = {
         "envelopes_in": "Envelopes accepted from clients",
         "messages": "Messages appended to conversation logs",
         "duplicates": "Retried messages acked with their first seq",
+        "catch_ups": "Entries that arrived ahead of a connection's cursor, so it was caught up from the log",
     }
 
     def __init__(self) -> None:
         self.envelopes_in = 0
         self.messages = 0
         self.duplicates = 0
+        self.catch_ups = 0
 
     def collect(self):
         for name, doc in self.HELP.items():

@@ -41,7 +41,8 @@ from .base import Context, Skipped
 from .relay import open_conversations, pair_flows, run_step
 
 HOSTED = True  # starts redis-server and two gateway nodes itself
-STATS = ("published", "delivered_items", "pipelines", "received_items", "no_holder", "commit_batches", "commit_appends")
+STATS = ("published", "delivered_items", "pipelines", "received_items", "no_holder", "commit_batches", "commit_appends",
+         "catch_ups")
 
 
 def _ready(srv: servers.Running, timeout: float) -> bool:
@@ -60,7 +61,8 @@ def _ready(srv: servers.Running, timeout: float) -> bool:
 def _coord_stats(nodes: list[servers.Running]) -> list[dict[str, int]]:
     out = []
     for n in nodes:
-        st = ((n.admin_stats() or {}).get("hub") or {}).get("coordinator") or {}
+        hub = (n.admin_stats() or {}).get("hub") or {}
+        st = {**(hub.get("coordinator") or {}), "catch_ups": hub.get("catch_ups", 0)}
         out.append({k: int(st.get(k, 0)) for k in STATS})
     return out
 

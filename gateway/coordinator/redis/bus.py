@@ -67,11 +67,14 @@ class RedisNodeBus:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             if self._outbox:
-                async for attempt in AsyncRetrying(retry=retry_if_exception_type(UNREACHABLE), wait=backoff(),
-                                                   stop=lambda _state: self._closing, reraise=False,
-                                                   retry_error_callback=lambda _state: None):
-                    with attempt:
-                        await self._flush()
+                try:
+                    await self._flush()
+                except UNREACHABLE:  # tenacity only once it failed: setting it up costs as much as a flush
+                    async for attempt in AsyncRetrying(retry=retry_if_exception_type(UNREACHABLE), wait=backoff(),
+                                                       stop=lambda _state: self._closing, reraise=False,
+                                                       retry_error_callback=lambda _state: None):
+                        with attempt:
+                            await self._flush()
 
     async def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}

@@ -37,6 +37,7 @@ class GroupCommit:
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()  # kept: asking costs a getpid() system call on 3.11
         self.stats = stats  # the coordinator's: commit_batches, commit_appends
         stats.setdefault("commit_batches", 0)
         stats.setdefault("commit_appends", 0)
@@ -44,7 +45,7 @@ class GroupCommit:
     async def append(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any],
                      if_version: int | None = None) -> tuple[int, bool]:
         """(seq, duplicate) once Redis has the entry; StaleState if `if_version` is not the state's."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
         cid = "" if client_id is None else idempotency_key(sender, client_id)
         self._pending.append((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
@@ -60,7 +61,7 @@ class GroupCommit:
         for p in pending:
             groups.setdefault(self._slot_of(p[0][0]) if self._slot_of else 0, []).append(p)
         for batch in groups.values():
-            task = asyncio.ensure_future(self._run(batch))
+            task = self._loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

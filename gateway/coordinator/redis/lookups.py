@@ -21,12 +21,13 @@ class HolderLookups:
         self._waiting: dict[tuple[str, str], list[asyncio.Future[list[str]]]] = {}
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()  # kept: asking costs a getpid() system call on 3.11
         coord.stats.setdefault("lookup_batches", 0)
         coord.stats.setdefault("lookups", 0)
 
     async def holders(self, tenant: str, user: str) -> list[str]:
         """The node ids holding `user` (this node included when it does)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[list[str]] = loop.create_future()
         self._waiting.setdefault((tenant, user), []).append(fut)
         if not self._scheduled:
@@ -37,7 +38,7 @@ class HolderLookups:
     def _send(self) -> None:
         self._scheduled = False
         batch, self._waiting = self._waiting, {}
-        task = asyncio.ensure_future(self._run(batch))
+        task = self._loop.create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

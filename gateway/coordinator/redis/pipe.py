@@ -57,8 +57,10 @@ class _Connection(asyncio.Protocol):
         self._scheduled = False
         self._transport: asyncio.Transport | None = None
         self._on_push = on_push  # subscriber connections: every reply past the waiting ones
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11 (its fork check).
+        self._loop = asyncio.get_running_loop()
         self.lost: BaseException | None = None
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set once lost
+        self.gone: asyncio.Future[None] = self._loop.create_future()  # set once lost
         self.replies = 0  # progress, for the watchdog
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,7 +92,7 @@ class _Connection(asyncio.Protocol):
             self.gone.set_result(None)
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         if self.lost is not None:
             fut.set_exception(self.lost)
             return fut
@@ -98,7 +100,7 @@ class _Connection(asyncio.Protocol):
         self._waiting.append(fut)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
