@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
             echo_endpoint=True if args.echo else None,
             coordinator=args.coordinator,
             redis_url=args.redis_url,
+            data_dir=args.data_dir,
         )
     except ConfigError as e:
         print(f"chatgw: configuration refused: {e}", file=sys.stderr)
@@ -32,7 +33,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _workers(args, cfg)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(serve(cfg))
+    from .coordinator import Unavailable
+    from .coordinator.embedded import StoreError
+
+    try:
+        uvloop.run(serve(cfg))
+    except (StoreError, Unavailable) as e:
+        print(f"chatgw: can't start: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a port in use, an address we can't bind
+        print(f"chatgw: can't start: {e.strerror or e} ({cfg.host}, ws port {cfg.ws_port}, http port {cfg.http_port})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -97,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--env", choices=["development", "production"])
     s.add_argument("--coordinator", choices=["embedded", "redis"])
     s.add_argument("--redis-url")
+    s.add_argument("--data-dir", help="embedded: where the node keeps its state (default ./data; none: memory only)")
     s.add_argument("--echo", action="store_true", help="enable the /echo diagnostic endpoint")
     s.add_argument("--workers", type=int, default=1, help="run N nodes on the same ports (SO_REUSEPORT); needs redis")
     s.set_defaults(fn=_serve)

@@ -63,6 +63,11 @@ class Config:
     dedup_window_s: float = 600.0
 
     coordinator: str = "embedded"  # embedded | redis
+    # Embedded: where the node keeps its state (SQLite, docs/store.md); "none" keeps it in memory only
+    # (tests, benchmarks). Relative paths are from the directory the node was started in.
+    data_dir: str = "./data"
+    store_fsync: bool = False  # embedded: ack only once the disk has the entry (synchronous=FULL), not just the OS
+    store_max_mb: int = 0  # embedded: the most the database may grow to (0: no limit); past it, `unavailable`
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration

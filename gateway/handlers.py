@@ -24,7 +24,7 @@ from .conversation_events import ConversationEvents
 from .coordinator import Agent, Conversation, Coordinator, StaleState, Unavailable
 from .coordinator.ports import SyncLog
 from .delivery import Delivery
-from .dispatch import Handler, InlineHandler
+from .dispatch import Handler, InlineHandler, report
 from .envelopes import (
     Close,
     Envelope,
@@ -157,7 +157,12 @@ class Handlers:
             return
         entry = _new_entry(conn, conv, env, _now_ms())
         seq, dup, packed = sync.append_now(conv.tenant, conv.id, entry, env.id)  # 3
-        self._appended(conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
+        args = (conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
+        durable = sync.when_durable
+        if durable is None:
+            self._appended(*args)
+        else:  # 3a: ack, deliver and answer only once this loop turn's entries are on disk
+            durable(self._appended, args, lambda e: report(conn, env, e))
 
     async def h_msg(self, conn: Session, env: Msg) -> None:
         """`msg` over a remote log, with this node's dedup cache in front of it.

@@ -180,7 +180,7 @@ def make_app(node: Node) -> web.Application:
 async def start_http(node: Node) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, node.cfg.host, node.cfg.http_port, reuse_port=True)
+    site = web.TCPSite(runner, node.cfg.host, node.cfg.http_port, reuse_port=node.cfg.coordinator == "redis")
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, port

@@ -68,6 +68,11 @@ class Lifecycle:
 
     def start(self) -> None:
         self._ticker = self._loop.call_later(TICK_S, self._tick)
+        # After a restart on a store, the agents that held conversations are not connected yet:
+        # the same grace period as if they had just left (they keep them if they come back in time).
+        away = getattr(self.coord, "agents_away", None)
+        for tenant, agent in away() if away is not None else ():
+            self._start_grace(tenant, agent)
 
     def stop(self) -> None:
         """Close every connection now (1001 `shutdown`), flushing its close frame."""

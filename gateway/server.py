@@ -86,7 +86,9 @@ class Node:
             enable_auto_ping=False,  # heartbeats run on the hub's timing wheel: no task per connection
             enable_auto_pong=False,  # the listener answers pings, and none after a close (RFC 6455 5.5.1)
             disconnect_on_exception=True,
-            reuse_port=True,
+            # Shared ports only where nodes share state (workers over Redis): two embedded nodes on
+            # one port would each serve part of the visitors from separate states.
+            reuse_port=self.cfg.coordinator == "redis",
             backlog=4096,
             # uvloop's own transport: aiofastnet's (picows' default when installed) costs ~5 KB more
             # per idle connection (bench/README.md, idle scenario), and chat is not bulk throughput.

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +41,11 @@ class Gateway:
     http_port: int
     env: dict[str, str]
     output: list[str] = field(default_factory=list)
+    own_data_dir: str | None = None  # made for this node by start_gateway, removed by stop
+
+    @property
+    def data_dir(self) -> str:
+        return self.env.get("GATEWAY_DATA_DIR", "")
 
     @property
     def ws_url(self) -> str:
@@ -62,6 +69,8 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.own_data_dir:
+            shutil.rmtree(self.own_data_dir, ignore_errors=True)
 
 
 def start_gateway(**settings: Any) -> Gateway:
@@ -79,6 +88,10 @@ def start_gateway(**settings: Any) -> Gateway:
     )
     # Bots answer first by default; most tests are about people, so they opt in (bots_enabled=true).
     env["GATEWAY_BOTS_ENABLED"] = "false"
+    # Each node its own data directory (the embedded default keeps its state on disk), unless given.
+    own = None
+    if "data_dir" not in settings:
+        own = env["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="chatgw-data-")
     for k, v in settings.items():
         env["GATEWAY_CONFIG" if k == "config" else f"GATEWAY_{k.upper()}"] = str(v)
     proc = subprocess.Popen(
@@ -101,8 +114,10 @@ def start_gateway(**settings: Any) -> Gateway:
     ws_port, http_port = ports.get("websocket", 0), ports.get("http", 0)
     if not (ws_port and http_port):
         proc.kill()
+        if own:
+            shutil.rmtree(own, ignore_errors=True)
         raise RuntimeError("gateway did not start:\n" + "".join(lines) + (proc.stdout.read() or ""))
-    gw = Gateway(proc, secret, admin, ws_port, http_port, env, lines)
+    gw = Gateway(proc, secret, admin, ws_port, http_port, env, lines, own)
     # Keep draining its output so a chatty node never blocks on a full pipe.
     import threading
 

@@ -42,10 +42,10 @@ class WsClient:
 
 
 @pytest.fixture
-async def node():
+async def node(tmp_path):
     secret = secrets.token_urlsafe(32)
     cfg = load(env={}, ws_port=0, http_port=0, jwt_secret=secret, admin_token=secrets.token_urlsafe(32),
-               bots_enabled=False, demo=False)
+               bots_enabled=False, demo=False, data_dir=str(tmp_path / "data"))
     n = Node(cfg)
     await n.start()
     try:

@@ -79,6 +79,11 @@ class SyncLog(Protocol):
 
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None: ...
 
+    # With a store on disk: `when_durable(fn, args, failed)` calls fn(*args) once the entries
+    # appended so far are committed, or failed(error) if they can't be (they were taken back).
+    # None where an append is as durable as it gets when append_now returns.
+    when_durable: Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None
+
 
 class NodeBus(ABC):
     """Delivery to the nodes that hold recipients (never a broadcast to every node)."""

@@ -9,9 +9,12 @@ from routing.load_index import make_load_index
 from routing.model import Agent
 
 from ..ports import AgentsAndQueue
+from .store import Store
 
 
 class MemoryAgentsAndQueue(AgentsAndQueue):
+    _store: Store | None
+
     def _init_agents(self) -> None:
         self._agents: dict[tuple[str, str], Agent] = {}
         self._index = make_load_index()
@@ -24,6 +27,8 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
         key = (agent.tenant, agent.id)
         old = self._agents.get(key)
         agent = replace(agent, load=old.load if old else 0)
+        if self._store is not None:
+            self._store.save_agent(agent)
         self._agents[key] = agent
         self._index.upsert(
             self._ikey(agent.tenant, agent.id),
@@ -59,16 +64,29 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
             self._index.release(self._ikey(tenant, agent_id))
 
 
+    def _restore_agent(self, agent: Agent, load: int) -> None:
+        """An agent as the store had it, charged with the `load` conversations it holds."""
+        self._agents[(agent.tenant, agent.id)] = agent = replace(agent, load=0, connected=False)
+        self._index.upsert(self._ikey(agent.tenant, agent.id), [f"{agent.tenant}\0{g}" for g in agent.groups],
+                           agent.capacity, agent.available)
+        for _ in range(load):
+            self._agents[(agent.tenant, agent.id)].load += 1
+            self._index.force_acquire(self._ikey(agent.tenant, agent.id))
+
     # queues
     async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None:
         q = self._queues.setdefault((tenant, group), deque())
         if conv_id in q:
             return
+        if self._store is not None:
+            self._store.enqueue(tenant, group, conv_id, front)
         q.appendleft(conv_id) if front else q.append(conv_id)
 
     async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool:
         q = self._queues.get((tenant, group))
         if q and conv_id in q:
+            if self._store is not None:
+                self._store.dequeue(tenant, group, conv_id)
             q.remove(conv_id)
             return True
         return False

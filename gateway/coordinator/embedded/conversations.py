@@ -7,6 +7,7 @@ from collections.abc import Callable
 from routing.model import Conversation
 
 from ..ports import ConversationState
+from .store import Store
 
 
 class MemoryConversations(ConversationState):
@@ -16,6 +17,7 @@ class MemoryConversations(ConversationState):
     """
 
     _new_log: Callable[[tuple[str, str]], None]
+    _store: Store | None
 
     def _init_conversations(self) -> None:
         self._convs: dict[tuple[str, str], Conversation] = {}
@@ -27,6 +29,8 @@ class MemoryConversations(ConversationState):
         key = (conv.tenant, conv.id)
         if key in self._convs:
             raise ValueError(f"conversation {conv.id} exists")
+        if self._store is not None:
+            self._store.save_conversation(conv, 0)  # written ahead: Unavailable leaves nothing behind
         self._convs[key] = conv.copy()
         self._new_log(key)
         self._open_of[(conv.tenant, conv.visitor)] = conv.id
@@ -47,11 +51,21 @@ class MemoryConversations(ConversationState):
     async def save_conversation(self, conv: Conversation) -> None:
         key = (conv.tenant, conv.id)
         old = self._convs.get(key)
-        conv.version = old.version + 1 if old else 0
+        version = old.version + 1 if old else 0
+        if self._store is not None:
+            self._store.save_conversation(conv, version)
+        conv.version = version
         self._convs[key] = conv.copy()
         self._track(old, conv)
         if conv.state == "closed" and self._open_of.get((conv.tenant, conv.visitor)) == conv.id:
             del self._open_of[(conv.tenant, conv.visitor)]
+
+    def _restore_conversation(self, conv: Conversation) -> None:
+        """A conversation as the store had it (its log is restored by the log's module)."""
+        self._convs[(conv.tenant, conv.id)] = conv
+        if conv.state != "closed":
+            self._open_of[(conv.tenant, conv.visitor)] = conv.id
+        self._track(None, conv)
 
     def _track(self, old: Conversation | None, new: Conversation) -> None:
         if old and old.agent:
@@ -69,5 +83,7 @@ class MemoryConversations(ConversationState):
         return self._sticky.get((tenant, visitor))
 
     async def set_sticky_agent(self, tenant: str, visitor: str, agent: str) -> None:
+        if self._store is not None:
+            self._store.save_sticky(tenant, visitor, agent)
         self._sticky[(tenant, visitor)] = agent
 

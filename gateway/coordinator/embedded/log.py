@@ -6,13 +6,16 @@ the client-id map is trimmed with the log, so a retry is answered exactly while 
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..base import StaleState
 from ..ports import ConversationLog
+from .store import Store
 
 _pack = orjson.dumps
 _unpack = orjson.loads
@@ -34,6 +37,7 @@ class MemoryLog(ConversationLog):
 
     _keep: int
     _convs: dict[tuple[str, str], Any]  # the conversations' state (conversations.py), for `if_version`
+    _store: Store | None  # the node's database (store.py); None: memory only
 
     def _init_logs(self, history_keep: int) -> None:
         self._keep = history_keep
@@ -42,6 +46,21 @@ class MemoryLog(ConversationLog):
     def _new_log(self, key: tuple[str, str]) -> None:
         self._logs[key] = _Log()
 
+    def _restore_log(self, key: tuple[str, str], last_seq: int, kept: list[tuple[int, str, str | None, bytes]]) -> None:
+        """A log as the store had it: its newest entries in memory, the seqs going on after `last_seq`."""
+        log = self._logs[key] = _Log()
+        log.first = kept[0][0] if kept else last_seq + 1
+        for _seq, sender, cid, body in kept:
+            log.entries.append(body)
+            if cid is not None:
+                log.ids[(sender, cid)] = _seq
+
+    @property
+    def when_durable(self) -> Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None:
+        """With a store: call `fn(*args)` once the entries appended so far are on disk (`failed(e)` if they
+        can't be); None without one (everything is as durable as it gets at once)."""
+        return self._store.when_durable if self._store is not None else None
+
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
         if if_version is not None:
@@ -49,15 +68,22 @@ class MemoryLog(ConversationLog):
             if conv is not None and conv.version != if_version:
                 raise StaleState(f"conversation {conv_id} is at version {conv.version}, not {if_version}")
         seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
+        if self._store is not None:
+            fut = asyncio.get_running_loop().create_future()
+            self._store.when_durable(fut.set_result, (None,), fut.set_exception)
+            await fut
         return seq, dup
 
     async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
         return self.seq_of_now(tenant, conv_id, sender, client_id)
 
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
-        """The seq the log gave `sender`'s `client_id`, while its entry is kept."""
+        """The seq the log gave `sender`'s `client_id`: while its entry is in memory, or in the store."""
         log = self._logs.get((tenant, conv_id))
-        return None if log is None else log.ids.get((sender, client_id))
+        seq = None if log is None else log.ids.get((sender, client_id))
+        if seq is None and self._store is not None:
+            seq = self._store.seq_of(tenant, conv_id, sender, client_id)
+        return seq
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
@@ -67,6 +93,8 @@ class MemoryLog(ConversationLog):
         if client_id is not None:
             client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
             seq = log.ids.get(client_id)
+            if seq is None and log.first > 1 and self._store is not None:  # older than memory keeps
+                seq = self._store.seq_of(tenant, conv_id, client_id[0], client_id[1])
             if seq is not None:
                 return seq, True, b""
         seq = log.first + len(log.entries)
@@ -75,6 +103,15 @@ class MemoryLog(ConversationLog):
         log.entries.append(packed)
         if client_id is not None:
             log.ids[client_id] = seq
+        if self._store is not None:
+            def undo() -> None:  # the commit failed: the entry was never stored
+                if log.entries and log.first + len(log.entries) - 1 == seq:
+                    log.entries.pop()
+                if client_id is not None and log.ids.get(client_id) == seq:
+                    del log.ids[client_id]
+
+            self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), None if client_id is None else client_id[1],
+                                  packed, undo)
         if len(log.entries) > self._keep:
             while len(log.entries) > self._keep:
                 log.entries.popleft()
@@ -87,16 +124,28 @@ class MemoryLog(ConversationLog):
         log = self._logs.get((tenant, conv_id))
         if log is None:
             return [], 1
+        out: list[dict[str, Any]] = []
+        if after + 1 < log.first and self._store is not None:  # older than memory keeps: from the store
+            out = [_unpack(b) for b in self._store.read(tenant, conv_id, after, log.first, limit, newest=False)]
+            after = log.first - 1
         start = max(after + 1 - log.first, 0)
-        out = [_unpack(log.entries[i]) for i in range(start, min(start + limit, len(log.entries)))]
-        return out, log.first
+        out += [_unpack(log.entries[i]) for i in range(start, min(start + limit - len(out), len(log.entries)))]
+        return out, self._first(log)
 
     async def read_before(self, tenant: str, conv_id: str, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
         log = self._logs.get((tenant, conv_id))
         if log is None:
             return [], 1
         end = len(log.entries) if before is None else max(min(before - log.first, len(log.entries)), 0)
-        return [_unpack(log.entries[i]) for i in range(max(end - limit, 0), end)], log.first
+        out = [_unpack(log.entries[i]) for i in range(max(end - limit, 0), end)]
+        if len(out) < limit and self._store is not None and log.first > 1:
+            top = log.first if before is None else min(before, log.first)
+            out = [_unpack(b) for b in self._store.read(tenant, conv_id, None, top, limit - len(out), newest=True)] + out
+        return out, self._first(log)
+
+    def _first(self, log: _Log) -> int:
+        """The first seq a read can return: everything is on disk with a store, else what memory keeps."""
+        return 1 if self._store is not None else log.first
 
     async def last_seq(self, tenant: str, conv_id: str) -> int:
         log = self._logs.get((tenant, conv_id))

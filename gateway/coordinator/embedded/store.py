@@ -1,0 +1,309 @@
+"""The embedded coordinator's state on local disk: one SQLite database in WAL mode (docs/store.md).
+
+The coordinator's dictionaries stay what the node serves from; this module writes every
+change to them into `data_dir/chatgw.sqlite3` and reads them back at start:
+
+- State changes (a conversation saved, a sticky agent, an agent, a queue change) are written
+  ahead: the row, then a commit, then the dictionary. A failed write raises `Unavailable`
+  with the dictionaries untouched.
+- Log entries are written with the dictionary (`append_now` stays synchronous) inside the
+  open transaction, which commits once at the end of the loop turn: every entry appended in
+  one turn shares one commit (group commit). Whoever waits on an entry (the sender's ack, its
+  delivery, a bot turn) waits for that commit (`when_durable`). A commit that fails rolls the
+  transaction back, takes those entries out of the dictionaries again and tells every waiter
+  (the clients get `unavailable` and send again).
+
+The database is on the loop thread: with `synchronous=NORMAL` a WAL commit writes the pages
+without waiting for the disk (tens of microseconds), so an acked entry survives the process
+dying (SIGKILL, OOM) but not the machine losing power; `synchronous=FULL`
+(`store_fsync = true`) waits for the disk at every commit (docs/store.md says what it costs).
+
+`data_dir/LOCK` is held (`flock`) while the node runs: a second node on the same directory
+refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from routing.model import Agent, Conversation
+
+from ..base import Unavailable
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    tenant TEXT NOT NULL, conv TEXT NOT NULL, seq INTEGER NOT NULL,
+    sender TEXT NOT NULL, client_id TEXT, body BLOB NOT NULL,
+    PRIMARY KEY (tenant, conv, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_client_id ON entries (tenant, conv, sender, client_id)
+    WHERE client_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sticky (tenant TEXT NOT NULL, visitor TEXT NOT NULL, agent TEXT NOT NULL,
+    PRIMARY KEY (tenant, visitor)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (tenant TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue (tenant TEXT NOT NULL, grp TEXT NOT NULL, conv TEXT NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (tenant, grp, conv)) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The data directory can't be used (locked by another node, unreadable, corrupt): the node must not start."""
+
+
+@dataclass
+class Snapshot:
+    """What the database held at start, for the coordinator's dictionaries."""
+
+    conversations: list[Conversation] = field(default_factory=list)
+    # (tenant, conv) -> [(seq, sender, client id or None, body)], the newest `keep` of each, oldest first
+    entries: dict[tuple[str, str], list[tuple[int, str, str | None, bytes]]] = field(default_factory=dict)
+    last_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    sticky: dict[tuple[str, str], str] = field(default_factory=dict)
+    agents: list[Agent] = field(default_factory=list)
+    queues: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+
+# One append waiting for its commit: how to undo it in the dictionaries, and who to tell.
+_Undo = Callable[[], None]
+_Waiter = tuple[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]]
+
+
+class Store:
+    """The SQLite database of one embedded node. `open()` locks the directory and loads it; `close()` releases it."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = False, max_bytes: int = 0):
+        """`max_bytes`: the most the database may grow to (0: as much as the disk holds); past it
+        writes fail as on a full disk."""
+        self.dir = Path(data_dir)
+        self.path = self.dir / "chatgw.sqlite3"
+        self._fsync = fsync
+        self._max_bytes = max_bytes
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._undo: list[_Undo] = []  # appends in the open transaction, oldest first
+        self._waiters: list[_Waiter] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = {"commits": 0, "committed_entries": 0, "failed_commits": 0}
+
+    # start and stop
+    def open(self, keep: int) -> Snapshot:
+        """Lock the directory, open (or create) the database, check it and read it back.
+
+        Raises StoreError if another node holds the directory or the file is not a usable database.
+        """
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"data directory {self.dir} is not usable: {e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"data directory {self.dir} is in use by another node (its LOCK is held); "
+                             "give each node its own --data-dir") from None
+        self._lock_fd = fd
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = db
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            if self._max_bytes:
+                page = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {max(self._max_bytes // page, 1)}")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {ok}")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema {row[0]}, this gateway reads {SCHEMA_VERSION}")
+            return self._load(keep)
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"{self.path} can't be read ({type(e).__name__}: {e}); "
+                             "restore it from a backup or move it away to start empty") from None
+        except StoreError:
+            self.close()
+            raise
+
+    def _load(self, keep: int) -> Snapshot:
+        db = self._db
+        assert db is not None
+        snap = Snapshot()
+        for version, doc in db.execute("SELECT version, doc FROM conversations"):
+            c = Conversation.from_dict(orjson.loads(doc))
+            c.version = version
+            snap.conversations.append(c)
+        for tenant, conv, last in db.execute("SELECT tenant, conv, MAX(seq) FROM entries GROUP BY tenant, conv"):
+            snap.last_seq[(tenant, conv)] = last
+        for tenant, conv, seq, sender, cid, body in db.execute(
+                "SELECT tenant, conv, seq, sender, client_id, body FROM entries e WHERE seq > "
+                "(SELECT MAX(seq) FROM entries m WHERE m.tenant = e.tenant AND m.conv = e.conv) - ? "
+                "ORDER BY tenant, conv, seq", (keep,)):
+            snap.entries.setdefault((tenant, conv), []).append((seq, sender, cid, body))
+        snap.sticky = {(t, v): a for t, v, a in db.execute("SELECT tenant, visitor, agent FROM sticky")}
+        snap.agents = [Agent(**{**orjson.loads(doc), "groups": tuple(orjson.loads(doc)["groups"])})
+                       for (doc,) in db.execute("SELECT doc FROM agents")]
+        for tenant, grp, conv in db.execute("SELECT tenant, grp, conv FROM queue ORDER BY tenant, grp, pos"):
+            snap.queues.setdefault((tenant, grp), []).append(conv)
+        return snap
+
+    def close(self) -> None:
+        """Commit what is pending and release the directory."""
+        if self._db is not None:
+            try:
+                self.commit()
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # state changes: written ahead, committed at once
+    def _write_ahead(self, sql: str, params: tuple[Any, ...]) -> None:
+        db = self._db
+        if db is None:
+            raise Unavailable("the node's store is closed (the node is stopping)")
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            db.execute(sql, params)
+        except sqlite3.Error as e:
+            self._failed(e)
+            raise Unavailable(f"the node's store can't write ({e})") from None
+        if not self.commit():
+            raise Unavailable("the node's store can't write (commit failed)")
+
+    def save_conversation(self, conv: Conversation, version: int) -> None:
+        self._write_ahead("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)",
+                          (conv.tenant, conv.id, version, orjson.dumps(conv.to_dict())))
+
+    def save_sticky(self, tenant: str, visitor: str, agent: str) -> None:
+        self._write_ahead("INSERT OR REPLACE INTO sticky VALUES (?, ?, ?)", (tenant, visitor, agent))
+
+    def save_agent(self, agent: Agent) -> None:
+        doc = asdict(agent)
+        doc.pop("load", None)  # the load is the agent's assigned conversations, counted at start
+        self._write_ahead("INSERT OR REPLACE INTO agents VALUES (?, ?, ?)", (agent.tenant, agent.id, orjson.dumps(doc)))
+
+    def enqueue(self, tenant: str, group: str, conv_id: str, front: bool) -> None:
+        # Position: before the first or after the last of the queue.
+        pick = "MIN(pos) - 1" if front else "MAX(pos) + 1"
+        self._write_ahead(f"INSERT OR IGNORE INTO queue SELECT ?, ?, ?, COALESCE((SELECT {pick} FROM queue "
+                          "WHERE tenant = ? AND grp = ?), 0)", (tenant, group, conv_id, tenant, group))
+
+    def dequeue(self, tenant: str, group: str, conv_id: str) -> None:
+        self._write_ahead("DELETE FROM queue WHERE tenant = ? AND grp = ? AND conv = ?", (tenant, group, conv_id))
+
+    # log entries: one commit per loop turn
+    def add_entry(self, tenant: str, conv_id: str, seq: int, sender: str, client_id: str | None, body: bytes,
+                  undo: _Undo) -> None:
+        """Write an entry the dictionaries have just taken (`undo` takes it out again); commits at the end of the turn.
+
+        Raises Unavailable (after `undo` and failing every other waiting entry) if the write fails.
+        """
+        db = self._db
+        if db is None:
+            undo()
+            raise Unavailable("the node's store is closed (the node is stopping)")
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", (tenant, conv_id, seq, sender, client_id, body))
+        except sqlite3.Error as e:
+            undo()
+            self._failed(e)
+            raise Unavailable(f"the node's store can't write ({e})") from None
+        self._undo.append(undo)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self.commit)
+
+    def when_durable(self, fn: Callable[..., None], args: tuple[Any, ...], failed: Callable[[Exception], None]) -> None:
+        """Call `fn(*args)` once what was written so far is committed, or `failed(error)` if it can't be."""
+        if self._undo:
+            self._waiters.append((fn, args, failed))
+        else:
+            fn(*args)
+
+    def commit(self) -> bool:
+        """Commit the open transaction; answer the waiters (ok, or failed after the entries were taken back).
+
+        Returns False if the commit failed (rolled back).
+        """
+        self._scheduled = False
+        db = self._db
+        if db is None or not db.in_transaction:
+            return True
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._failed(e)
+            return False
+        self.stats["commits"] += 1
+        self.stats["committed_entries"] += len(self._undo)
+        self._undo.clear()
+        waiters, self._waiters = self._waiters, []
+        for fn, args, _ in waiters:
+            fn(*args)
+        return True
+
+    def _failed(self, e: sqlite3.Error) -> None:
+        """A write or commit failed: roll back, take back every entry of the transaction, tell their waiters."""
+        self.stats["failed_commits"] += 1
+        db = self._db
+        try:
+            if db is not None and db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        waiters, self._waiters = self._waiters, []
+        err = Unavailable(f"the node's store can't write ({type(e).__name__}: {e})")
+        for _, _, failed in waiters:
+            failed(err)
+
+    # reads past what the dictionaries keep
+    def read(self, tenant: str, conv_id: str, after: int | None, before: int | None, limit: int,
+             newest: bool) -> list[bytes]:
+        """Entry bodies of `conv_id` with after < seq < before, oldest first; the newest `limit` if `newest`."""
+        db = self._db
+        assert db is not None
+        order = "DESC" if newest else "ASC"
+        rows = db.execute(f"SELECT body FROM entries WHERE tenant = ? AND conv = ? AND seq > ? AND seq < ? "
+                          f"ORDER BY seq {order} LIMIT ?",
+                          (tenant, conv_id, -1 if after is None else after, 1 << 62 if before is None else before,
+                           limit)).fetchall()
+        bodies = [r[0] for r in rows]
+        return bodies[::-1] if newest else bodies
+
+    def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        db = self._db
+        assert db is not None
+        row = db.execute("SELECT seq FROM entries WHERE tenant = ? AND conv = ? AND sender = ? AND client_id = ?",
+                         (tenant, conv_id, sender, client_id)).fetchone()
+        return None if row is None else row[0]

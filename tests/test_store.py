@@ -1,0 +1,221 @@
+"""The embedded default keeps its state on disk (gateway/coordinator/embedded/store.py, docs/store.md).
+
+Real node processes on real SQLite files: SIGKILL in the middle of traffic and start again on the
+same directory; one directory per node; an embedded node refuses a port in use; a database that
+can't be read stops the node at start; a full store answers `unavailable` and acks nothing it could
+not write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+import pytest
+
+from gateway.coordinator import Conversation, Unavailable
+from gateway.coordinator.embedded import EmbeddedCoordinator, Store, StoreError
+
+from .support import Client, start_gateway, uid
+
+
+def _serve(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m gateway serve` that is expected to refuse to start: its exit status and output."""
+    env = {**os.environ, "GATEWAY_HTTP_PORT": "0", "GATEWAY_WS_PORT": "0", "GATEWAY_BOTS_ENABLED": "false", **env_extra}
+    return subprocess.run([sys.executable, "-m", "gateway", "serve"], env=env, cwd="/", capture_output=True,
+                          text=True, timeout=60)
+
+
+def _admin(gw, path: str) -> dict:
+    req = urllib.request.Request(f"{gw.http_url}{path}", headers={"Authorization": f"Bearer {gw.admin_token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+async def _history(v: Client, conv: str) -> list[dict]:
+    """The whole log of `conv` as `v` may read it, paged back 100 at a time."""
+    out: list[dict] = []
+    before = None
+    while True:
+        req = {"t": "history", "conv": conv, "limit": 100, **({"before": before} if before else {})}
+        page = (await v.request(req, "history"))["msgs"]
+        out = page + out
+        if not page or page[0]["seq"] == 1:
+            return out
+        before = page[0]["seq"]
+
+
+async def test_sigkill_in_the_middle_of_traffic_loses_no_acked_message(tmp_path):
+    data = str(tmp_path / "data")
+    fast = {"rate_per_s": 100_000, "rate_burst": 100_000}  # the visitors send as fast as they can
+    gw = start_gateway(data_dir=data, **fast)
+    secret = gw.secret
+    tenant, agent_id = uid("t"), uid("agent")
+    per_visitor = 1000
+    try:
+        agent = await Client.connect(gw, "agent", agent_id, tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 2}, "status")
+        visitors, convs = [], []
+        for _ in range(4):  # two assigned to the agent (capacity 2), two waiting in the queue, in order
+            v = await Client.connect(gw, "visitor", uid("v"), tenant)
+            convs.append((await v.request({"t": "open"}, "conv"))["conv"])
+            visitors.append(v)
+        await agent.next("assigned", lambda e: e["conv"] == convs[1])
+        queue_before = _admin(gw, f"/admin/tenants/{tenant}/queues/default")["queue"]
+        assert queue_before == convs[2:]
+        # Every visitor keeps sending (at most 20 ahead of its acks) until the node is killed, once
+        # 200 acks are back in all.
+        sent = dict.fromkeys(convs, 0)
+
+        def acked(v: Client) -> list[dict]:
+            return [e for e in v.seen if e.get("t") == "ack"]
+
+        async def keep_sending(v: Client, c: str) -> None:
+            try:
+                for i in range(per_visitor):
+                    while i - len(acked(v)) >= 20:
+                        await asyncio.sleep(0.002)  # the client's own inbox, not the server
+                    await v.send({"t": "msg", "conv": c, "id": f"m{i}", "text": f"{c} {i}"})
+                    sent[c] = i + 1
+            except Exception:  # noqa: BLE001 - the connection died with the node
+                pass
+
+        senders = [asyncio.create_task(keep_sending(v, c)) for v, c in zip(visitors, convs, strict=True)]
+        while sum(len(acked(v)) for v in visitors) < 200:
+            await asyncio.sleep(0.002)
+        gw.proc.kill()
+        gw.proc.wait()
+        for v in visitors:
+            await v.closed
+        for t in senders:
+            t.cancel()
+        acks = {(e["conv"], e["id"]): e["seq"] for v in visitors for e in acked(v)}
+        assert 200 <= len(acks) < sum(sent.values()) + 1 and sum(sent.values()) < per_visitor * len(visitors)
+    finally:
+        gw.stop()
+
+    gw = start_gateway(data_dir=data, jwt_secret=secret, **fast)
+    try:
+        names = [v.welcome["user"] for v in visitors]
+        for name, c in zip(names, convs, strict=True):
+            v = await Client.connect(gw, "visitor", name, tenant)
+            assert [x["conv"] if isinstance(x, dict) else x for x in v.welcome["convs"]] == [c]
+            hist = await _history(v, c)
+            msgs = [e for e in hist if e["t"] == "msg"]
+            ids = [e["id"] for e in msgs]
+            assert len(ids) == len(set(ids))  # nothing twice
+            for (ac, cid), seq in acks.items():  # every acked message, at its seq
+                if ac == c:
+                    assert any(e["id"] == cid and e["seq"] == seq for e in msgs), (c, cid, seq)
+            seqs = [e["seq"] for e in hist]
+            assert seqs == list(range(1, len(seqs) + 1))  # no gap
+            last = seqs[-1]
+            # The client sends everything again: the acked get their first seq, the rest are taken once.
+            replies = [await v.msg(c, f"{c} {i}", cid=f"m{i}") for i in range(sent[c])]
+            for i, r in enumerate(replies):
+                if (c, f"m{i}") in acks:
+                    assert r["dup"] and r["seq"] == acks[(c, f"m{i}")]
+            new = sorted(r["seq"] for r in replies if not r["dup"])
+            assert new == list(range(last + 1, last + 1 + len(new)))  # the seqs go on
+            hist = await _history(v, c)
+            assert sorted(e["id"] for e in hist if e["t"] == "msg") == sorted(f"m{i}" for i in range(sent[c]))
+            await v.close()
+        # Assignments and the queue are back.
+        agent = await Client.connect(gw, "agent", agent_id, tenant)
+        held = sorted(x["conv"] if isinstance(x, dict) else x for x in agent.welcome["convs"])
+        assert held == sorted(convs[:2])
+        assert _admin(gw, f"/admin/tenants/{tenant}/queues/default")["queue"] == queue_before
+    finally:
+        gw.stop()
+
+
+def test_a_second_node_on_the_same_data_dir_refuses_to_start(tmp_path):
+    gw = start_gateway(data_dir=str(tmp_path / "data"))
+    try:
+        out = _serve({"GATEWAY_DATA_DIR": str(tmp_path / "data"), "GATEWAY_LOG_LEVEL": "warning"})
+        assert out.returncode == 1
+        assert "in use by another node" in out.stderr
+        assert gw.alive()
+    finally:
+        gw.stop()
+
+
+def test_an_embedded_node_refuses_a_port_in_use(tmp_path):
+    gw = start_gateway()
+    try:
+        out = _serve({"GATEWAY_DATA_DIR": str(tmp_path / "other"), "GATEWAY_WS_PORT": str(gw.ws_port)})
+        assert out.returncode == 1
+        assert "can't start" in out.stderr and str(gw.ws_port) in out.stderr
+    finally:
+        gw.stop()
+
+
+def test_an_unreadable_database_stops_the_node_at_start(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "chatgw.sqlite3").write_bytes(b"this is not a database" * 200)
+    out = _serve({"GATEWAY_DATA_DIR": str(data)})
+    assert out.returncode == 1
+    assert "can't be read" in out.stderr and "chatgw.sqlite3" in out.stderr
+
+
+async def test_a_full_store_acks_nothing_it_could_not_write(tmp_path):
+    # A store at its size limit fails its writes with SQLITE_FULL, as a full disk does.
+    store = Store(tmp_path / "data", max_bytes=64 * 1024)
+    c = EmbeddedCoordinator("n1", store=store)
+    await c.start()
+    try:
+        await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
+        stored: list[int] = []
+        with pytest.raises(Unavailable, match="store can't write"):
+            for i in range(10_000):
+                seq, _ = await c.append("t", "c1", {"t": "msg", "from": "v", "text": "x" * 200}, f"id{i}")
+                stored.append(seq)
+        # What failed was taken back: the log ends at the last acked entry, and the same entry goes in
+        # once there is room (here: after the limit is lifted).
+        assert await c.last_seq("t", "c1") == stored[-1]
+        store._db.execute("PRAGMA max_page_count = 1000000")
+        seq, dup = await c.append("t", "c1", {"t": "msg", "from": "v", "text": "again"}, f"id{len(stored)}")
+        assert (seq, dup) == (stored[-1] + 1, False)
+    finally:
+        await c.close()
+    # Everything acked is on disk.
+    again = EmbeddedCoordinator("n1", store=Store(tmp_path / "data"))
+    await again.start()
+    try:
+        entries, _ = await again.read_after("t", "c1", 0, 100_000)
+        assert [e["seq"] for e in entries] == list(range(1, stored[-1] + 2))
+    finally:
+        await again.close()
+
+
+async def test_a_store_is_read_back_as_it_was_written(tmp_path):
+    c = EmbeddedCoordinator("n1", store=Store(tmp_path / "data"), history_keep=3)
+    await c.start()
+    await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
+    await c.create_conversation(Conversation(id="c2", tenant="t", visitor="w", group="g"))
+    for i in range(5):
+        await c.append("t", "c1", {"t": "msg", "from": "v", "n": i}, f"id{i}")
+    await c.enqueue("t", "g", "c2")
+    await c.enqueue("t", "g", "c1", front=True)
+    await c.set_sticky_agent("t", "v", "a1")
+    held = Store(tmp_path / "data")
+    with pytest.raises(StoreError, match="in use by another node"):
+        held.open(3)  # c still holds the directory
+    await c.close()
+    again = EmbeddedCoordinator("n1", store=Store(tmp_path / "data"), history_keep=3)
+    await again.start()
+    try:
+        assert (await again.get_conversation("t", "c1")).visitor == "v"
+        assert await again.open_conversation_of("t", "w") == "c2"
+        assert await again.queue_list("t", "g") == ["c1", "c2"]
+        assert await again.sticky_agent("t", "v") == "a1"
+        assert await again.last_seq("t", "c1") == 5
+        assert (await again.append("t", "c1", {"t": "msg", "from": "v"}, "id0")) == (1, True)
+        assert (await again.append("t", "c1", {"t": "msg", "from": "v"}, "id5")) == (6, False)
+    finally:
+        await again.close()
