@@ -64,7 +64,9 @@ class BotTurns:
 
     def cancel(self, tenant: str, conv_id: str, why: str) -> None:
         task = self._calls.pop((tenant, conv_id), None)
-        if task is not None and not task.done():
+        # A turn that hands off assigns the conversation itself, which lands here: a turn never
+        # cancels itself (its handoff would stop half done at its next await).
+        if task is not None and not task.done() and task is not asyncio.current_task():
             log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why)
             METRICS.bot_cancelled.inc()
             task.cancel()

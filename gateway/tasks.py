@@ -20,10 +20,13 @@ class TaskSet:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task of the set; returns the task."""
         task = self.loop.create_task(coro)
+        if self._stopping:  # the node is stopping: nothing new runs (cancelled before its first step)
+            task.cancel()
         self.adopt(task)
         return task
 
@@ -39,6 +42,7 @@ class TaskSet:
 
     def cancel_all(self) -> None:
         """The node stops: end every task it started (retries of steps after an ack among them)."""
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
 

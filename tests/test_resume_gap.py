@@ -6,7 +6,8 @@ from .support import Client, uid
 
 
 async def test_resume_beyond_retention_reports_gap_then_continues(gateway_factory):
-    gw = gateway_factory(history_keep=5)
+    # Memory only: with a store (the default) nothing is trimmed, see the test after this one.
+    gw = gateway_factory(history_keep=5, data_dir="none")
     tenant = uid("t")
     name = uid("v")
     v = await Client.connect(gw, "visitor", name, tenant)
@@ -24,3 +25,18 @@ async def test_resume_beyond_retention_reports_gap_then_continues(gateway_factor
     await v2.send({"t": "resume", "conv": conv, "after": done["seq"] - 2, "rid": "r2"})
     await v2.next("resumed", lambda e: e.get("rid") == "r2")
     assert not [e for e in v2.seen if e["t"] == "gap" and e is not gap]
+
+
+async def test_with_a_store_a_resume_past_memory_reads_the_disk_and_has_no_gap(gateway_factory):
+    gw = gateway_factory(history_keep=5)  # memory keeps 5 entries; the store keeps all
+    tenant, name = uid("t"), uid("v")
+    v = await Client.connect(gw, "visitor", name, tenant)
+    conv = (await v.request({"t": "open"}, "conv"))["conv"]
+    acks = [await v.msg(conv, f"m{i}") for i in range(10)]
+    await v.close()
+    v2 = await Client.connect(gw, "visitor", name, tenant)
+    await v2.send({"t": "resume", "conv": conv, "after": 1})
+    done = await v2.next("resumed")
+    assert [e["seq"] for e in v2.entries(conv)] == list(range(2, acks[-1]["seq"] + 1))
+    assert [e["text"] for e in v2.entries(conv) if e["t"] == "msg"] == [f"m{i}" for i in range(10)]
+    assert done["seq"] == acks[-1]["seq"] and not [e for e in v2.seen if e["t"] == "gap"]

@@ -70,7 +70,9 @@ class MemoryLog(ConversationLog):
         seq, dup, _ = self.append_now(tenant, conv_id, entry, client_id)
         if self._store is not None:
             fut = asyncio.get_running_loop().create_future()
-            self._store.when_durable(fut.set_result, (None,), fut.set_exception)
+            # The caller may be cancelled while it waits (a bot turn an agent took over): answer only a waiting future.
+            self._store.when_durable(lambda: fut.done() or fut.set_result(None), (),
+                                     lambda e: fut.done() or fut.set_exception(e))
             await fut
         return seq, dup
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -38,6 +39,8 @@ import orjson
 from routing.model import Agent, Conversation
 
 from ..base import Unavailable
+
+log = logging.getLogger("gateway.store")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -267,7 +270,10 @@ class Store:
         self._undo.clear()
         waiters, self._waiters = self._waiters, []
         for fn, args, _ in waiters:
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception:  # one waiter's bug must not leave the others unanswered
+                log.exception("answering a committed entry's waiter failed")
         return True
 
     def _failed(self, e: sqlite3.Error) -> None:
@@ -285,7 +291,10 @@ class Store:
         waiters, self._waiters = self._waiters, []
         err = Unavailable(f"the node's store can't write ({type(e).__name__}: {e})")
         for _, _, failed in waiters:
-            failed(err)
+            try:
+                failed(err)
+            except Exception:
+                log.exception("telling a waiter its entry was not stored failed")
 
     # reads past what the dictionaries keep
     def read(self, tenant: str, conv_id: str, after: int | None, before: int | None, limit: int,
