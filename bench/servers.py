@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -68,7 +69,10 @@ SERVERS: dict[str, ServerSpec] = {
     s.name: s
     for s in [
         ServerSpec("gateway", "gateway (chatgw)", "gateway", lambda o: [sys.executable, "-m", "gateway", "serve"], _gateway_env,
-                   "/ws", "python -m gateway serve, embedded coordinator, JSON envelopes"),
+                   "/ws", "python -m gateway serve, embedded coordinator with its SQLite store (a fresh data dir), JSON envelopes"),
+        ServerSpec("gateway_memory", "gateway (chatgw), --data-dir none", "gateway",
+                   lambda o: [sys.executable, "-m", "gateway", "serve", "--data-dir", "none"], _gateway_env,
+                   "/ws", "the embedded coordinator without its store (memory only): what the store costs"),
         ServerSpec("gateway_workers", "gateway (chatgw), serve --workers N over Redis", "gateway",
                    lambda o: [sys.executable, "-m", "gateway", "serve", "--workers", str(o["workers"])], _gateway_env, "/ws",
                    "N worker processes on the same ports (SO_REUSEPORT), Redis coordinator: the storm scenario"),
@@ -124,6 +128,7 @@ class Running:
     secret: str = ""
     admin_token: str = ""
     output: list[str] = field(default_factory=list)
+    data_dir: str | None = None  # made by `start` for an embedded node's store, removed by `stop`
 
     @property
     def pid(self) -> int:
@@ -166,6 +171,8 @@ class Running:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -181,8 +188,11 @@ def start(name: str, opts: dict[str, Any], cpus: set[int] | None, env_extra: dic
     if spec.protocol == "gateway":
         env.update(GATEWAY_JWT_SECRET=secrets.token_urlsafe(32), GATEWAY_ADMIN_TOKEN=secrets.token_urlsafe(32))
     env.update(env_extra or {})
+    data_dir = None
     if spec.protocol == "gateway":
         secret, admin = env["GATEWAY_JWT_SECRET"], env["GATEWAY_ADMIN_TOKEN"]
+        if "GATEWAY_DATA_DIR" not in env:  # an embedded node's store: fresh for each start, removed at stop
+            data_dir = env["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="chatgw-bench-")
     launcher = [sys.executable, "-m", "bench.pinned", "--cpus", ",".join(map(str, sorted(cpus or ()))), "--"]
     if spec.protocol == "gateway" and os.environ.get("CHATGW_PYSPY"):
         # Sample the gateway under the very load being measured: collapsed stacks for bench/profile_summary.py.
@@ -209,8 +219,10 @@ def start(name: str, opts: dict[str, Any], cpus: set[int] | None, env_extra: dic
     if not port:
         proc.kill()
         proc.wait(5)
+        if data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise RuntimeError(f"{name} did not start:\n" + "".join(lines[-20:]))
-    run = Running(spec, proc, port, http_port, secret, admin, lines)
+    run = Running(spec, proc, port, http_port, secret, admin, lines, data_dir=data_dir)
     # Keep draining its output so a chatty server never blocks on a full pipe (last 200 lines kept).
 
     def drain() -> None:
@@ -237,6 +249,7 @@ class Aux:
     proc: subprocess.Popen
     port: int
     output: list[str] = field(default_factory=list)
+    data_dir: str | None = None  # made by `start` for an embedded node's store, removed by `stop`
 
     @property
     def pid(self) -> int:

@@ -215,7 +215,9 @@ async def test_a_store_is_read_back_as_it_was_written(tmp_path):
         assert await again.queue_list("t", "g") == ["c1", "c2"]
         assert await again.sticky_agent("t", "v") == "a1"
         assert await again.last_seq("t", "c1") == 5
-        assert (await again.append("t", "c1", {"t": "msg", "from": "v"}, "id0")) == (1, True)
+        # Client ids come back with the entries memory keeps (the newest 3 here: ids 2-4).
+        assert (await again.append("t", "c1", {"t": "msg", "from": "v"}, "id4")) == (5, True)
         assert (await again.append("t", "c1", {"t": "msg", "from": "v"}, "id5")) == (6, False)
+        assert [e["seq"] for e in (await again.read_after("t", "c1", 0, 10))[0]] == [1, 2, 3, 4, 5, 6]
     finally:
         await again.close()

@@ -80,12 +80,9 @@ class MemoryLog(ConversationLog):
         return self.seq_of_now(tenant, conv_id, sender, client_id)
 
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
-        """The seq the log gave `sender`'s `client_id`: while its entry is in memory, or in the store."""
+        """The seq the log gave `sender`'s `client_id`, while its entry is in memory (the newest `history_keep`)."""
         log = self._logs.get((tenant, conv_id))
-        seq = None if log is None else log.ids.get((sender, client_id))
-        if seq is None and self._store is not None:
-            seq = self._store.seq_of(tenant, conv_id, sender, client_id)
-        return seq
+        return None if log is None else log.ids.get((sender, client_id))
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
@@ -95,8 +92,6 @@ class MemoryLog(ConversationLog):
         if client_id is not None:
             client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
             seq = log.ids.get(client_id)
-            if seq is None and log.first > 1 and self._store is not None:  # older than memory keeps
-                seq = self._store.seq_of(tenant, conv_id, client_id[0], client_id[1])
             if seq is not None:
                 return seq, True, b""
         seq = log.first + len(log.entries)
