@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -58,8 +59,9 @@ async def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     secret = secrets.token_urlsafe(32)
     bots = {"default": "orders", "backends": {"orders": {"type": "custom_bot:OrderStatusBot", "greeting": "Hello"}}}
+    data = tempfile.TemporaryDirectory(prefix="chatgw-example-")  # the node's store, thrown away at exit
     cfg = load(env={}, ws_port=0, http_port=0, jwt_secret=secret, admin_token=secrets.token_urlsafe(32),
-               bots_enabled=True, bots=bots, demo=False)
+               bots_enabled=True, bots=bots, demo=False, data_dir=data.name)
     node = Node(cfg)
     await node.start()
     token = auth.mint(secret, tenant="acme", user="carol", role="visitor")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import tempfile
 
 import websockets
 
@@ -33,8 +34,10 @@ async def recv_until(ws, kind: str, **match) -> dict:
 
 async def main() -> None:
     secret = secrets.token_urlsafe(32)
+    # The node keeps its state in data_dir (SQLite); a throwaway one here, so the example leaves nothing behind.
+    data = tempfile.TemporaryDirectory(prefix="chatgw-example-")
     cfg = load(env={}, ws_port=0, http_port=0, jwt_secret=secret, admin_token=secrets.token_urlsafe(32),
-               bots_enabled=False, demo=False)
+               bots_enabled=False, demo=False, data_dir=data.name)
     node = Node(cfg)
     await node.start()
     print(f"node up: ws port {node.ws_port}, http port {node.http_port}")
