@@ -221,3 +221,30 @@ async def test_a_store_is_read_back_as_it_was_written(tmp_path):
         assert [e["seq"] for e in (await again.read_after("t", "c1", 0, 10))[0]] == [1, 2, 3, 4, 5, 6]
     finally:
         await again.close()
+
+
+async def test_a_closed_conversation_leaves_memory_and_the_store_answers_for_it(tmp_path):
+    c = EmbeddedCoordinator("n1", store=Store(tmp_path / "data"), history_keep=3)
+    await c.start()
+    try:
+        conv = Conversation(id="c1", tenant="t", visitor="v", group="g")
+        await c.create_conversation(conv)
+        for i in range(5):
+            await c.append("t", "c1", {"t": "msg", "from": "v", "n": i}, f"id{i}")
+        conv = await c.get_conversation("t", "c1")
+        conv.state = "closed"
+        await c.save_conversation(conv)
+        assert c.evict_closed(3600) == 0  # closed just now: kept (a retry still finds its client id)
+        assert await c.seq_of("t", "c1", "v", "id4") == 5
+        assert c.evict_closed(0) == 1
+        assert ("t", "c1") not in c._convs and ("t", "c1") not in c._logs  # out of memory
+        # ...and still answered: state, seqs, history, and an entry appended after (its seq goes on).
+        assert (await c.get_conversation("t", "c1")).state == "closed"
+        assert await c.last_seq("t", "c1") == 5
+        assert [e["n"] for e in (await c.read_before("t", "c1", None, 10))[0]] == [0, 1, 2, 3, 4]
+        assert (await c.append("t", "c1", {"t": "event", "ev": "late"})) == (6, False)
+        assert (await c.append("t", "c1", {"t": "event", "ev": "later"})) == (7, False)
+        assert ("t", "c1") not in c._logs  # written, and gone again
+        assert [e["seq"] for e in (await c.read_after("t", "c1", 4, 10))[0]] == [5, 6, 7]
+    finally:
+        await c.close()

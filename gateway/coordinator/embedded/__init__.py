@@ -8,6 +8,7 @@ per port, as the Redis side (gateway/coordinator/redis/).
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 from ..base import Coordinator
@@ -20,6 +21,11 @@ from .store import Store, StoreError
 
 __all__ = ["EmbeddedCoordinator", "Store", "StoreError"]
 
+# With a store, a closed conversation leaves memory this long after it closed (the dedup window:
+# a retry of a message sent just before the close still finds its client id); checked every SWEEP_S.
+CLOSED_KEEP_S = 600.0
+SWEEP_S = 30.0
+
 
 class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence, Coordinator):
     # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
@@ -27,10 +33,13 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
     eager_safe = True
 
     def __init__(self, node_id: str = "embedded", *, history_keep: int = 10_000, lock_segments: int = 1024,
-                 store: Store | None = None):
-        """`store`: the node's database (store.py), opened and read back by `start`; None keeps everything in memory only."""
+                 store: Store | None = None, closed_keep_s: float = CLOSED_KEEP_S):
+        """`store`: the node's database (store.py), opened and read back by `start`; None keeps everything in
+        memory only. `closed_keep_s`: with a store, how long a closed conversation stays in memory (seconds)."""
         self.node_id = node_id
         self._store = store
+        self._closed_keep_s = closed_keep_s
+        self._sweeper: asyncio.TimerHandle | None = None
         self._init_locks(lock_segments)
         self._init_logs(history_keep)
         self._init_conversations()
@@ -47,6 +56,8 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
             return
         snap = self._store.open(self._keep)
         for conv in snap.conversations:
+            if conv.state == "closed":  # read from the store when asked for (conversations.py)
+                continue
             key = (conv.tenant, conv.id)
             self._restore_conversation(conv)
             self._restore_log(key, snap.last_seq.get(key, 0), snap.entries.get(key, []))
@@ -55,8 +66,15 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._sticky.update(snap.sticky)
         for key, convs in snap.queues.items():
             self._queues[key] = deque(convs)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        self.evict_closed(self._closed_keep_s)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._store is not None:
             self._store.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
 
 from routing.model import Conversation
@@ -17,6 +19,7 @@ class MemoryConversations(ConversationState):
     """
 
     _new_log: Callable[[tuple[str, str]], None]
+    _forget_log: Callable[[tuple[str, str]], None]
     _store: Store | None
 
     def _init_conversations(self) -> None:
@@ -24,6 +27,7 @@ class MemoryConversations(ConversationState):
         self._open_of: dict[tuple[str, str], str] = {}
         self._sticky: dict[tuple[str, str], str] = {}
         self._agent_convs: dict[tuple[str, str], set[str]] = {}
+        self._closed: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of conversations closed, oldest first
 
     async def create_conversation(self, conv: Conversation) -> Conversation:
         key = (conv.tenant, conv.id)
@@ -38,19 +42,26 @@ class MemoryConversations(ConversationState):
         return conv
 
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        c = self._convs.get((tenant, conv_id))
+        c = self.peek_now(tenant, conv_id)
         return c.copy() if c else None
 
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
         return self.peek_now(tenant, conv_id)
 
     def peek_now(self, tenant: str, conv_id: str) -> Conversation | None:
-        """`peek_conversation` without a coroutine, for the hub's inline path."""
-        return self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
+        """`peek_conversation` without a coroutine, for the hub's inline path.
+
+        With a store, a closed conversation is not in memory (`save_conversation` let it go): it is
+        read from the store for the caller, and not kept.
+        """
+        c = self._convs.get((tenant, conv_id))  # no copy: read-only callers (every message)
+        if c is None and self._store is not None:
+            c = self._store.conversation(tenant, conv_id)
+        return c
 
     async def save_conversation(self, conv: Conversation) -> None:
         key = (conv.tenant, conv.id)
-        old = self._convs.get(key)
+        old = self.peek_now(conv.tenant, conv.id)
         version = old.version + 1 if old else 0
         if self._store is not None:
             self._store.save_conversation(conv, version)
@@ -59,12 +70,32 @@ class MemoryConversations(ConversationState):
         self._track(old, conv)
         if conv.state == "closed" and self._open_of.get((conv.tenant, conv.visitor)) == conv.id:
             del self._open_of[(conv.tenant, conv.visitor)]
+        if conv.state == "closed" and self._store is not None:
+            self._closed.append((time.monotonic(), key))  # leaves memory later (evict_closed)
+
+    def evict_closed(self, older_than_s: float) -> int:
+        """With a store: conversations closed at least `older_than_s` ago leave memory, state and log
+        (the store answers for them from now on). Returns how many left.
+
+        Not at once: a retry of a message sent just before the close must still find its client id.
+        """
+        if self._store is None:
+            return 0
+        horizon = time.monotonic() - older_than_s
+        gone = 0
+        while self._closed and self._closed[0][0] <= horizon:
+            _, key = self._closed.popleft()
+            c = self._convs.get(key)
+            if c is not None and c.state == "closed":
+                del self._convs[key]
+                self._forget_log(key)
+                gone += 1
+        return gone
 
     def _restore_conversation(self, conv: Conversation) -> None:
-        """A conversation as the store had it (its log is restored by the log's module)."""
+        """An open conversation as the store had it (its log is restored by the log's module); closed ones stay on disk."""
         self._convs[(conv.tenant, conv.id)] = conv
-        if conv.state != "closed":
-            self._open_of[(conv.tenant, conv.visitor)] = conv.id
+        self._open_of[(conv.tenant, conv.visitor)] = conv.id
         self._track(None, conv)
 
     def _track(self, old: Conversation | None, new: Conversation) -> None:

@@ -46,6 +46,23 @@ class MemoryLog(ConversationLog):
     def _new_log(self, key: tuple[str, str]) -> None:
         self._logs[key] = _Log()
 
+    def _forget_log(self, key: tuple[str, str]) -> None:
+        """A closed conversation's log leaves memory (with a store, which answers for it from now on)."""
+        self._logs.pop(key, None)
+
+    def _log(self, key: tuple[str, str]) -> _Log | None:
+        """The log in memory; with a store, for a conversation that left memory (closed), an empty
+        one going on after the stored seqs (not kept: reads of it go to the store)."""
+        log = self._logs.get(key)
+        if log is None and self._store is not None and self._store.has(*key):
+            log = _Log()
+            log.first = self._store.last_seq(*key) + 1
+        return log
+
+    def _drop_closed_log(self, key: tuple[str, str]) -> None:
+        if key not in self._convs:  # still closed: its entries are written, the store answers for them
+            self._logs.pop(key, None)
+
     def _restore_log(self, key: tuple[str, str], last_seq: int, kept: list[tuple[int, str, str | None, bytes]]) -> None:
         """A log as the store had it: its newest entries in memory, the seqs going on after `last_seq`."""
         log = self._logs[key] = _Log()
@@ -86,9 +103,18 @@ class MemoryLog(ConversationLog):
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
-        log = self._logs.get((tenant, conv_id))
+        key = (tenant, conv_id)
+        log = self._logs.get(key)
         if log is None:
-            raise KeyError(conv_id)
+            log = self._log(key)
+            if log is None:
+                raise KeyError(conv_id)
+            # A conversation that left memory (closed): its log is in memory until this turn's
+            # commit, so a second entry in the same turn gets the next seq.
+            self._logs[key] = log
+            closed = True
+        else:
+            closed = False
         if client_id is not None:
             client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
             seq = log.ids.get(client_id)
@@ -109,6 +135,8 @@ class MemoryLog(ConversationLog):
 
             self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), None if client_id is None else client_id[1],
                                   packed, undo)
+            if closed:
+                self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
         if len(log.entries) > self._keep:
             while len(log.entries) > self._keep:
                 log.entries.popleft()
@@ -118,7 +146,7 @@ class MemoryLog(ConversationLog):
         return seq, False, packed
 
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        log = self._logs.get((tenant, conv_id))
+        log = self._log((tenant, conv_id))
         if log is None:
             return [], 1
         out: list[dict[str, Any]] = []
@@ -130,7 +158,7 @@ class MemoryLog(ConversationLog):
         return out, self._first(log)
 
     async def read_before(self, tenant: str, conv_id: str, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
-        log = self._logs.get((tenant, conv_id))
+        log = self._log((tenant, conv_id))
         if log is None:
             return [], 1
         end = len(log.entries) if before is None else max(min(before - log.first, len(log.entries)), 0)
@@ -145,6 +173,5 @@ class MemoryLog(ConversationLog):
         return 1 if self._store is not None else log.first
 
     async def last_seq(self, tenant: str, conv_id: str) -> int:
-        log = self._logs.get((tenant, conv_id))
+        log = self._log((tenant, conv_id))
         return log.first + len(log.entries) - 1 if log else 0
-

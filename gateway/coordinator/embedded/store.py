@@ -292,6 +292,28 @@ class Store:
                 log.exception("answering a committed entry's waiter failed")
 
     # reads past what the dictionaries keep
+    def conversation(self, tenant: str, conv_id: str) -> Conversation | None:
+        """A conversation as stored (with its version); None if there is none."""
+        db = self._db
+        if db is None:
+            return None
+        row = db.execute("SELECT version, doc FROM conversations WHERE tenant = ? AND id = ?", (tenant, conv_id)).fetchone()
+        if row is None:
+            return None
+        c = Conversation.from_dict(orjson.loads(row[1]))
+        c.version = row[0]
+        return c
+
+    def has(self, tenant: str, conv_id: str) -> bool:
+        return (tenant, conv_id) in self._keys
+
+    def last_seq(self, tenant: str, conv_id: str) -> int:
+        db = self._db
+        key = self._keys.get((tenant, conv_id))
+        if db is None or key is None:
+            return 0
+        return db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries WHERE conv = ?", (key,)).fetchone()[0]
+
     def read(self, tenant: str, conv_id: str, after: int | None, before: int | None, limit: int,
              newest: bool) -> list[bytes]:
         """Entry bodies of `conv_id` with after < seq < before, oldest first; the newest `limit` if `newest`."""
