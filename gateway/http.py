@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import auth
 from .metrics import METRICS
 from .protocol import VERSION
+from .transcripts_http import add_routes as add_transcript_routes
 
 
 class Node(Protocol):
@@ -169,6 +170,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/admin/tenants/{tenant}/conversations/{conv}", admin_conversation)
     app.router.add_get("/admin/tenants/{tenant}/agents/{agent}", admin_agent)
     app.router.add_get("/admin/tenants/{tenant}/queues/{group}", admin_queue)
+    add_transcript_routes(app, _tenant, lambda request: _node(request).coord)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/visitor", _page("visitor.html"))
     app.router.add_get("/agent", _page("agent.html"))

@@ -30,10 +30,11 @@ from .ports import (
     NodeBus,
     Presence,
     SyncLog,
+    Transcripts,
 )
 
 __all__ = ["Agent", "AgentsAndQueue", "Conversation", "ConversationLog", "ConversationState", "Coordinator",
-           "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "SyncLog", "Unavailable", "idempotency_key"]
+           "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "SyncLog", "Transcripts", "Unavailable", "idempotency_key"]
 
 
 def idempotency_key(sender: str, client_id: str) -> str:
@@ -52,7 +53,7 @@ class StaleState(Exception):
     """A conditional append (`if_version`) found the conversation changed since it was read."""
 
 
-class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence):
+class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts):
     """Every port at once, as each implementation provides them today (ports.py)."""
 
     node_id: str

@@ -22,7 +22,7 @@ from routing.model import Conversation
 from routing.ports import AgentsAndQueue, ConversationState, Locks
 
 __all__ = ["AgentsAndQueue", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
-           "Presence", "SyncLog"]
+           "Presence", "SyncLog", "Transcripts"]
 
 # A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
 # log entry sent encoded, `envelope` is only its routing head {t, conv, seq} and `encoded` the JSON
@@ -120,3 +120,28 @@ class Presence(ABC):
 
     def on_rejoin(self, handler: Callable[[], Awaitable[None]]) -> None:  # noqa: B027
         """Register the handler that re-registers this node's users after it was cut off; single-node: never."""
+
+
+class Transcripts(ABC):
+    """A tenant's conversations over time, for export and audit, and erasure of one visitor's data.
+
+    A transcript itself is the log (`ConversationLog.read_after`, paged).
+    """
+
+    @abstractmethod
+    async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
+                                 state: str | None = None, agent: str | None = None, limit: int = 100,
+                                 after: tuple[int, str] | None = None) -> list[Conversation]:
+        """Conversations of `tenant` ordered by (created_ms, id), strictly past `after`, created in
+        [since_ms, until_ms) (wall clock, ms), in `state`, held by `agent`; at most `limit`.
+
+        Raises NotImplementedError where this coordinator keeps no archive to list from.
+        """
+
+    @abstractmethod
+    async def erase_visitor(self, tenant: str, visitor: str) -> list[str]:
+        """Delete every conversation of `visitor` (state, log, sticky agent) from memory and storage;
+        returns the ids erased. ValueError while the visitor has an open conversation (close it first).
+
+        Raises NotImplementedError where this coordinator can't find a visitor's closed conversations.
+        """

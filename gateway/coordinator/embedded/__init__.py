@@ -18,6 +18,7 @@ from .locks import MemoryLocks
 from .log import MemoryLog
 from .presence import MemoryPresence
 from .store import Store, StoreError
+from .transcripts import MemoryTranscripts
 
 __all__ = ["EmbeddedCoordinator", "Store", "StoreError"]
 
@@ -27,7 +28,8 @@ CLOSED_KEEP_S = 600.0
 SWEEP_S = 30.0
 
 
-class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence, Coordinator):
+class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence,
+                          MemoryTranscripts, Coordinator):
     # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
     # synchronous peek_now / append_now / seq_of_now (docs/hub.md, steps 4-6a).
     eager_safe = True

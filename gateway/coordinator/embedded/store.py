@@ -47,7 +47,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conversations (
     key INTEGER PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, doc BLOB NOT NULL,
+    -- copied out of the doc for the transcript listing and erasure
+    visitor TEXT NOT NULL, state TEXT NOT NULL, agent TEXT, created_ms INTEGER NOT NULL,
     UNIQUE (tenant, id));
+CREATE INDEX IF NOT EXISTS conversations_by_time ON conversations (tenant, created_ms, id);
+CREATE INDEX IF NOT EXISTS conversations_by_visitor ON conversations (tenant, visitor);
 -- Rows in append order (the rowid): a turn's inserts land on the table's last pages, and the only
 -- index is two integers, so a commit writes few pages (`python -m bench.store_schema`: 28 us of CPU
 -- per entry with a (tenant, conv, seq) text key and a client-id index, 7 with this layout).
@@ -128,6 +132,7 @@ class Store:
             self._db = db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            db.execute("PRAGMA secure_delete = ON")  # erased rows are overwritten, not left in free pages
             if self._max_bytes:
                 page = db.execute("PRAGMA page_size").fetchone()[0]
                 db.execute(f"PRAGMA max_page_count = {max(self._max_bytes // page, 1)}")
@@ -210,10 +215,12 @@ class Store:
         key = self._keys.get((conv.tenant, conv.id))
         if key is None:
             self._keys[(conv.tenant, conv.id)] = self._write_ahead(
-                "INSERT INTO conversations (tenant, id, version, doc) VALUES (?, ?, ?, ?)",
-                (conv.tenant, conv.id, version, doc))
+                "INSERT INTO conversations (tenant, id, version, doc, visitor, state, agent, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (conv.tenant, conv.id, version, doc, conv.visitor, conv.state, conv.agent, conv.created_ms))
         else:
-            self._write_ahead("UPDATE conversations SET version = ?, doc = ? WHERE key = ?", (version, doc, key))
+            self._write_ahead("UPDATE conversations SET version = ?, doc = ?, state = ?, agent = ? WHERE key = ?",
+                              (version, doc, conv.state, conv.agent, key))
 
     def save_sticky(self, tenant: str, visitor: str, agent: str) -> None:
         self._write_ahead("INSERT OR REPLACE INTO sticky VALUES (?, ?, ?)", (tenant, visitor, agent))
@@ -326,3 +333,60 @@ class Store:
                           (key, -1 if after is None else after, 1 << 62 if before is None else before, limit)).fetchall()
         bodies = [r[0] for r in rows]
         return bodies[::-1] if newest else bodies
+
+    # transcripts and erasure (transcripts.py)
+    def list_conversations(self, tenant: str, since_ms: int | None, until_ms: int | None, state: str | None,
+                           agent: str | None, limit: int, after: tuple[int, str] | None) -> list[Conversation]:
+        """A tenant's conversations by (created_ms, id), from past `after`; filtered; at most `limit`."""
+        db = self._db
+        if db is None:
+            raise Unavailable("the node's store is closed (the node is stopping)")
+        where, params = ["tenant = ?"], [tenant]
+        if since_ms is not None:
+            where.append("created_ms >= ?")
+            params.append(since_ms)
+        if until_ms is not None:
+            where.append("created_ms < ?")
+            params.append(until_ms)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if agent is not None:
+            where.append("agent = ?")
+            params.append(agent)
+        if after is not None:
+            where.append("(created_ms, id) > (?, ?)")
+            params += list(after)
+        out = []
+        for version, doc in db.execute(f"SELECT version, doc FROM conversations WHERE {' AND '.join(where)} "
+                                       "ORDER BY created_ms, id LIMIT ?", (*params, limit)):
+            c = Conversation.from_dict(orjson.loads(doc))
+            c.version = version
+            out.append(c)
+        return out
+
+    def erase_visitor(self, tenant: str, visitor: str) -> list[str]:
+        """Delete every conversation of `visitor` with its entries, and its sticky agent; the ids erased.
+
+        Deleted rows are overwritten (`secure_delete`) and the WAL is checkpointed and truncated, so
+        nothing of them stays in the files.
+        """
+        db = self._db
+        if db is None:
+            raise Unavailable("the node's store is closed (the node is stopping)")
+        self.commit()  # entries queued this turn go in first, so they are erased with the rest
+        rows = db.execute("SELECT key, id FROM conversations WHERE tenant = ? AND visitor = ?", (tenant, visitor)).fetchall()
+        try:
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM entries WHERE conv = ?", [(k,) for k, _ in rows])
+            db.execute("DELETE FROM conversations WHERE tenant = ? AND visitor = ?", (tenant, visitor))
+            db.execute("DELETE FROM sticky WHERE tenant = ? AND visitor = ?", (tenant, visitor))
+            db.execute("COMMIT")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise Unavailable(f"the node's store can't erase ({type(e).__name__}: {e})") from None
+        for _, conv_id in rows:
+            self._keys.pop((tenant, conv_id), None)
+        return [conv_id for _, conv_id in rows]

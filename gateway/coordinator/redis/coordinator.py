@@ -27,6 +27,7 @@ from .pipe import Pipes, Script
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
+from .transcripts import RedisTranscripts
 
 HEARTBEAT_S = 1.0
 POOL_CONNECTIONS = 64  # Redis connections of one node's pool (the heartbeat and the subscriber have their own)
@@ -35,7 +36,7 @@ NODE_TTL_S = 5.0
 
 
 class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgentsAndQueue, RedisPresence,
-                       RedisNodeBus, Coordinator):
+                       RedisNodeBus, RedisTranscripts, Coordinator):
     """The Redis ports over one client (standalone or cluster), with this node's background loops:
     the delivery subscriber and flusher, the node heartbeat and the delivery probe."""
 

@@ -1,0 +1,51 @@
+"""Transcripts in one process: the listing and erasure, from the store where there is one (store.py), else from memory."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from routing.model import Conversation
+
+from ..ports import Transcripts
+from .store import Store
+
+
+class MemoryTranscripts(Transcripts):
+    _store: Store | None
+    _convs: dict[tuple[str, str], Conversation]
+    _logs: dict[tuple[str, str], Any]
+    _open_of: dict[tuple[str, str], str]
+    _sticky: dict[tuple[str, str], str]
+    _agent_convs: dict[tuple[str, str], set[str]]
+    _closed: deque[tuple[float, tuple[str, str]]]
+
+    async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
+                                 state: str | None = None, agent: str | None = None, limit: int = 100,
+                                 after: tuple[int, str] | None = None) -> list[Conversation]:
+        if self._store is not None:  # everything is there, open and closed (written ahead)
+            return self._store.list_conversations(tenant, since_ms, until_ms, state, agent, limit, after)
+        out = [c for (t, _), c in self._convs.items()
+               if t == tenant and (since_ms is None or c.created_ms >= since_ms)
+               and (until_ms is None or c.created_ms < until_ms) and (state is None or c.state == state)
+               and (agent is None or c.agent == agent) and (after is None or (c.created_ms, c.id) > after)]
+        out.sort(key=lambda c: (c.created_ms, c.id))
+        return [c.copy() for c in out[:limit]]
+
+    async def erase_visitor(self, tenant: str, visitor: str) -> list[str]:
+        if (tenant, visitor) in self._open_of:
+            raise ValueError("the visitor has an open conversation: close it first")
+        erased = [conv_id for (t, conv_id), c in self._convs.items() if t == tenant and c.visitor == visitor]
+        if self._store is not None:
+            erased = sorted(set(erased) | set(self._store.erase_visitor(tenant, visitor)))
+        for conv_id in erased:
+            c = self._convs.pop((tenant, conv_id), None)
+            self._logs.pop((tenant, conv_id), None)
+            if c is not None and c.agent:
+                self._agent_convs.get((tenant, c.agent), set()).discard(conv_id)
+        self._sticky.pop((tenant, visitor), None)
+        gone = {(tenant, conv_id) for conv_id in erased}
+        self._closed = deque(x for x in self._closed if x[1] not in gone)
+        return erased
+
+

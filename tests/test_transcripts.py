@@ -1,0 +1,170 @@
+"""Transcripts out and a visitor's data erased (gateway/transcripts_http.py, docs/store.md), on real nodes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from .support import Client, start_gateway, uid
+
+
+def _http(gw, method: str, path: str) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(f"{gw.http_url}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {gw.admin_token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def _json(gw, path: str) -> dict:
+    status, body, _ = _http(gw, "GET", path)
+    assert status == 200, body
+    return orjson.loads(body)
+
+
+async def _close(v: Client, conv: str) -> None:
+    await v.send({"t": "close", "conv": conv})
+    await v.next("event", lambda e: e["conv"] == conv and e["ev"] == "closed")
+
+
+async def _chat(gw, tenant: str, agent: Client, text: str) -> tuple[Client, str]:
+    v = await Client.connect(gw, "visitor", uid("v"), tenant)
+    conv = (await v.request({"t": "open"}, "conv"))["conv"]
+    await agent.next("assigned", lambda e: e["conv"] == conv)
+    await v.msg(conv, text)
+    await agent.msg(conv, f"re: {text}")
+    return v, conv
+
+
+async def test_listing_pages_and_filters_and_a_transcript_comes_as_json_and_csv(tmp_path):
+    gw = start_gateway(data_dir=str(tmp_path / "data"))
+    try:
+        tenant = uid("t")
+        agent = await Client.connect(gw, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
+        convs = []
+        for i in range(5):
+            v, conv = await _chat(gw, tenant, agent, f"question {i}, with a comma")
+            convs.append(conv)
+            if i < 2:
+                await _close(v, conv)
+        # All five, two per page, in creation order; the cursor carries on exactly where the page ended.
+        seen, after = [], ""
+        while True:
+            page = _json(gw, f"/admin/tenants/{tenant}/conversations?limit=2{after}")
+            seen += [c["id"] for c in page["conversations"]]
+            if not page["next"]:
+                break
+            after = f"&after={page['next']}"
+        assert seen == convs
+        closed = _json(gw, f"/admin/tenants/{tenant}/conversations?state=closed")["conversations"]
+        assert [c["id"] for c in closed] == convs[:2]
+        assert [c["id"] for c in _json(gw, f"/admin/tenants/{tenant}/conversations?agent=ann&state=assigned")
+                ["conversations"]] == convs[2:]
+        assert _json(gw, f"/admin/tenants/{tenant}/conversations?agent=nobody")["conversations"] == []
+        first = _json(gw, f"/admin/tenants/{tenant}/conversations?limit=1")["conversations"][0]
+        assert _json(gw, f"/admin/tenants/{tenant}/conversations?until={first['created_ms']}")["conversations"] == []
+        assert _json(gw, f"/admin/tenants/{uid('other')}/conversations")["conversations"] == []
+        # Bad parameters are refused with the reason.
+        status, body, _ = _http(gw, "GET", f"/admin/tenants/{tenant}/conversations?state=sleeping")
+        assert status == 400 and b"state must be one of" in body
+        status, body, _ = _http(gw, "GET", f"/admin/tenants/{tenant}/conversations?after=garbage")
+        assert status == 400 and b"cursor" in body
+
+        t = _json(gw, f"/admin/tenants/{tenant}/conversations/{convs[0]}/transcript")
+        texts = [e["text"] for e in t["entries"] if e["t"] == "msg"]
+        assert texts == ["question 0, with a comma", "re: question 0, with a comma"]
+        assert t["conversation"]["state"] == "closed"
+        assert [e["seq"] for e in t["entries"]] == list(range(1, len(t["entries"]) + 1))
+        status, body, ctype = _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{convs[0]}/transcript?format=csv")
+        assert status == 200 and ctype.startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(body.decode())))
+        assert [(r["t"], r["from"], r["text"]) for r in rows if r["t"] == "msg"] == [
+            ("msg", t["entries"][i]["from"], text) for i, text in
+            [(i, e["text"]) for i, e in enumerate(t["entries"]) if e["t"] == "msg"]]
+        assert [int(r["seq"]) for r in rows] == [e["seq"] for e in t["entries"]]
+        status, _, _ = _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/nope/transcript")
+        assert status == 404
+    finally:
+        gw.stop()
+
+
+async def test_erasing_a_visitor_leaves_nothing_of_it_in_memory_or_in_the_files(tmp_path):
+    data = tmp_path / "data"
+    gw = start_gateway(data_dir=str(data))
+    try:
+        tenant = uid("t")
+        agent = await Client.connect(gw, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
+        marker = "ERASE-ME-" + uid("secret")
+        v, conv = await _chat(gw, tenant, agent, f"my address is {marker}")
+        keep_v, keep_conv = await _chat(gw, tenant, agent, "someone else's question")
+        name = v.welcome["user"]
+        # Not while the conversation is open.
+        status, body, _ = _http(gw, "DELETE", f"/admin/tenants/{tenant}/visitors/{name}")
+        assert status == 409 and b"open conversation" in body
+        await _close(v, conv)
+        files = [p for p in data.iterdir() if p.name.startswith("chatgw.sqlite3")]
+        assert any(marker.encode() in p.read_bytes() for p in files)  # it was on disk
+        status, body, _ = _http(gw, "DELETE", f"/admin/tenants/{tenant}/visitors/{name}")
+        assert status == 200 and orjson.loads(body) == {"erased": [conv]}
+        # Memory: the node knows nothing of it.
+        assert _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{conv}")[0] == 404
+        assert _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{conv}/transcript")[0] == 404
+        listed = [c["id"] for c in _json(gw, f"/admin/tenants/{tenant}/conversations")["conversations"]]
+        assert listed == [keep_conv]
+        v2 = await Client.connect(gw, "visitor", name, tenant)
+        assert v2.welcome["convs"] == []
+        err = await v2.request({"t": "history", "conv": conv}, "error")
+        assert err["code"] in ("not_participant", "not_found")
+        # The files: not in the database, its WAL or anything else in the directory.
+        for p in data.iterdir():
+            assert marker.encode() not in p.read_bytes(), p.name
+        # Everyone else's is untouched.
+        t = _json(gw, f"/admin/tenants/{tenant}/conversations/{keep_conv}/transcript")
+        assert "someone else's question" in [e.get("text") for e in t["entries"]]
+    finally:
+        gw.stop()
+    # And after a restart on the same directory, still nothing.
+    gw = start_gateway(data_dir=str(data))
+    try:
+        assert _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{conv}")[0] == 404
+        for p in Path(data).iterdir():
+            assert marker.encode() not in p.read_bytes(), p.name
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("data_dir", ["none"])
+async def test_a_memory_only_node_lists_and_erases_from_memory(data_dir):
+    gw = start_gateway(data_dir=data_dir)
+    try:
+        tenant = uid("t")
+        agent = await Client.connect(gw, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
+        v, conv = await _chat(gw, tenant, agent, "hello")
+        assert [c["id"] for c in _json(gw, f"/admin/tenants/{tenant}/conversations")["conversations"]] == [conv]
+        await _close(v, conv)
+        status, body, _ = _http(gw, "DELETE", f"/admin/tenants/{tenant}/visitors/{v.welcome['user']}")
+        assert status == 200 and orjson.loads(body) == {"erased": [conv]}
+        assert _json(gw, f"/admin/tenants/{tenant}/conversations")["conversations"] == []
+    finally:
+        gw.stop()
+
+
+def test_cluster_mode_says_it_keeps_no_archive_yet(redis_server):
+    gw = start_gateway(coordinator="redis", redis_url=redis_server.url)
+    try:
+        for method, path in (("GET", "/admin/tenants/t/conversations"), ("DELETE", "/admin/tenants/t/visitors/v")):
+            status, body, _ = _http(gw, method, path)
+            assert status == 501 and b"no archive yet" in body
+    finally:
+        gw.stop()
