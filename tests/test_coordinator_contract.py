@@ -250,3 +250,32 @@ async def test_lock_serialises_holders_of_the_same_key(coord):
     release.set()
     await asyncio.gather(t1, t2)
     assert order == ["first+", "first-", "second+", "second-"]
+
+
+# Transcripts
+
+
+async def test_transcripts_list_by_time_state_and_agent_and_erase_a_visitor(coord):
+    if isinstance(coord, RedisCoordinator):  # no archive yet: it says so instead of answering from part of the data
+        with pytest.raises(NotImplementedError):
+            await coord.list_conversations("t")
+        with pytest.raises(NotImplementedError):
+            await coord.erase_visitor("t", "v1")
+        return
+    for i, (visitor, ms) in enumerate([("v1", 30), ("v2", 10), ("v1", 20)]):
+        c = conv(f"c{i}", visitor=visitor)
+        c.created_ms = ms
+        await coord.create_conversation(c)
+        if i < 2:  # a visitor has one open conversation at a time: close the first two
+            c.state, c.agent = "closed", "a1"
+            await coord.save_conversation(c)
+    assert [c.id for c in await coord.list_conversations("t")] == ["c1", "c2", "c0"]
+    assert [c.id for c in await coord.list_conversations("t", limit=1, after=(10, "c1"))] == ["c2"]
+    assert [c.id for c in await coord.list_conversations("t", since_ms=15, until_ms=30)] == ["c2"]
+    assert [c.id for c in await coord.list_conversations("t", state="closed", agent="a1")] == ["c1", "c0"]
+    assert await coord.list_conversations("other") == []
+    with pytest.raises(ValueError, match="open conversation"):
+        await coord.erase_visitor("t", "v1")  # c2 is open
+    assert await coord.erase_visitor("t", "v2") == ["c1"]
+    assert await coord.get_conversation("t", "c1") is None and (await coord.read_after("t", "c1", 0, 10))[0] == []
+    assert [c.id for c in await coord.list_conversations("t")] == ["c2", "c0"]
