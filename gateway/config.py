@@ -68,6 +68,11 @@ class Config:
     data_dir: str = "./data"
     store_fsync: bool = False  # embedded: ack only once the disk has the entry (synchronous=FULL), not just the OS
     store_max_mb: int = 0  # embedded: the most the database may grow to (0: no limit); past it, `unavailable`
+    # Embedded: closed conversations are deleted (state and log) once this many days have passed since
+    # they were opened; 0 keeps them. `tenant_retention_days` (a [tenant_retention_days] table in the
+    # file) sets it per tenant.
+    retention_days: float = 0.0
+    tenant_retention_days: dict[str, float] = field(default_factory=dict)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration
@@ -122,6 +127,9 @@ class Config:
         for name in ("max_frame", "max_text", "read_buffer", "agent_capacity", "history_keep", "lock_segments"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.retention_days < 0 or any(not isinstance(v, (int, float)) or v < 0
+                                          for v in self.tenant_retention_days.values()):
+            raise ConfigError("retention days must be numbers, 0 (keep) or more")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s <= 0:
             raise ConfigError("heartbeat_s and heartbeat_timeout_s must be positive")
 
@@ -180,7 +188,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
             values[k] = v
     for name, f in known.items():
         raw = env.get(f"GATEWAY_{name.upper()}")
-        if raw is not None and name != "bots":  # tables come from the file only
+        if raw is not None and name not in ("bots", "tenant_retention_days"):  # tables come from the file only
             try:
                 values[name] = _coerce(f.type, raw)
             except (ValueError, TypeError) as e:

@@ -248,3 +248,34 @@ async def test_a_closed_conversation_leaves_memory_and_the_store_answers_for_it(
         assert [e["seq"] for e in (await c.read_after("t", "c1", 4, 10))[0]] == [5, 6, 7]
     finally:
         await c.close()
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+async def test_retention_deletes_closed_conversations_past_their_tenants_period(tmp_path, with_store):
+    from gateway.coordinator.embedded import Retention
+
+    day = 86_400_000
+    now = 100 * day
+    store = Store(tmp_path / "data") if with_store else None
+    c = EmbeddedCoordinator("n1", store=store, retention=Retention(30, {"short": 1, "forever": 0}))
+    await c.start()
+    try:
+        # (tenant, id, visitor, opened days ago, closed?)
+        plan = [("t", "old-closed", "v1", 40, True), ("t", "old-open", "v2", 40, False),
+                ("t", "new-closed", "v3", 10, True), ("short", "s-closed", "v1", 2, True),
+                ("short", "s-fresh", "v2", 0.5, True), ("forever", "f-closed", "v1", 400, True)]
+        for tenant, conv_id, visitor, ago, closed in plan:
+            conv = Conversation(id=conv_id, tenant=tenant, visitor=visitor, group="g", created_ms=now - int(ago * day))
+            await c.create_conversation(conv)
+            await c.append(tenant, conv_id, {"t": "msg", "from": visitor, "text": "x"}, "m1")
+            if closed:
+                conv.state = "closed"
+                await c.save_conversation(conv)
+        assert sorted(c.expire(now)) == [("short", "s-closed"), ("t", "old-closed")]
+        for tenant, conv_id, *_ in plan:
+            gone = (tenant, conv_id) in {("short", "s-closed"), ("t", "old-closed")}
+            assert (await c.get_conversation(tenant, conv_id) is None) == gone, conv_id
+            assert ((await c.read_after(tenant, conv_id, 0, 10))[0] == []) == gone, conv_id
+        assert c.expire(now) == []  # nothing twice
+    finally:
+        await c.close()

@@ -14,12 +14,12 @@ __all__ = ["Agent", "Conversation", "Coordinator", "StaleState", "Unavailable", 
 
 def make_coordinator(cfg: Config) -> Coordinator:
     if cfg.coordinator == "embedded":
-        from .embedded import EmbeddedCoordinator, Store
+        from .embedded import EmbeddedCoordinator, Retention, Store
 
         store = None if cfg.data_dir.strip().lower() == "none" else Store(cfg.data_dir, fsync=cfg.store_fsync,
                                                                                   max_bytes=cfg.store_max_mb << 20)
         return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
-                                   store=store)
+                                   store=store, retention=Retention(cfg.retention_days, cfg.tenant_retention_days))
     from .redis import RedisCoordinator
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,

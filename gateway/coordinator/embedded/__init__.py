@@ -9,18 +9,22 @@ per port, as the Redis side (gateway/coordinator/redis/).
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 
-from ..base import Coordinator
+from ..base import Coordinator, Unavailable
 from .agents import MemoryAgentsAndQueue
 from .conversations import MemoryConversations
 from .locks import MemoryLocks
 from .log import MemoryLog
 from .presence import MemoryPresence
 from .store import Store, StoreError
-from .transcripts import MemoryTranscripts
+from .transcripts import MemoryTranscripts, Retention
 
-__all__ = ["EmbeddedCoordinator", "Store", "StoreError"]
+__all__ = ["EmbeddedCoordinator", "Retention", "Store", "StoreError"]
+
+log = logging.getLogger("gateway.store")
 
 # With a store, a closed conversation leaves memory this long after it closed (the dedup window:
 # a retry of a message sent just before the close still finds its client id); checked every SWEEP_S.
@@ -35,11 +39,13 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
     eager_safe = True
 
     def __init__(self, node_id: str = "embedded", *, history_keep: int = 10_000, lock_segments: int = 1024,
-                 store: Store | None = None, closed_keep_s: float = CLOSED_KEEP_S):
+                 store: Store | None = None, closed_keep_s: float = CLOSED_KEEP_S, retention: Retention | None = None):
         """`store`: the node's database (store.py), opened and read back by `start`; None keeps everything in
-        memory only. `closed_keep_s`: with a store, how long a closed conversation stays in memory (seconds)."""
+        memory only. `closed_keep_s`: with a store, how long a closed conversation stays in memory (seconds).
+        `retention`: how long closed conversations are kept at all (None: for ever)."""
         self.node_id = node_id
         self._store = store
+        self._retention = retention
         self._closed_keep_s = closed_keep_s
         self._sweeper: asyncio.TimerHandle | None = None
         self._init_locks(lock_segments)
@@ -72,6 +78,11 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
 
     def _sweep(self) -> None:
         self.evict_closed(self._closed_keep_s)
+        if self._retention is not None and self._retention.any():
+            try:
+                self.expire(int(time.time() * 1000))
+            except Unavailable as e:  # the store can't write now: the next sweep tries again
+                log.warning("retention sweep: %s", e)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     async def close(self) -> None:

@@ -39,6 +39,7 @@ import orjson
 from routing.model import Agent, Conversation
 
 from ..base import Unavailable
+from .store_transcripts import StoreTranscripts
 
 log = logging.getLogger("gateway.store")
 
@@ -89,7 +90,7 @@ _Undo = Callable[[], None]
 _Waiter = tuple[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]]
 
 
-class Store:
+class Store(StoreTranscripts):
     """The SQLite database of one embedded node. `open()` locks the directory and loads it; `close()` releases it."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = False, max_bytes: int = 0):
@@ -333,60 +334,3 @@ class Store:
                           (key, -1 if after is None else after, 1 << 62 if before is None else before, limit)).fetchall()
         bodies = [r[0] for r in rows]
         return bodies[::-1] if newest else bodies
-
-    # transcripts and erasure (transcripts.py)
-    def list_conversations(self, tenant: str, since_ms: int | None, until_ms: int | None, state: str | None,
-                           agent: str | None, limit: int, after: tuple[int, str] | None) -> list[Conversation]:
-        """A tenant's conversations by (created_ms, id), from past `after`; filtered; at most `limit`."""
-        db = self._db
-        if db is None:
-            raise Unavailable("the node's store is closed (the node is stopping)")
-        where, params = ["tenant = ?"], [tenant]
-        if since_ms is not None:
-            where.append("created_ms >= ?")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("created_ms < ?")
-            params.append(until_ms)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if agent is not None:
-            where.append("agent = ?")
-            params.append(agent)
-        if after is not None:
-            where.append("(created_ms, id) > (?, ?)")
-            params += list(after)
-        out = []
-        for version, doc in db.execute(f"SELECT version, doc FROM conversations WHERE {' AND '.join(where)} "
-                                       "ORDER BY created_ms, id LIMIT ?", (*params, limit)):
-            c = Conversation.from_dict(orjson.loads(doc))
-            c.version = version
-            out.append(c)
-        return out
-
-    def erase_visitor(self, tenant: str, visitor: str) -> list[str]:
-        """Delete every conversation of `visitor` with its entries, and its sticky agent; the ids erased.
-
-        Deleted rows are overwritten (`secure_delete`) and the WAL is checkpointed and truncated, so
-        nothing of them stays in the files.
-        """
-        db = self._db
-        if db is None:
-            raise Unavailable("the node's store is closed (the node is stopping)")
-        self.commit()  # entries queued this turn go in first, so they are erased with the rest
-        rows = db.execute("SELECT key, id FROM conversations WHERE tenant = ? AND visitor = ?", (tenant, visitor)).fetchall()
-        try:
-            db.execute("BEGIN")
-            db.executemany("DELETE FROM entries WHERE conv = ?", [(k,) for k, _ in rows])
-            db.execute("DELETE FROM conversations WHERE tenant = ? AND visitor = ?", (tenant, visitor))
-            db.execute("DELETE FROM sticky WHERE tenant = ? AND visitor = ?", (tenant, visitor))
-            db.execute("COMMIT")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise Unavailable(f"the node's store can't erase ({type(e).__name__}: {e})") from None
-        for _, conv_id in rows:
-            self._keys.pop((tenant, conv_id), None)
-        return [conv_id for _, conv_id in rows]

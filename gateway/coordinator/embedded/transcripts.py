@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from routing.model import Conversation
 
 from ..ports import Transcripts
 from .store import Store
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long closed conversations are kept, in days from when they were opened; 0 keeps them."""
+
+    days: float = 0.0
+    by_tenant: dict[str, float] = field(default_factory=dict)
+
+    def any(self) -> bool:
+        return self.days > 0 or any(v > 0 for v in self.by_tenant.values())
+
+    def horizon_ms(self, tenant: str, now_ms: int) -> int | None:
+        """Closed conversations of `tenant` opened before this (ms) are deleted; None: kept."""
+        days = self.by_tenant.get(tenant, self.days)
+        return now_ms - int(days * DAY_MS) if days > 0 else None
 
 
 class MemoryTranscripts(Transcripts):
@@ -19,6 +38,7 @@ class MemoryTranscripts(Transcripts):
     _sticky: dict[tuple[str, str], str]
     _agent_convs: dict[tuple[str, str], set[str]]
     _closed: deque[tuple[float, tuple[str, str]]]
+    _retention: Retention | None
 
     async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
                                  state: str | None = None, agent: str | None = None, limit: int = 100,
@@ -38,14 +58,39 @@ class MemoryTranscripts(Transcripts):
         erased = [conv_id for (t, conv_id), c in self._convs.items() if t == tenant and c.visitor == visitor]
         if self._store is not None:
             erased = sorted(set(erased) | set(self._store.erase_visitor(tenant, visitor)))
+        self._sticky.pop((tenant, visitor), None)
+        self._forget(tenant, erased)
+        return erased
+
+    def expire(self, now_ms: int) -> list[tuple[str, str]]:
+        """Delete the closed conversations past their tenant's retention (`Retention`); returns (tenant, id) of each."""
+        if self._retention is None or not self._retention.any():
+            return []
+        tenants = {t for t, _ in self._convs} | set(self._retention.by_tenant)
+        if self._store is not None:
+            tenants |= self._store.tenants()
+        gone: list[tuple[str, str]] = []
+        for tenant in sorted(tenants):
+            horizon = self._retention.horizon_ms(tenant, now_ms)
+            if horizon is None:
+                continue
+            ids = {conv_id for (t, conv_id), c in self._convs.items()
+                   if t == tenant and c.state == "closed" and c.created_ms < horizon}
+            if self._store is not None:
+                ids |= set(self._store.expire(tenant, horizon))
+            self._forget(tenant, sorted(ids))
+            gone += [(tenant, conv_id) for conv_id in sorted(ids)]
+        return gone
+
+    def _forget(self, tenant: str, erased: list[str]) -> None:
+        """The erased conversations leave memory (state, log, the agent's holdings, the eviction queue)."""
         for conv_id in erased:
             c = self._convs.pop((tenant, conv_id), None)
             self._logs.pop((tenant, conv_id), None)
             if c is not None and c.agent:
                 self._agent_convs.get((tenant, c.agent), set()).discard(conv_id)
-        self._sticky.pop((tenant, visitor), None)
         gone = {(tenant, conv_id) for conv_id in erased}
-        self._closed = deque(x for x in self._closed if x[1] not in gone)
-        return erased
+        if gone:
+            self._closed = deque(x for x in self._closed if x[1] not in gone)
 
 
