@@ -72,6 +72,7 @@ class Config:
     # they were opened; 0 keeps them. `tenant_retention_days` (a [tenant_retention_days] table in the
     # file) sets it per tenant.
     retention_days: float = 0.0
+    closed_keep_s: float = 600.0  # embedded with a store: a closed conversation leaves memory this long after it closed
     tenant_retention_days: dict[str, float] = field(default_factory=dict)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster

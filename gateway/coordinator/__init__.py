@@ -19,7 +19,8 @@ def make_coordinator(cfg: Config) -> Coordinator:
         store = None if cfg.data_dir.strip().lower() == "none" else Store(cfg.data_dir, fsync=cfg.store_fsync,
                                                                                   max_bytes=cfg.store_max_mb << 20)
         return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
-                                   store=store, retention=Retention(cfg.retention_days, cfg.tenant_retention_days))
+                                   store=store, retention=Retention(cfg.retention_days, cfg.tenant_retention_days),
+                                   closed_keep_s=cfg.closed_keep_s)
     from .redis import RedisCoordinator
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,

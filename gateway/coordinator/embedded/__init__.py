@@ -83,7 +83,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
                 self.expire(int(time.time() * 1000))
             except Unavailable as e:  # the store can't write now: the next sweep tries again
                 log.warning("retention sweep: %s", e)
-        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(min(SWEEP_S, max(self._closed_keep_s, 0.1)), self._sweep)
 
     async def close(self) -> None:
         if self._sweeper is not None:
