@@ -11,6 +11,10 @@ from routing.model import Conversation
 from ..ports import ConversationState
 from .store import Store
 
+# With a store, at most this many closed conversations stay in memory (the newest), whatever
+# `closed_keep_s` says.
+CLOSED_KEEP_MAX = 10_000
+
 
 class MemoryConversations(ConversationState):
     """Conversations are kept as private copies; readers get copies (`peek_*` excepted: read-only).
@@ -72,6 +76,8 @@ class MemoryConversations(ConversationState):
             del self._open_of[(conv.tenant, conv.visitor)]
         if conv.state == "closed" and self._store is not None:
             self._closed.append((time.monotonic(), key))  # leaves memory later (evict_closed)
+            if len(self._closed) > CLOSED_KEEP_MAX:
+                self.evict_closed(float("inf"))
 
     def evict_closed(self, older_than_s: float) -> int:
         """With a store: conversations closed at least `older_than_s` ago leave memory, state and log
@@ -83,12 +89,15 @@ class MemoryConversations(ConversationState):
             return 0
         horizon = time.monotonic() - older_than_s
         gone = 0
-        while self._closed and self._closed[0][0] <= horizon:
+        # The oldest first; past `CLOSED_KEEP_MAX` of them, whatever their age (a busy node closes
+        # thousands a minute: memory must not hold ten minutes of them).
+        while self._closed and (self._closed[0][0] <= horizon or len(self._closed) > CLOSED_KEEP_MAX):
             _, key = self._closed.popleft()
             c = self._convs.get(key)
             if c is not None and c.state == "closed":
                 del self._convs[key]
                 self._forget_log(key)
+                self._store.forget(*key)
                 gone += 1
         return gone
 

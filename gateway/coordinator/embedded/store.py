@@ -102,7 +102,9 @@ class Store(StoreTranscripts):
         self._max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._keys: dict[tuple[str, str], int] = {}  # (tenant, conversation) -> its integer key in the database
+        # (tenant, conversation) -> its integer key in the database, for the conversations in memory
+        # (a conversation that left memory is looked up: `_key`)
+        self._keys: dict[tuple[str, str], int] = {}
         self._rows: list[tuple[int, int, str, str | None, bytes]] = []  # this turn's entries, oldest first
         self._undo: list[_Undo] = []  # and how to take each back out of the dictionaries
         self._waiters: list[_Waiter] = []
@@ -164,9 +166,9 @@ class Store(StoreTranscripts):
             c = Conversation.from_dict(orjson.loads(doc))
             c.version = version
             snap.conversations.append(c)
-            self._keys[(tenant, conv_id)] = key
             snap.last_seq[(tenant, conv_id)] = last.get(key, 0)
             if c.state != "closed":  # a closed conversation's log is read from here when asked for
+                self._keys[(tenant, conv_id)] = key
                 rows = db.execute("SELECT seq, sender, client_id, body FROM entries WHERE conv = ? "
                                   "ORDER BY seq DESC LIMIT ?", (key, keep)).fetchall()
                 snap.entries[(tenant, conv_id)] = rows[::-1]
@@ -213,7 +215,7 @@ class Store(StoreTranscripts):
 
     def save_conversation(self, conv: Conversation, version: int) -> None:
         doc = orjson.dumps(conv.to_dict())
-        key = self._keys.get((conv.tenant, conv.id))
+        key = self._key(conv.tenant, conv.id)
         if key is None:
             self._keys[(conv.tenant, conv.id)] = self._write_ahead(
                 "INSERT INTO conversations (tenant, id, version, doc, visitor, state, agent, created_ms) "
@@ -247,7 +249,11 @@ class Store(StoreTranscripts):
         if self._db is None:
             undo()
             raise Unavailable("the node's store is closed (the node is stopping)")
-        self._rows.append((self._keys[(tenant, conv_id)], seq, sender, client_id, body))
+        key = self._keys.get((tenant, conv_id)) or self._key(tenant, conv_id)
+        if key is None:
+            undo()
+            raise KeyError(conv_id)
+        self._rows.append((key, seq, sender, client_id, body))
         self._undo.append(undo)
         if not self._scheduled:
             self._scheduled = True
@@ -312,12 +318,23 @@ class Store(StoreTranscripts):
         c.version = row[0]
         return c
 
+    def _key(self, tenant: str, conv_id: str) -> int | None:
+        key = self._keys.get((tenant, conv_id))
+        if key is None and self._db is not None:
+            row = self._db.execute("SELECT key FROM conversations WHERE tenant = ? AND id = ?", (tenant, conv_id)).fetchone()
+            key = row[0] if row else None
+        return key
+
+    def forget(self, tenant: str, conv_id: str) -> None:
+        """The conversation left memory: its key is looked up from now on."""
+        self._keys.pop((tenant, conv_id), None)
+
     def has(self, tenant: str, conv_id: str) -> bool:
-        return (tenant, conv_id) in self._keys
+        return self._key(tenant, conv_id) is not None
 
     def last_seq(self, tenant: str, conv_id: str) -> int:
         db = self._db
-        key = self._keys.get((tenant, conv_id))
+        key = self._key(tenant, conv_id)
         if db is None or key is None:
             return 0
         return db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries WHERE conv = ?", (key,)).fetchone()[0]
@@ -326,7 +343,7 @@ class Store(StoreTranscripts):
              newest: bool) -> list[bytes]:
         """Entry bodies of `conv_id` with after < seq < before, oldest first; the newest `limit` if `newest`."""
         db = self._db
-        key = self._keys.get((tenant, conv_id))
+        key = self._key(tenant, conv_id)
         if db is None or key is None:
             return []
         order = "DESC" if newest else "ASC"
