@@ -24,6 +24,7 @@ class MemoryConversations(ConversationState):
 
     _new_log: Callable[[tuple[str, str]], None]
     _forget_log: Callable[[tuple[str, str]], None]
+    _shed_entries: Callable[[tuple[str, str]], None]
     _store: Store | None
 
     def _init_conversations(self) -> None:
@@ -75,6 +76,9 @@ class MemoryConversations(ConversationState):
         if conv.state == "closed" and self._open_of.get((conv.tenant, conv.visitor)) == conv.id:
             del self._open_of[(conv.tenant, conv.visitor)]
         if conv.state == "closed" and self._store is not None:
+            # On disk (once this turn's entries are: a failed commit must find its entries to take back);
+            # only its client ids are needed in memory now.
+            self._store.when_durable(self._shed_entries, (key,), lambda _e: None)
             self._closed.append((time.monotonic(), key))  # leaves memory later (evict_closed)
             if len(self._closed) > CLOSED_KEEP_MAX:
                 self.evict_closed(float("inf"))

@@ -63,6 +63,14 @@ class MemoryLog(ConversationLog):
             log.first = self._store.last_seq(*key) + 1
         return log
 
+    def _shed_entries(self, key: tuple[str, str]) -> None:
+        """A conversation closed (with a store): its entries leave memory now, reads of them go to the
+        store; its client ids stay until it leaves memory (a retry still gets its ack)."""
+        log = self._logs.get(key)
+        if log is not None and log.entries:
+            log.first += len(log.entries)
+            log.entries.clear()
+
     def _drop_closed_log(self, key: tuple[str, str]) -> None:
         if key not in self._convs:  # still closed: its entries are written, the store answers for them
             self._logs.pop(key, None)
