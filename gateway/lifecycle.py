@@ -139,7 +139,11 @@ class Lifecycle:
                 connected=True,
             )
             agent = await self.coord.upsert_agent(agent)
-            for conv_id in await self.coord.conversations_of_agent(conn.tenant, conn.user):
+            held = await self.coord.conversations_of_agent(conn.tenant, conn.user)
+            # Presence is written: other nodes' cached holders of these conversations must be read
+            # again before anything here reads their logs (the views' seqs, the client's resume).
+            await self.coord.holders_changed(conn.tenant, held)
+            for conv_id in held:
                 c = await self.coord.get_conversation(conn.tenant, conv_id)
                 if c:
                     convs.append(await self._events.conv_view(c))
@@ -147,6 +151,8 @@ class Lifecycle:
                 await self.router.agent_changed(agent)
         elif conn.role == "visitor":
             conv_id = await self.coord.open_conversation_of(conn.tenant, conn.user)
+            if conv_id:
+                await self.coord.holders_changed(conn.tenant, [conv_id])  # as for an agent, above
             c = await self.coord.get_conversation(conn.tenant, conv_id) if conv_id else None
             if c:
                 convs.append(await self._events.conv_view(c))
@@ -194,6 +200,11 @@ class Lifecycle:
                     agent.connected = True
                     await self.coord.upsert_agent(agent)
                     await self.router.agent_changed(agent)
+        by_tenant: dict[str, set[str]] = {}
+        for conn in list(self.conns.values()):
+            by_tenant.setdefault(conn.tenant, set()).update(subscribed(conn))
+        for tenant, conv_ids in by_tenant.items():  # before the catch-ups read the logs (holders.py)
+            await self.coord.holders_changed(tenant, sorted(conv_ids))
         for conn in list(self.conns.values()):
             for conv_id in subscribed(conn):
                 self._tasks.spawn(self.delivery.catch_up(conn, conn.tenant, conv_id))

@@ -368,3 +368,25 @@ async def test_a_node_with_an_old_copy_lets_the_new_agent_write(nodes):
     await new.next("assigned", lambda e: e["conv"] == conv)
     ack = await new.msg(conv, "hello from the new agent")
     assert (await visitor.next("msg", lambda e: e["seq"] == ack["seq"]))["text"] == "hello from the new agent"
+
+
+async def test_a_participant_connecting_on_another_node_gets_live_entries_from_a_node_that_cached_its_holders(nodes):
+    # Node A caches who holds the conversation's participants (holders.py); the agent then connects on
+    # node C too. C bumps the conversation's holders version before the agent resumes there, so A's
+    # next append sees its cache is old and reads the holders again: the entry reaches C live.
+    a_node, b_node, c_node = nodes(3)
+    tenant = uid("t")
+    agent_b = await online(b_node, tenant, "agent-1")
+    visitor = await Client.connect(a_node, "visitor", uid("v"), tenant)
+    conv = (await visitor.request({"t": "open"}, "conv"))["conv"]
+    await agent_b.next("assigned", lambda e: e["conv"] == conv)
+    for i in range(3):  # A now knows the holders: agent-1 on B
+        await visitor.msg(conv, f"before {i}", cid=f"b{i}")
+        await agent_b.next("msg", lambda e, i=i: e.get("id") == f"b{i}")
+    agent_c = await Client.connect(c_node, "agent", "agent-1", tenant)
+    assert [c["conv"] for c in agent_c.welcome["convs"]] == [conv]
+    await agent_c.request({"t": "resume", "conv": conv, "after": agent_c.welcome["convs"][0]["seq"]}, "resumed")
+    ack = await visitor.msg(conv, "after the move", cid="moved")
+    got = await agent_c.next("msg", lambda e: e.get("id") == "moved")  # live, no resume after it
+    assert got["seq"] == ack["seq"]
+    await agent_b.next("msg", lambda e: e.get("id") == "moved")  # and still on B

@@ -121,6 +121,11 @@ class Presence(ABC):
     def on_rejoin(self, handler: Callable[[], Awaitable[None]]) -> None:  # noqa: B027
         """Register the handler that re-registers this node's users after it was cut off; single-node: never."""
 
+    async def holders_changed(self, tenant: str, conv_ids: list[str]) -> None:  # noqa: B027
+        """This node now holds a participant of each conversation (its presence is written): called
+        before the node reads their logs for that participant, so other nodes that cached who holds
+        the participants read it again (docs/cluster.md, step 6c). Single node: nothing to tell."""
+
 
 class Transcripts(ABC):
     """A tenant's conversations over time, for export and audit, and erasure of one visitor's data.

@@ -14,6 +14,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type
 from ...retry import backoff
 from ..base import DeliveryHandler
 from .errors import UNREACHABLE
+from .holders import HolderCache
 from .lookups import HolderLookups
 from .pipe import Pipe, Pipes
 
@@ -31,15 +32,24 @@ class RedisNodeBus:
         self._handler = handler
 
     _lookups: HolderLookups
+    _holders: HolderCache
     _pipes: Pipes
     _sub_pipe: Pipe  # the delivery subscription's connection
 
     async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
         by_node: dict[str, list[str]] = {}
-        if len(users) == 1:
-            holders = [await self._lookups.holders(tenant, users[0])]
+        key = (tenant, env["conv"]) if encoded is not None else None  # a log entry: its conversation's holders
+        holders = self._holders.get(key, users) if key is not None else None
+        if holders is None:
+            label = self._holders.label(key) if key is not None else None  # read before the lookups leave
+            if len(users) == 1:
+                holders = [await self._lookups.holders(tenant, users[0])]
+            else:
+                holders = await asyncio.gather(*(self._lookups.holders(tenant, u) for u in users))
+            if label is not None:
+                self._holders.put(key, label, users, holders)
         else:
-            holders = await asyncio.gather(*(self._lookups.holders(tenant, u) for u in users))
+            self.stats["holders_cached"] += 1
         for user, nodes in zip(users, holders, strict=True):
             if not nodes:
                 self.stats["no_holder"] += 1

@@ -3,7 +3,7 @@
 `append` queues the entry and waits; at the end of the loop turn the queue leaves as one
 `append_batch.lua` call per hash slot (a conversation's keys share one; on a standalone
 Redis every slot is on the one server, so the whole turn is one call). The script returns
-each append's seq and duplicate flag, in order, and each waiting caller gets its own: the
+each append's seq, duplicate flag and holders version, in order, and each waiting caller gets its own: the
 sender's ack still waits for Redis's reply, so an acked message is in Redis. Calls for
 different turns may be in flight at once; one sender's next message is never in a turn
 before its previous one has its ack (the dispatcher handles a connection's envelopes one
@@ -23,7 +23,7 @@ from .errors import answer_waiters
 
 # One pending append: its three keys, its client-id key ('' for none), its body, the state version
 # it requires ('' for none), and the future its caller waits on.
-_Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool]]"]
+_Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool, int]]"]
 
 
 class GroupCommit:
@@ -43,10 +43,10 @@ class GroupCommit:
         stats.setdefault("commit_appends", 0)
 
     async def append(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any],
-                     if_version: int | None = None) -> tuple[int, bool]:
-        """(seq, duplicate) once Redis has the entry; StaleState if `if_version` is not the state's."""
+                     if_version: int | None = None) -> tuple[int, bool, int]:
+        """(seq, duplicate, holders version) once Redis has the entry; StaleState if `if_version` is not the state's."""
         loop = self._loop
-        fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        fut: asyncio.Future[tuple[int, bool, int]] = loop.create_future()
         cid = "" if client_id is None else idempotency_key(sender, client_id)
         self._pending.append((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
         if not self._scheduled:
@@ -77,7 +77,7 @@ class GroupCommit:
         self.stats["commit_batches"] += 1
         self.stats["commit_appends"] += len(batch)
         for i, (*_, fut) in enumerate(batch):
-            seq, dup = int(flat[2 * i]), int(flat[2 * i + 1])
+            seq, dup, hv = int(flat[3 * i]), int(flat[3 * i + 1]), int(flat[3 * i + 2])
             if fut.done():
                 continue
             if seq == -2:
@@ -85,4 +85,4 @@ class GroupCommit:
             elif seq < 0:
                 fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
             else:
-                fut.set_result((seq, bool(dup)))
+                fut.set_result((seq, bool(dup), hv))

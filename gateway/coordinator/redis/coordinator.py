@@ -19,6 +19,7 @@ from .agents import RedisAgentsAndQueue
 from .bus import RedisNodeBus
 from .commit import GroupCommit
 from .conversations import CACHED_CONVERSATIONS, RedisConversations
+from .holders import HolderCache
 from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
@@ -67,7 +68,9 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._probe_misses = 0  # delivery probes lost in a row (bus.py)
         self._subscribed = asyncio.Event()
         self.health_state: dict[str, Any] = {"ok": False, "reason": "starting"}
-        self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0}
+        self.stats = {"published": 0, "delivered_items": 0, "pipelines": 0, "received_items": 0, "no_holder": 0,
+                      "holders_cached": 0}
+        self._holders = HolderCache()
         self.r: Any = None
         self._cache = LRUCache(CACHED_CONVERSATIONS)
 

@@ -10,6 +10,7 @@ import orjson
 from ..base import StaleState, idempotency_key
 from .commit import GroupCommit
 from .errors import available_errors
+from .holders import HolderCache
 
 
 class RedisLog:
@@ -18,6 +19,7 @@ class RedisLog:
 
     _commit: GroupCommit
     _forget: Callable[[str, str], None]  # drop a conversation's cached state (conversations.py)
+    _holders: HolderCache  # who holds each conversation's participants (holders.py)
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
@@ -25,10 +27,11 @@ class RedisLog:
         body = {k: v for k, v in entry.items() if k != "seq"}
         keys = [self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")]
         try:
-            seq, dup = await self._commit.append(keys, entry.get("from", ""), client_id, body, if_version)
+            seq, dup, hv = await self._commit.append(keys, entry.get("from", ""), client_id, body, if_version)
         except StaleState:
             self._forget(tenant, conv_id)  # the caller reads the state again
             raise
+        self._holders.appended((tenant, conv_id), hv, if_version)
         entry["seq"] = seq
         return seq, dup
 

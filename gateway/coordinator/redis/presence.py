@@ -14,6 +14,7 @@ import msgpack
 from ...retry import until_done
 from .errors import available_errors
 from .keys import q
+from .pipe import Pipes
 from .presence_writes import PresenceWrites
 
 log = logging.getLogger("gateway.redis")
@@ -23,11 +24,19 @@ class RedisPresence:
     the registered scripts and the key builders (keys.py)."""
 
     _presence: PresenceWrites
+    _pipes: Pipes
+    _ck: Callable[[str, str, str], str]
 
     async def set_present(self, tenant: str, user: str, present: bool, role: str = "") -> int:
         """Batched with the other changes of this loop turn (presence_writes.py)."""
         holders = await self._presence.write(tenant, user, present, role)
         return len([n for n in holders if n not in self._dead_nodes])
+
+    @available_errors
+    async def holders_changed(self, tenant: str, conv_ids: list[str]) -> None:
+        """Bump each conversation's holders version (meta `hv`, holders.py), auto-pipelined (pipe.py)."""
+        keys = [self._ck(tenant, c, "meta") for c in conv_ids]
+        await asyncio.gather(*(self._pipes.call(k, "HINCRBY", k, "hv", 1) for k in keys))
 
     async def _nodes_of(self, tenant: str, user: str) -> list[str]:
         nodes = [n.decode() for n in await self.r.hkeys(self._pk(tenant, user))]
