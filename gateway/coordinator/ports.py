@@ -124,7 +124,7 @@ class Presence(ABC):
     async def holders_changed(self, tenant: str, conv_ids: list[str]) -> None:  # noqa: B027
         """This node now holds a participant of each conversation (its presence is written): called
         before the node reads their logs for that participant, so other nodes that cached who holds
-        the participants read it again (docs/cluster.md, step 6c). Single node: nothing to tell."""
+        the participants read it again (docs/cluster.md, step 6d). Single node: nothing to tell."""
 
 
 class Transcripts(ABC):

@@ -1,5 +1,5 @@
 """Which nodes hold a conversation's participants, known on the node instead of read per message
-(docs/cluster.md, step 6c).
+(docs/cluster.md, step 6d).
 
 Every entry crossing nodes needs its participants' holders. Read per message (`HKEYS` of each
 participant's presence hash, lookups.py) that is a Redis round trip after every append. Here the
