@@ -95,7 +95,7 @@ SERVERS: dict[str, ServerSpec] = {
                    note="Node.js + ws (npm ci from bench/peers/node/package-lock.json)"),
     ]
 }
-DEFAULT_SERVERS = ["gateway", "gateway_echo", "picows", "picows_1k", "picows_uv", "websockets", "aiohttp", "node"]
+DEFAULT_SERVERS = ["gateway", "gateway_memory", "gateway_echo", "picows", "picows_1k", "picows_uv", "websockets", "aiohttp", "node"]
 
 
 def node_ready() -> str | None:
