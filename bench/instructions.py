@@ -41,7 +41,8 @@ def _launch(out_dir: str) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     env = dict(os.environ, GATEWAY_JWT_SECRET=secret, GATEWAY_ADMIN_TOKEN=secrets.token_urlsafe(32),
                GATEWAY_HTTP_PORT="0", GATEWAY_WS_PORT="0", GATEWAY_HOST="127.0.0.1", GATEWAY_LOG_LEVEL="warning",
                PYTHONUNBUFFERED="1", GATEWAY_BOTS_ENABLED="false", GATEWAY_RATE_PER_S="1e9",
-               GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600")
+               GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600",
+               GATEWAY_DATA_DIR="none")  # memory only, as every figure before the store; SQLite's own cost: bench.store_schema
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p",
                              sys.executable, "-m", "gateway", "serve"],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -76,8 +76,8 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("gateway_workers", "gateway (chatgw), serve --workers N over Redis", "gateway",
                    lambda o: [sys.executable, "-m", "gateway", "serve", "--workers", str(o["workers"])], _gateway_env, "/ws",
                    "N worker processes on the same ports (SO_REUSEPORT), Redis coordinator: the storm scenario"),
-        ServerSpec("gateway_echo", "gateway /echo endpoint", "echo", lambda o: [sys.executable, "-m", "gateway", "serve", "--echo"],
-                   _gateway_env, "/echo", "the gateway's own listener (Cython Connection on picows) without the hub: "
+        ServerSpec("gateway_echo", "gateway /echo endpoint", "echo",
+                   lambda o: [sys.executable, "-m", "gateway", "serve", "--echo", "--data-dir", "none"], _gateway_env, "/echo", "the gateway's own listener (Cython Connection on picows) without the hub: "
                    "separates the cost of the connection layer from the chat logic"),
         ServerSpec("picows", "picows echo (default 16 KiB read buffer)", "echo", _py("bench.peers.picows_echo"),
                    note="bare picows 2.3.1 on uvloop (aiofastnet transports, picows' default when installed), read_buffer_init_size=16 KiB"),
