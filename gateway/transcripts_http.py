@@ -7,7 +7,8 @@ with cursor paging; one conversation's transcript as JSON or CSV; erasure of one
     DELETE /admin/tenants/{t}/visitors/{visitor}  -> {"erased": [conversation ids]}
 
 Same access as the rest of the admin API (the admin token, or a service token of tenant t).
-Cluster mode keeps no archive yet: the listing and erasure answer 501 there.
+Cluster mode keeps no archive yet: the listing answers 501 there (erasure works: transcripts.py
+of the Redis coordinator).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .coordinator import Coordinator
+from .coordinator import Coordinator, Unavailable
 
 PAGE = 1000  # log entries read per call while a transcript is assembled
 STATES = ("bot", "queued", "assigned", "closed")
@@ -83,6 +84,8 @@ def add_routes(app: web.Application, tenant_of: Callable[[web.Request], str],
             raise web.HTTPConflict(text=str(e)) from None
         except NotImplementedError as e:
             raise web.HTTPNotImplemented(text=str(e)) from None
+        except Unavailable as e:  # shared state or the store away: nothing was reported erased; ask again
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
         return web.json_response({"erased": erased})
 
     app.router.add_get("/admin/tenants/{tenant}/conversations", listing)

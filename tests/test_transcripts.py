@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
-from .support import Client, start_gateway, uid
+from .support import Client, start_gateway, uid, wait_for
 
 
 def _http(gw, method: str, path: str) -> tuple[int, bytes, str]:
@@ -160,11 +162,45 @@ async def test_a_memory_only_node_lists_and_erases_from_memory(data_dir):
         gw.stop()
 
 
-def test_cluster_mode_says_it_keeps_no_archive_yet(redis_server):
-    gw = start_gateway(coordinator="redis", redis_url=redis_server.url)
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_cluster_mode_erases_a_visitor_everywhere_and_says_it_keeps_no_listing_yet(request, kind):
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    secret = secrets.token_urlsafe(32)
+    settings = dict(coordinator="redis", redis_url=server.url, redis_cluster=str(kind == "redis-cluster").lower(),
+                    jwt_secret=secret)
+    a_node, b_node = start_gateway(**settings), start_gateway(**settings)
     try:
-        for method, path in (("GET", "/admin/tenants/t/conversations"), ("DELETE", "/admin/tenants/t/visitors/v")):
-            status, body, _ = _http(gw, method, path)
-            assert status == 501 and b"no archive yet" in body
+        status, body, _ = _http(a_node, "GET", "/admin/tenants/t/conversations")
+        assert status == 501 and b"no archive yet" in body
+        tenant = uid("t")
+        agent = await Client.connect(b_node, "agent", "ann", tenant)  # on the other node
+        await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
+        marker = "ERASE-ME-" + uid("secret")
+        v, conv = await _chat(a_node, tenant, agent, f"my address is {marker}")
+        _, keep_conv = await _chat(a_node, tenant, agent, "someone else's question")
+        name = v.welcome["user"]
+        assert _http(b_node, "GET", f"/admin/tenants/{tenant}/conversations/{conv}")[0] == 200  # B has it
+        status, body, _ = _http(a_node, "DELETE", f"/admin/tenants/{tenant}/visitors/{name}")
+        assert status == 409
+        await _close(v, conv)
+        await v.close()  # gone: its presence (who holds it) leaves Redis with its last connection
+        r = redis.Redis.from_url(server.url) if kind == "redis" else redis.RedisCluster.from_url(server.url)
+        await wait_for(lambda: not [k for k in r.scan_iter(match="*{p:*", count=1000) if name.encode() in k],
+                       what="the visitor's presence gone")
+        status, body, _ = _http(a_node, "DELETE", f"/admin/tenants/{tenant}/visitors/{name}")
+        assert status == 200 and orjson.loads(body) == {"erased": [conv]}
+        for gw in (a_node, b_node):  # neither node answers from a copy
+            assert _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{conv}")[0] == 404
+        # Redis: no key names the conversation or the visitor, and no value holds the text.
+        try:
+            keys = [k.decode() for k in r.scan_iter(count=1000)]
+            assert not [k for k in keys if conv in k or name in k]
+            for k in keys:
+                assert marker.encode() not in (r.dump(k) or b""), k
+        finally:
+            r.close()
+        t = _json(a_node, f"/admin/tenants/{tenant}/conversations/{keep_conv}/transcript")
+        assert "someone else's question" in [e.get("text") for e in t["entries"]]
     finally:
-        gw.stop()
+        a_node.stop()
+        b_node.stop()

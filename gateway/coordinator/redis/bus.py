@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -34,6 +35,7 @@ class RedisNodeBus:
     _lookups: HolderLookups
     _holders: HolderCache
     _pipes: Pipes
+    _forget: Callable[[str, str], None]  # drop a conversation's cached copy (conversations.py)
     _sub_pipe: Pipe  # the delivery subscription's connection
 
     async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
@@ -165,8 +167,21 @@ class RedisNodeBus:
                 if fut and not fut.done():
                     fut.set_result(None)
                 continue
+            if isinstance(env, dict) and env.get("t") == "_forget":  # erased (transcripts.py): drop our copies
+                for conv_id in env.get("convs", ()):
+                    self._forget(tenant, conv_id)
+                continue
             if self._handler is not None:
                 self._handler(tenant, users, env, encoded)
+
+    async def forget_everywhere(self, tenant: str, conv_ids: list[str]) -> None:
+        """Every live node drops its cached copies of these conversations (after an erasure)."""
+        if not conv_ids:
+            return
+        item = _pack([(tenant, [], {"t": "_forget", "convs": conv_ids}, None)])
+        for node in sorted(self._live_nodes | {self.node_id}):
+            ch = self._channel(node)
+            await self._pipes.call(ch, "SPUBLISH", ch, item)
 
     async def _probe(self) -> None:
         """Prove end to end delivery: publish to our own channel and receive it."""

@@ -32,7 +32,10 @@ class RedisConversations:
         doc = orjson.dumps(conv.to_dict())
         if not await self.r.set(self._ck(conv.tenant, conv.id, "doc"), doc, nx=True):
             raise ValueError(f"conversation {conv.id} exists")
-        await self.r.set(self._vk(conv.tenant, conv.visitor, "open"), conv.id)
+        async with self.r.pipeline(transaction=False) as p:  # one slot: the visitor's
+            p.set(self._vk(conv.tenant, conv.visitor, "open"), conv.id)
+            p.sadd(self._vk(conv.tenant, conv.visitor, "convs"), conv.id)  # every one of theirs, for erasure
+            await p.execute()
         conv.version = 0
         self._cache[(conv.tenant, conv.id)] = conv.copy()
         return conv

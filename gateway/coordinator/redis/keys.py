@@ -2,7 +2,7 @@
 
     P:{c:T:C}:doc|log|ids|meta   one conversation: JSON doc, log stream, (sender, client id) -> seq, seq/fence
                                  (one hash tag: a conversation stays in one slot, scripts stay atomic)
-    P:{v:T:V}:open|sticky        a visitor's open conversation and last agent
+    P:{v:T:V}:open|sticky|convs  a visitor's open conversation, last agent, and every conversation of theirs
     P:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
     P:{q:T}:q:G                  waiting queues
     P:{l:T:S}:lock|fence         segment lock S of tenant T, with its fencing counter
