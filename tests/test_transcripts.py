@@ -204,3 +204,36 @@ async def test_cluster_mode_erases_a_visitor_everywhere_and_says_it_keeps_no_lis
     finally:
         a_node.stop()
         b_node.stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_cluster_mode_retention_expires_a_closed_conversations_keys(request, kind):
+    import time
+    import uuid
+
+    from gateway.coordinator import Conversation
+    from gateway.coordinator.redis import RedisCoordinator
+    from gateway.coordinator.retention import DAY_MS, Retention
+
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    c = RedisCoordinator(f"n-{uuid.uuid4().hex[:6]}", server.url, cluster=kind == "redis-cluster",
+                         prefix=f"t{uuid.uuid4().hex[:8]}", retention=Retention(1, {"kept": 0}))
+    await c.start()
+    try:
+        now = int(time.time() * 1000)
+        plan = {("t", "recent"): now, ("t", "old"): now - 2 * DAY_MS, ("kept", "any"): now - 400 * DAY_MS}
+        for (tenant, conv_id), created in plan.items():
+            conv = Conversation(id=conv_id, tenant=tenant, visitor=f"v-{conv_id}", group="g", created_ms=created)
+            await c.create_conversation(conv)
+            await c.append(tenant, conv_id, {"t": "msg", "from": conv.visitor, "text": "x"}, "m1")
+            conv.state = "closed"
+            await c.save_conversation(conv)
+        after = int(time.time() * 1000)
+        keys = lambda t, i: [c._ck(t, i, p) for p in ("doc", "log", "ids", "meta")]  # noqa: E731
+        # A day after it opened; for one opened long ago, ten minutes after the close (the grace).
+        assert {await c.r.pexpiretime(k) for k in keys("t", "recent")} == {now + DAY_MS}
+        old = {await c.r.pexpiretime(k) for k in keys("t", "old")}
+        assert len(old) == 1 and now + 600_000 <= old.pop() <= after + 600_000
+        assert {await c.r.pexpiretime(k) for k in keys("kept", "any")} == {-1}  # retention 0: no expiry
+    finally:
+        await c.close()

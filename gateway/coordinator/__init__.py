@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import Agent, Conversation, Coordinator, StaleState, Unavailable
+from .retention import Retention
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -14,7 +15,7 @@ __all__ = ["Agent", "Conversation", "Coordinator", "StaleState", "Unavailable", 
 
 def make_coordinator(cfg: Config) -> Coordinator:
     if cfg.coordinator == "embedded":
-        from .embedded import EmbeddedCoordinator, Retention, Store
+        from .embedded import EmbeddedCoordinator, Store
 
         store = None if cfg.data_dir.strip().lower() == "none" else Store(cfg.data_dir, fsync=cfg.store_fsync,
                                                                                   max_bytes=cfg.store_max_mb << 20)
@@ -25,4 +26,5 @@ def make_coordinator(cfg: Config) -> Coordinator:
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,
                             history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
-                            heartbeat_s=cfg.node_heartbeat_s, node_ttl_s=cfg.node_ttl_s)
+                            heartbeat_s=cfg.node_heartbeat_s, node_ttl_s=cfg.node_ttl_s,
+                            retention=Retention(cfg.retention_days, cfg.tenant_retention_days))

@@ -14,13 +14,14 @@ import time
 from collections import deque
 
 from ..base import Coordinator, Unavailable
+from ..retention import Retention
 from .agents import MemoryAgentsAndQueue
 from .conversations import MemoryConversations
 from .locks import MemoryLocks
 from .log import MemoryLog
 from .presence import MemoryPresence
 from .store import Store, StoreError
-from .transcripts import MemoryTranscripts, Retention
+from .transcripts import MemoryTranscripts
 
 __all__ = ["EmbeddedCoordinator", "Retention", "Store", "StoreError"]
 

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from routing.model import Conversation
 
 from ..ports import Transcripts
+from ..retention import Retention
 from .store import Store
-
-DAY_MS = 86_400_000
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long closed conversations are kept, in days from when they were opened; 0 keeps them."""
-
-    days: float = 0.0
-    by_tenant: dict[str, float] = field(default_factory=dict)
-
-    def any(self) -> bool:
-        return self.days > 0 or any(v > 0 for v in self.by_tenant.values())
-
-    def horizon_ms(self, tenant: str, now_ms: int) -> int | None:
-        """Closed conversations of `tenant` opened before this (ms) are deleted; None: kept."""
-        days = self.by_tenant.get(tenant, self.days)
-        return now_ms - int(days * DAY_MS) if days > 0 else None
 
 
 class MemoryTranscripts(Transcripts):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import orjson
 from cachetools import LRUCache
 
 from ..base import Conversation, Unavailable
+from ..retention import Retention
 from .errors import available_errors
 from .keys import q
 from .locks import FENCE
@@ -16,6 +18,7 @@ from .locks import FENCE
 # path reads them here instead of from Redis; a copy older than the stored state fails the
 # append (its version) and is read again.
 CACHED_CONVERSATIONS = 100_000
+CLOSED_GRACE_MS = 600_000  # a closed conversation's keys live at least this long after the close
 
 
 class RedisConversations:
@@ -23,6 +26,7 @@ class RedisConversations:
     the registered scripts and the key builders (keys.py)."""
 
     _cache: LRUCache[tuple[str, str], Conversation]
+    _retention: Retention | None
 
     def _forget(self, tenant: str, conv_id: str) -> None:
         self._cache.pop((tenant, conv_id), None)
@@ -85,6 +89,20 @@ class RedisConversations:
             key = self._vk(conv.tenant, conv.visitor, "open")
             if (await self.r.get(key) or b"").decode() == conv.id:
                 await self.r.delete(key)
+            await self._expire_closed(conv)
+
+    async def _expire_closed(self, conv: Conversation) -> None:
+        """Retention: a closed conversation's keys expire when its tenant's period since it opened is
+        over, and not within CLOSED_GRACE_MS of the close (the `closed` event and late retries still
+        land in them; docs/store.md, step 12)."""
+        at = self._retention.delete_at_ms(conv.tenant, conv.created_ms) if self._retention else None
+        if at is None:
+            return
+        at = max(at, int(time.time() * 1000) + CLOSED_GRACE_MS)
+        async with self.r.pipeline(transaction=False) as p:  # one slot: the conversation's
+            for part in ("doc", "log", "ids", "meta"):
+                p.pexpireat(self._ck(conv.tenant, conv.id, part), at)
+            await p.execute()
 
     @available_errors
     async def open_conversation_of(self, tenant: str, visitor: str) -> str | None:

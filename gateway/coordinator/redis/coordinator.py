@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ..base import Coordinator, DeliveryHandler, Unavailable
+from ..retention import Retention
 from .agents import RedisAgentsAndQueue
 from .bus import RedisNodeBus
 from .commit import GroupCommit
@@ -43,8 +44,9 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
 
     def __init__(self, node_id: str, url: str, *, cluster: bool = False, history_keep: int = 10_000,
                  lock_segments: int = 1024, prefix: str = "cg", heartbeat_s: float = HEARTBEAT_S,
-                 node_ttl_s: float = NODE_TTL_S):
+                 node_ttl_s: float = NODE_TTL_S, retention: Retention | None = None):
         self.node_id = node_id
+        self._retention = retention  # closed conversations expire (conversations.py)
         self._url = url
         self._cluster = cluster
         self._keep = history_keep
