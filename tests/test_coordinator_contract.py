@@ -284,3 +284,22 @@ async def test_transcripts_list_by_time_state_and_agent_and_erase_a_visitor(coor
     assert await coord.erase_visitor("t", "v2") == ["c1"]
     assert await coord.get_conversation("t", "c1") is None and (await coord.read_after("t", "c1", 0, 10))[0] == []
     assert [c.id for c in await coord.list_conversations("t")] == ["c2", "c0"]
+
+
+async def test_a_failing_append_in_a_group_fails_alone_and_claims_no_client_id(coord):
+    if not isinstance(coord, RedisCoordinator):
+        pytest.skip("a Redis group commit: one script call for several appends")
+    await coord.create_conversation(conv("ok"))
+    await coord.create_conversation(conv("bad", visitor="v2"))
+    await coord.append("t", "bad", {"t": "msg", "from": "v2", "text": "first"}, "b0")
+    log_key = coord._ck("t", "bad", "log")
+    await coord.r.delete(log_key)
+    await coord.r.set(log_key, "not a stream")  # its XADD now fails inside the script
+    results = await asyncio.gather(coord.append("t", "ok", {"t": "msg", "from": "v1", "text": "x"}, "o1"),
+                                   coord.append("t", "bad", {"t": "msg", "from": "v2", "text": "y"}, "b1"),
+                                   return_exceptions=True)  # one loop turn: one script call
+    assert results[0] == (1, False)
+    assert isinstance(results[1], RuntimeError) and "failed inside Redis" in str(results[1])
+    assert await coord.seq_of("t", "bad", "v2", "b1") is None  # not stored, so not claimed
+    await coord.r.delete(log_key)
+    assert await coord.append("t", "bad", {"t": "msg", "from": "v2", "text": "y"}, "b1") == (2, False)

@@ -8,36 +8,40 @@
 -- conversation are good for this entry only if they were read at that version or later.
 -- An append that fails (a Redis error) answers seq -2 and leaves the others' answers alone: a
 -- script is not rolled back, so the appends before it are stored and must be acked.
+-- Four calls for a new message (HMGET, HSETNX, XADD, HSET): meta keeps `seq` and `first` (the
+-- oldest seq the stream holds), so the length is arithmetic, not XLEN.
 local keep = tonumber(ARGV[1])
 local out = {}
 
 local function append(log, ids, meta, cid, body, ev)
-  local seq, dup = nil, 0
-  local m = redis.call('HMGET', meta, 'ver', 'hv')
+  local m = redis.call('HMGET', meta, 'ver', 'hv', 'seq', 'first')
   local hv = tonumber(m[2] or '0')
-  if ev ~= '' then
-    local v = m[1] or '0'
-    if v ~= ev then seq, dup = -1, tonumber(v) end
+  if ev ~= '' and (m[1] or '0') ~= ev then return -1, tonumber(m[1] or '0'), hv end
+  local seq = tonumber(m[3] or '0') + 1
+  if cid ~= '' and redis.call('HSETNX', ids, cid, seq) == 0 then
+    return tonumber(redis.call('HGET', ids, cid)), 1, hv
   end
-  if not seq and cid ~= '' then
-    local s = redis.call('HGET', ids, cid)
-    if s then seq, dup = tonumber(s), 1 end
+  local added = redis.pcall('XADD', log, seq .. '-1', 'e', body, 'c', cid)
+  if type(added) == 'table' and added.err then  -- not stored: the client id must not claim it
+    if cid ~= '' then redis.call('HDEL', ids, cid) end
+    error(added.err)
   end
-  if not seq then
-    seq = redis.call('HINCRBY', meta, 'seq', 1)
-    redis.call('XADD', log, seq .. '-1', 'e', body, 'c', cid)
-    if cid ~= '' then redis.call('HSET', ids, cid, seq) end
-    local n = redis.call('XLEN', log)
-    if n > keep then
-      local old = redis.call('XRANGE', log, '-', '+', 'COUNT', n - keep)
-      for _, item in ipairs(old) do
-        local f = item[2]
-        if f[4] ~= '' then redis.call('HDEL', ids, f[4]) end
-        redis.call('XDEL', log, item[1])
-      end
+  local first = tonumber(m[4] or '0')
+  if first == 0 then  -- a log written before `first` was kept: where does the stream start?
+    local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+    first = tonumber(string.match(head[1][1], '^(%d+)'))
+  end
+  local over = seq - first + 1 - keep
+  if over > 0 then
+    for _, item in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', over)) do
+      local f = item[2]
+      if f[4] ~= '' then redis.call('HDEL', ids, f[4]) end
+      redis.call('XDEL', log, item[1])
     end
+    first = first + over
   end
-  return seq, dup, hv
+  redis.call('HSET', meta, 'seq', seq, 'first', first)
+  return seq, 0, hv
 end
 
 for i = 0, #KEYS / 3 - 1 do
