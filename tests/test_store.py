@@ -20,7 +20,7 @@ import pytest
 from gateway.coordinator import Conversation, Unavailable
 from gateway.coordinator.embedded import EmbeddedCoordinator, Store, StoreError
 
-from .support import Client, start_gateway, uid
+from .support import Client, start_gateway, uid, wait_for
 
 
 def _serve(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
@@ -77,16 +77,15 @@ async def test_sigkill_in_the_middle_of_traffic_loses_no_acked_message(tmp_path)
         async def keep_sending(v: Client, c: str) -> None:
             try:
                 for i in range(per_visitor):
-                    while i - len(acked(v)) >= 20:
-                        await asyncio.sleep(0.002)  # the client's own inbox, not the server
+                    if i - len(acked(v)) >= 20:
+                        await wait_for(lambda i=i: i - len(acked(v)) < 20, what="room in the send window")
                     await v.send({"t": "msg", "conv": c, "id": f"m{i}", "text": f"{c} {i}"})
                     sent[c] = i + 1
             except Exception:  # noqa: BLE001 - the connection died with the node
                 pass
 
         senders = [asyncio.create_task(keep_sending(v, c)) for v, c in zip(visitors, convs, strict=True)]
-        while sum(len(acked(v)) for v in visitors) < 200:
-            await asyncio.sleep(0.002)
+        await wait_for(lambda: sum(len(acked(v)) for v in visitors) >= 200, what="200 acks")
         gw.proc.kill()
         gw.proc.wait()
         for v in visitors:

@@ -204,14 +204,18 @@ class Store(StoreTranscripts):
             rowid = db.execute(sql, params).lastrowid
             db.execute("COMMIT")
         except sqlite3.Error as e:
-            self.stats["failed_commits"] += 1
-            try:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise Unavailable(f"the node's store can't write ({type(e).__name__}: {e})") from None
+            raise self._failed(e) from None
         return rowid or 0
+
+    def _failed(self, e: sqlite3.Error) -> Unavailable:
+        """A write failed: roll back what is open; the error to answer with."""
+        self.stats["failed_commits"] += 1
+        try:
+            if self._db is not None and self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        return Unavailable(f"the node's store can't write ({type(e).__name__}: {e})")
 
     def save_conversation(self, conv: Conversation, version: int) -> None:
         doc = orjson.dumps(conv.to_dict())
@@ -282,15 +286,9 @@ class Store(StoreTranscripts):
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except sqlite3.Error as e:
-            self.stats["failed_commits"] += 1
-            try:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            err = self._failed(e)
             for undo in reversed(undos):  # the newest first: each is its log's last entry
                 undo()
-            err = Unavailable(f"the node's store can't write ({type(e).__name__}: {e})")
             for _, _, failed in waiters:
                 try:
                     failed(err)
