@@ -278,3 +278,26 @@ async def test_retention_deletes_closed_conversations_past_their_tenants_period(
         assert c.expire(now) == []  # nothing twice
     finally:
         await c.close()
+
+
+async def test_an_entry_is_not_read_before_its_commit_and_never_after_a_failed_one(tmp_path):
+    store = Store(tmp_path / "data", max_bytes=64 * 1024)
+    c = EmbeddedCoordinator("n1", store=store)
+    await c.start()
+    try:
+        await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
+        seq, _, _ = c.append_now("t", "c1", {"t": "msg", "from": "v", "text": "a"}, "a")
+        # Same loop turn, not committed yet: no read shows it, and it is nobody's last seq.
+        assert (await c.read_after("t", "c1", 0, 10))[0] == [] and await c.last_seq("t", "c1") == 0
+        assert (await c.read_before("t", "c1", None, 10))[0] == []
+        store.commit()
+        assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [seq] == [1]
+        # A commit that fails: the entry was never readable, and is gone.
+        store._db.execute("PRAGMA max_page_count = 1")
+        c.append_now("t", "c1", {"t": "msg", "from": "v", "text": "b" * 100_000}, "b")
+        assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [1]
+        store.commit()
+        assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [1] and await c.last_seq("t", "c1") == 1
+    finally:
+        store._db.execute("PRAGMA max_page_count = 1000000")
+        await c.close()

@@ -28,12 +28,37 @@ _unpack = orjson.loads
 class _Log:
     # Entries are kept encoded: bytes are invisible to the garbage collector, so a node holding
     # millions of log entries doesn't pay for them in every full collection (relay p99).
-    __slots__ = ("entries", "first", "ids")
+    __slots__ = ("entries", "first", "ids", "pending")
 
     def __init__(self) -> None:
         self.entries: deque[bytes] = deque()
         self.first = 1  # seq of entries[0]
         self.ids: OrderedDict[tuple[str, str], int] = OrderedDict()  # (sender, client id) -> seq, trimmed with the log
+        self.pending = 0  # with a store: the newest entries not committed yet (reads don't see them)
+
+    def visible(self) -> int:
+        """How many of `entries` a read may return: all but the uncommitted tail."""
+        return max(len(self.entries) - self.pending, 0)
+
+
+class _Appended:
+    """An entry waiting for the store's commit (store.py's `PendingEntry`): settled, or taken back."""
+
+    __slots__ = ("cid", "log", "seq")
+
+    def __init__(self, log: _Log, seq: int, cid: tuple[str, str] | None):
+        self.log, self.seq, self.cid = log, seq, cid
+
+    def settled(self) -> None:
+        self.log.pending -= 1
+
+    def undo(self) -> None:  # the commit failed: the entry was never stored
+        log = self.log
+        log.pending -= 1
+        if log.entries and log.first + len(log.entries) - 1 == self.seq:
+            log.entries.pop()
+        if self.cid is not None and log.ids.get(self.cid) == self.seq:
+            del log.ids[self.cid]
 
 
 class MemoryLog(ConversationLog):
@@ -139,14 +164,9 @@ class MemoryLog(ConversationLog):
         if client_id is not None:
             log.ids[client_id] = seq
         if self._store is not None:
-            def undo() -> None:  # the commit failed: the entry was never stored
-                if log.entries and log.first + len(log.entries) - 1 == seq:
-                    log.entries.pop()
-                if client_id is not None and log.ids.get(client_id) == seq:
-                    del log.ids[client_id]
-
+            log.pending += 1
             self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), None if client_id is None else client_id[1],
-                                  packed, undo)
+                                  packed, _Appended(log, seq, client_id))
             if closed:
                 self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
         if len(log.entries) > self._keep:
@@ -166,14 +186,14 @@ class MemoryLog(ConversationLog):
             out = [_unpack(b) for b in self._store.read(tenant, conv_id, after, log.first, limit, newest=False)]
             after = log.first - 1
         start = max(after + 1 - log.first, 0)
-        out += [_unpack(log.entries[i]) for i in range(start, min(start + limit - len(out), len(log.entries)))]
+        out += [_unpack(log.entries[i]) for i in range(start, min(start + limit - len(out), log.visible()))]
         return out, self._first(log)
 
     async def read_before(self, tenant: str, conv_id: str, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
         log = self._log((tenant, conv_id))
         if log is None:
             return [], 1
-        end = len(log.entries) if before is None else max(min(before - log.first, len(log.entries)), 0)
+        end = log.visible() if before is None else max(min(before - log.first, log.visible()), 0)
         out = [_unpack(log.entries[i]) for i in range(max(end - limit, 0), end)]
         if len(out) < limit and self._store is not None and log.first > 1:
             top = log.first if before is None else min(before, log.first)
@@ -185,5 +205,6 @@ class MemoryLog(ConversationLog):
         return 1 if self._store is not None else log.first
 
     async def last_seq(self, tenant: str, conv_id: str) -> int:
+        """The last committed seq (an entry still being committed is not anybody's yet)."""
         log = self._log((tenant, conv_id))
-        return log.first + len(log.entries) - 1 if log else 0
+        return log.first + log.visible() - 1 if log else 0

@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -85,8 +85,15 @@ class Snapshot:
     queues: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
-# One append waiting for its commit: how to undo it in the dictionaries, and who to tell.
-_Undo = Callable[[], None]
+class PendingEntry(Protocol):
+    """An entry the dictionaries hold until its commit: `settled()` once written, `undo()` if not."""
+
+    def settled(self) -> None: ...
+
+    def undo(self) -> None: ...
+
+
+# Who waits for a commit: called with its args once written, `failed(error)` if not.
 _Waiter = tuple[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]]
 
 
@@ -106,7 +113,7 @@ class Store(StoreTranscripts):
         # (a conversation that left memory is looked up: `_key`)
         self._keys: dict[tuple[str, str], int] = {}
         self._rows: list[tuple[int, int, str, str | None, bytes]] = []  # this turn's entries, oldest first
-        self._undo: list[_Undo] = []  # and how to take each back out of the dictionaries
+        self._pending: list[PendingEntry] = []  # and each entry as the dictionaries hold it
         self._waiters: list[_Waiter] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -248,17 +255,18 @@ class Store(StoreTranscripts):
 
     # log entries: one commit per loop turn
     def add_entry(self, tenant: str, conv_id: str, seq: int, sender: str, client_id: str | None, body: bytes,
-                  undo: _Undo) -> None:
-        """An entry the dictionaries have just taken (`undo` takes it out again), written with this loop turn's others."""
+                  entry: PendingEntry) -> None:
+        """An entry the dictionaries have just taken, written with this loop turn's others; `entry` is told
+        which way it went (`settled`, or `undo`: it leaves the dictionaries again)."""
         if self._db is None:
-            undo()
+            entry.undo()
             raise Unavailable("the node's store is closed (the node is stopping)")
         key = self._keys.get((tenant, conv_id)) or self._key(tenant, conv_id)
         if key is None:
-            undo()
+            entry.undo()
             raise KeyError(conv_id)
         self._rows.append((key, seq, sender, client_id, body))
-        self._undo.append(undo)
+        self._pending.append(entry)
         if not self._scheduled:
             self._scheduled = True
             loop = self._loop or asyncio.get_running_loop()
@@ -279,7 +287,7 @@ class Store(StoreTranscripts):
         if not self._rows or db is None:
             return
         rows, self._rows = self._rows, []
-        undos, self._undo = self._undo, []
+        entries, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         try:
             db.execute("BEGIN")
@@ -287,8 +295,8 @@ class Store(StoreTranscripts):
             db.execute("COMMIT")
         except sqlite3.Error as e:
             err = self._failed(e)
-            for undo in reversed(undos):  # the newest first: each is its log's last entry
-                undo()
+            for entry in reversed(entries):  # the newest first: each is its log's last entry
+                entry.undo()
             for _, _, failed in waiters:
                 try:
                     failed(err)
@@ -297,6 +305,8 @@ class Store(StoreTranscripts):
             return
         self.stats["commits"] += 1
         self.stats["committed_entries"] += len(rows)
+        for entry in entries:  # readable now, before anyone is told (the waiters may read)
+            entry.settled()
         for fn, args, _ in waiters:
             try:
                 fn(*args)
