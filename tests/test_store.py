@@ -9,6 +9,7 @@ not write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,6 +29,18 @@ def _serve(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "GATEWAY_HTTP_PORT": "0", "GATEWAY_WS_PORT": "0", "GATEWAY_BOTS_ENABLED": "false", **env_extra}
     return subprocess.run([sys.executable, "-m", "gateway", "serve"], env=env, cwd="/", capture_output=True,
                           text=True, timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def _coordinator(data, **kw):
+    """An embedded coordinator on a store in `data`, started and closed around the block."""
+    store = Store(data, max_bytes=kw.pop("max_bytes", 0))
+    c = EmbeddedCoordinator("n1", store=store, **kw)
+    await c.start()
+    try:
+        yield c, store
+    finally:
+        await c.close()
 
 
 def _admin(gw, path: str) -> dict:
@@ -164,10 +177,7 @@ def test_an_unreadable_database_stops_the_node_at_start(tmp_path):
 
 async def test_a_full_store_acks_nothing_it_could_not_write(tmp_path):
     # A store at its size limit fails its writes with SQLITE_FULL, as a full disk does.
-    store = Store(tmp_path / "data", max_bytes=64 * 1024)
-    c = EmbeddedCoordinator("n1", store=store)
-    await c.start()
-    try:
+    async with _coordinator(tmp_path / "data", max_bytes=64 * 1024) as (c, store):
         await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
         stored: list[int] = []
         with pytest.raises(Unavailable, match="store can't write"):
@@ -180,16 +190,9 @@ async def test_a_full_store_acks_nothing_it_could_not_write(tmp_path):
         store._db.execute("PRAGMA max_page_count = 1000000")
         seq, dup = await c.append("t", "c1", {"t": "msg", "from": "v", "text": "again"}, f"id{len(stored)}")
         assert (seq, dup) == (stored[-1] + 1, False)
-    finally:
-        await c.close()
-    # Everything acked is on disk.
-    again = EmbeddedCoordinator("n1", store=Store(tmp_path / "data"))
-    await again.start()
-    try:
+    async with _coordinator(tmp_path / "data") as (again, _):  # everything acked is on disk
         entries, _ = await again.read_after("t", "c1", 0, 100_000)
         assert [e["seq"] for e in entries] == list(range(1, stored[-1] + 2))
-    finally:
-        await again.close()
 
 
 async def test_a_store_is_read_back_as_it_was_written(tmp_path):
@@ -281,10 +284,7 @@ async def test_retention_deletes_closed_conversations_past_their_tenants_period(
 
 
 async def test_an_entry_is_not_read_before_its_commit_and_never_after_a_failed_one(tmp_path):
-    store = Store(tmp_path / "data", max_bytes=64 * 1024)
-    c = EmbeddedCoordinator("n1", store=store)
-    await c.start()
-    try:
+    async with _coordinator(tmp_path / "data", max_bytes=64 * 1024) as (c, store):
         await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
         seq, _, _ = c.append_now("t", "c1", {"t": "msg", "from": "v", "text": "a"}, "a")
         # Same loop turn, not committed yet: no read shows it, and it is nobody's last seq.
@@ -298,6 +298,4 @@ async def test_an_entry_is_not_read_before_its_commit_and_never_after_a_failed_o
         assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [1]
         store.commit()
         assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [1] and await c.last_seq("t", "c1") == 1
-    finally:
-        store._db.execute("PRAGMA max_page_count = 1000000")
-        await c.close()
+        store._db.execute("PRAGMA max_page_count = 1000000")  # room for the close to commit

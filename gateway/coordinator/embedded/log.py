@@ -71,6 +71,10 @@ class MemoryLog(ConversationLog):
     def _init_logs(self, history_keep: int) -> None:
         self._keep = history_keep
         self._logs: dict[tuple[str, str], _Log] = {}
+        # SyncLog: with a store, call fn(*args) once the entries appended so far are on disk
+        # (failed(e) if they can't be); None without one. An attribute, not a property: `msg` reads it.
+        self.when_durable: Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None = \
+            self._store.when_durable if self._store is not None else None
 
     def _new_log(self, key: tuple[str, str]) -> None:
         self._logs[key] = _Log()
@@ -108,12 +112,6 @@ class MemoryLog(ConversationLog):
             log.entries.append(body)
             if cid is not None:
                 log.ids[(sender, cid)] = _seq
-
-    @property
-    def when_durable(self) -> Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None:
-        """With a store: call `fn(*args)` once the entries appended so far are on disk (`failed(e)` if they
-        can't be); None without one (everything is as durable as it gets at once)."""
-        return self._store.when_durable if self._store is not None else None
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
