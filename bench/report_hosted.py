@@ -71,8 +71,8 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
     rows = [f"2 nodes + 1 redis-server, every message crosses nodes; {r.get('pinning')}; "
             f"{_fmt(r['setup'].get('pairs'))} conversations.", "",
             "| load | msg/s | p50 / p99 / p99.9 ms | gateway CPU % (A + B) | gateway us/msg | msgs per gateway CPU-s | "
-            "Redis CPU % | Redis us/msg | Redis commands/msg | items per publish | noise % (server CPU) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "Redis CPU % | Redis us/msg | Redis commands/msg | node commands/msg | items per publish | noise % (server CPU) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(r.get("steps", []), key=lambda s: s.get("fraction_of_peak") or 0):
         frac = s.get("fraction_of_peak")
         label = "peak (closed loop)" if frac == 1.0 else f"{frac:.0%} of peak"
@@ -80,7 +80,7 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
         rows.append(f"| {label} | {_fmt(s['msgs_per_s'])} | {_lat(s['latency'])} | {_fmt(s['server_cpu_pct'])}"
                     f"{f' ({each})' if each else ''} | {_fmt(s.get('gateway_cpu_us_per_msg'))} | {_fmt(s.get('msgs_per_cpu_s'))} | "
                     f"{_fmt(s.get('redis_cpu_pct'))} | {_fmt(s.get('redis_cpu_us_per_msg'))} | {_fmt(s.get('redis_calls_per_msg'), 2)} | "
-                    f"{_fmt(s.get('items_per_publish'), 2)} | {_noise(s)} |")
+                    f"{_fmt(s.get('node_commands_per_msg'), 2)} | {_fmt(s.get('items_per_publish'), 2)} | {_noise(s)} |")
     pk = r.get("peak") or {}
     if one and pk.get("msgs_per_cpu_s"):
         rows += ["", f"Msgs per gateway CPU-s at peak: cluster {_fmt(pk['msgs_per_cpu_s'])} vs one node with the embedded "
@@ -90,13 +90,15 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
         two = (by.get("2") or {}).get("msgs_per_gateway_cpu_s")
         rows += ["", "By node count (one after the other in this run; with several nodes every message crosses nodes):", "",
                  "| nodes | peak msg/s | msgs per gateway CPU-s at peak | vs embedded | vs 2 nodes | p99 ms at half of peak | "
-                 "Redis commands/msg at peak / at 25% | Redis us/msg at peak | appends per commit at peak |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "Redis commands/msg at peak / at 25% | node commands/msg at peak / at 25% | Redis us/msg at peak | "
+                 "appends per commit at peak |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for n, b in sorted(by.items(), key=lambda kv: int(kv[0])):
             per = b.get("msgs_per_gateway_cpu_s")
             rows.append(f"| {n} | {_fmt(b.get('peak_msgs_per_s'))} | {_fmt(per)} | {_fmt(_ratio(per, one), 3)}x | "
                         f"{_fmt(_ratio(per, two), 2)}x | {_fmt(b.get('p99_ms_at_half_peak'))} | "
                         f"{_fmt(b.get('redis_calls_per_msg_at_peak'), 2)} / {_fmt(b.get('redis_calls_per_msg_at_quarter'), 2)} | "
+                        f"{_fmt(b.get('node_commands_per_msg_at_peak'), 2)} / {_fmt(b.get('node_commands_per_msg_at_quarter'), 2)} | "
                         f"{_fmt(b.get('redis_cpu_us_per_msg_at_peak'))} | {_fmt(b.get('appends_per_commit_at_peak'), 1)} |")
     return rows
 

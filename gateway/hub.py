@@ -84,4 +84,4 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         dedup = self.handlers.dedup
         return {"connections": len(self.conns), "users": len(self.users), "dedup": len(dedup) if dedup is not None else 0,
-                "timers": self.lifecycle.timers(), "catch_ups": METRICS.hot.catch_ups, "coordinator": dict(getattr(self.coord, "stats", {}))}
+                "timers": self.lifecycle.timers(), "catch_ups": METRICS.hot.catch_ups, "coordinator": self.coord.counters()}

@@ -121,3 +121,31 @@ def test_an_unreachable_server_is_unreachable():
         pipe.close()
 
     run(main())
+
+
+def test_sent_counts_the_commands_a_node_sends_not_the_calls_its_scripts_make(redis_server):
+    """The bench's node commands/msg: one EVAL is one command sent, whatever it calls inside Redis;
+    redis-py connections made through `counted` count too."""
+    import redis.asyncio as aioredis
+
+    from gateway.coordinator.redis.pipe import Sent, counted
+
+    async def main():
+        pipe = Pipe.from_url(redis_server.url)
+        client = aioredis.Redis.from_url(redis_server.url)
+        client.connection_pool.connection_class = counted(client.connection_pool.connection_class)
+        try:
+            await client.ping()  # connects: the handshake's commands are sent too, and counted
+            assert await pipe.call("PING") == b"PONG"
+            before = Sent.commands
+            three_calls = "redis.call('SET', KEYS[1], 1); redis.call('INCR', KEYS[1]); return redis.call('GET', KEYS[1])"
+            assert await pipe.call("EVAL", three_calls, 1, "pipe:sent") == b"2"
+            assert await pipe.call("GET", "pipe:sent") == b"2"
+            assert Sent.commands - before == 2
+            assert await client.get("pipe:sent") == b"2"
+            assert Sent.commands - before == 3
+        finally:
+            pipe.close()
+            await client.aclose()
+
+    run(main())

@@ -22,7 +22,8 @@ participant through Redis (`SPUBLISH` to the holder's channel, batched: one publ
 node per flush). Steps as relay: closed-loop probe for the peak, then open-loop
 steps at fractions of it. Per step: delivered msgs/s, one-way latency across nodes, gateway CPU per
 message (both nodes together, and each), redis-server CPU per message (/proc/PID/stat), Redis commands
-per message (INFO commandstats), and from both nodes' /admin/stats (hub.coordinator): publishes,
+per message (INFO commandstats, script-internal calls included), commands the nodes sent per message
+(counted by the nodes: `commands_sent`), and from both nodes' /admin/stats (hub.coordinator): publishes,
 items delivered by them, pipelines; items per publish = what batching saves.
 """
 
@@ -42,7 +43,7 @@ from .relay import open_conversations, pair_flows, run_step
 
 HOSTED = True  # starts redis-server and two gateway nodes itself
 STATS = ("published", "delivered_items", "pipelines", "received_items", "no_holder", "commit_batches", "commit_appends",
-         "catch_ups")
+         "catch_ups", "commands_sent")
 
 
 def _ready(srv: servers.Running, timeout: float) -> bool:
@@ -95,6 +96,9 @@ def _measured_step(ctx: Context, nodes: list[servers.Running], redis_port: int, 
     step["publishes_per_msg"] = round(delta["published"] / d, 3) if d else None
     step["appends_per_commit"] = round(delta["commit_appends"] / delta["commit_batches"], 2) if delta["commit_batches"] else None
     step["items_per_pipeline"] = round(delta["delivered_items"] / delta["pipelines"], 2) if delta["pipelines"] else None
+    # What the nodes asked Redis for, counted where they send it; INFO commandstats (below) also
+    # counts every call the append script makes inside Redis (at least one XADD per message).
+    step["node_commands_per_msg"] = round(delta["commands_sent"] / d, 3) if d else None
     step["gateway_cpu_us_per_msg"] = round(step["server_cpu_s"] * 1e6 / d, 2) if d else None
     step["gateway_cpu_us_per_msg_each"] = [round(c * 1e6 / d, 2) for c in step.get("server_cpu_each_s", [])] if d else None
     step["redis_cpu_s"] = redis_cpu
@@ -214,6 +218,8 @@ def _by_nodes(r: dict[str, Any]) -> dict[str, Any]:
             "p99_ms_at_half_peak": (half.get("latency") or {}).get("p99_ms"),
             "redis_calls_per_msg_at_peak": peak.get("redis_calls_per_msg"),
             "redis_calls_per_msg_at_quarter": quarter.get("redis_calls_per_msg"),
+            "node_commands_per_msg_at_peak": peak.get("node_commands_per_msg"),
+            "node_commands_per_msg_at_quarter": quarter.get("node_commands_per_msg"),
             "redis_cpu_us_per_msg_at_peak": peak.get("redis_cpu_us_per_msg"),
             "appends_per_commit_at_peak": peak.get("appends_per_commit")}
 

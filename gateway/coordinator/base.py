@@ -66,3 +66,7 @@ class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, Nod
 
     async def health(self) -> dict[str, Any]:
         return {"ok": True}
+
+    def counters(self) -> dict[str, int]:
+        """What the coordinator has done so far (name -> count since start), for /admin/stats."""
+        return dict(getattr(self, "stats", {}))

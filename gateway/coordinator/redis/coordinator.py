@@ -25,7 +25,7 @@ from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
 from .lookups import HolderLookups
-from .pipe import Pipes, Script
+from .pipe import Pipes, Script, Sent, counted
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
@@ -76,6 +76,10 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self.r: Any = None
         self._cache = LRUCache(CACHED_CONVERSATIONS)
 
+    def counters(self) -> dict[str, int]:
+        """`stats` and `commands_sent`: the commands this process sent to Redis (Sent, pipe.py)."""
+        return {**self.stats, "commands_sent": Sent.commands}
+
     def _client(self) -> Any:
         kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}
         if self._cluster:
@@ -85,6 +89,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         # does at 100 (a storm of welcomes hit it 57,186 times).
         pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=POOL_CONNECTIONS,
                                                         timeout=POOL_WAIT_S, **kw)
+        pool.connection_class = counted(pool.connection_class)
         return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes the sockets
 
     def _sync_client(self) -> Any:
@@ -92,7 +97,9 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         kw = {"socket_timeout": self._node_ttl_s, "socket_connect_timeout": self._node_ttl_s}
         if self._cluster:
             return redis.cluster.RedisCluster.from_url(self._url, **kw)
-        return redis.Redis.from_url(self._url, **kw)
+        client = redis.Redis.from_url(self._url, **kw)
+        client.connection_pool.connection_class = counted(client.connection_pool.connection_class)
+        return client
 
     # lifecycle
     async def start(self) -> None:

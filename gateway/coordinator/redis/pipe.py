@@ -39,6 +39,31 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 TIMEOUT_S = 5.0
 
 
+class Sent:
+    """Commands this process has sent to Redis (a count, not what scripts run inside Redis).
+
+    Redis's own counters (INFO commandstats, total_commands_processed) also count each call a
+    Lua script makes, so they can't say how many commands a node asked for; the bench wants both.
+    """
+
+    commands = 0
+
+
+def counted(connection_class: type) -> type:
+    """A redis-py connection class that adds each command it packs to `Sent.commands`.
+
+    The cluster client builds its connections itself and is not counted (the bench runs standalone).
+    """
+
+    class Counted(connection_class):  # type: ignore[misc, valid-type]
+        def pack_command(self, *args: Any) -> Any:
+            Sent.commands += 1
+            return super().pack_command(*args)
+
+    Counted.__name__ = f"Counted{connection_class.__name__}"
+    return Counted
+
+
 class _Error(Exception):
     """What hiredis makes of an error reply, before `_reply_error` names its class."""
 
@@ -98,6 +123,7 @@ class _Connection(asyncio.Protocol):
             return fut
         self._out.append(hiredis.pack_command(args))
         self._waiting.append(fut)
+        Sent.commands += 1
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
