@@ -78,6 +78,11 @@ class Config:
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration
     node_ttl_s: float = 5.0  # cluster: a node silent this long is dead; others clean up after it
+    # Cluster: a PostgreSQL database (postgresql:// URL) that keeps conversations past Redis's hot
+    # window (history_keep entries) and after they close (docs/archive.md); "" keeps all in Redis.
+    archive_url: str = ""
+    archive_after_s: float = 600.0  # cluster with an archive: a closed conversation leaves Redis this long after closing
+    archive_poll_s: float = 1.0  # cluster with an archive: how often each node's archiver looks for work
 
     # Bots answer first where configured ([bots] table of the config file, docs/bots.md);
     # an empty table means the built-in FAQ bot for every tenant and group.
@@ -131,6 +136,10 @@ class Config:
         if self.retention_days < 0 or any(not isinstance(v, (int, float)) or v < 0
                                           for v in self.tenant_retention_days.values()):
             raise ConfigError("retention days must be numbers, 0 (keep) or more")
+        if self.archive_url and self.coordinator != "redis":
+            raise ConfigError("archive_url is for the redis coordinator (embedded keeps everything in its store: data_dir)")
+        if self.archive_after_s < 0 or self.archive_poll_s <= 0:
+            raise ConfigError("archive_after_s must be 0 or more and archive_poll_s positive")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s <= 0:
             raise ConfigError("heartbeat_s and heartbeat_timeout_s must be positive")
 
@@ -143,7 +152,7 @@ class Config:
             v = getattr(self, f.name)
             if f.name in ("jwt_secret", "admin_token") and v:
                 v = "<generated>" if f.name in self.generated else "<set>"
-            elif f.name == "redis_url":
+            elif f.name in ("redis_url", "archive_url"):
                 v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
             elif f.name == "bots":
                 v = _mask(v)

@@ -51,6 +51,8 @@ def add_routes(app: web.Application, tenant_of: Callable[[web.Request], str],
                                                                agent=q.get("agent"), limit=limit, after=after)
         except NotImplementedError as e:
             raise web.HTTPNotImplemented(text=str(e)) from None
+        except Unavailable as e:  # the archive away (cluster mode): ask again
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
         nxt = f"{convs[-1].created_ms}.{convs[-1].id}" if len(convs) == limit else None
         return web.json_response({"conversations": [c.to_dict() for c in convs], "next": nxt})
 
@@ -58,15 +60,18 @@ def add_routes(app: web.Application, tenant_of: Callable[[web.Request], str],
         tenant = tenant_of(request)
         coord = coord_of(request)
         conv_id = request.match_info["conv"]
-        conv = await coord.get_conversation(tenant, conv_id)
-        if conv is None:
-            raise web.HTTPNotFound(text="no such conversation")
-        entries: list[dict[str, Any]] = []
-        while True:
-            page, _ = await coord.read_after(tenant, conv_id, entries[-1]["seq"] if entries else 0, PAGE)
-            entries += page
-            if len(page) < PAGE:
-                break
+        try:
+            conv = await coord.get_conversation(tenant, conv_id)
+            if conv is None:
+                raise web.HTTPNotFound(text="no such conversation")
+            entries: list[dict[str, Any]] = []
+            while True:
+                page, _ = await coord.read_after(tenant, conv_id, entries[-1]["seq"] if entries else 0, PAGE)
+                entries += page
+                if len(page) < PAGE:
+                    break
+        except Unavailable as e:  # shared state, the store or the archive away: ask again
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
         if request.query.get("format") == "csv":
             out = io.StringIO()
             w = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore")

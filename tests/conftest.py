@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from .support import Gateway, start_gateway
@@ -36,6 +38,23 @@ def redis_server():
     server = start_redis()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server of our own on a free port (tests/pg_support.py)."""
+    from .pg_support import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def archive_url(postgres_server):
+    """A fresh database on the test PostgreSQL server: its postgresql:// URL."""
+    return postgres_server.database()
 
 
 @pytest.fixture(scope="session")

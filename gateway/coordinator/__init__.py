@@ -22,9 +22,12 @@ def make_coordinator(cfg: Config) -> Coordinator:
         return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
                                    store=store, retention=Retention(cfg.retention_days, cfg.tenant_retention_days),
                                    closed_keep_s=cfg.closed_keep_s)
+    from .postgres import PostgresArchive
     from .redis import RedisCoordinator
 
     return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,
                             history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
                             heartbeat_s=cfg.node_heartbeat_s, node_ttl_s=cfg.node_ttl_s,
-                            retention=Retention(cfg.retention_days, cfg.tenant_retention_days))
+                            retention=Retention(cfg.retention_days, cfg.tenant_retention_days),
+                            archive=PostgresArchive(cfg.archive_url) if cfg.archive_url else None,
+                            archive_after_s=cfg.archive_after_s, archive_poll_s=cfg.archive_poll_s)

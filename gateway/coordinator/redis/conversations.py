@@ -9,7 +9,9 @@ import orjson
 from cachetools import LRUCache
 
 from ..base import Conversation, Unavailable
+from ..postgres import PostgresArchive
 from ..retention import Retention
+from .archiver import member
 from .errors import available_errors
 from .keys import q
 from .locks import FENCE
@@ -27,6 +29,12 @@ class RedisConversations:
 
     _cache: LRUCache[tuple[str, str], Conversation]
     _retention: Retention | None
+    _archive: PostgresArchive | None
+
+    async def _archive_soon(self, tenant: str, conv_id: str) -> None:
+        """Queue the conversation for the archiver (archiver.py): its archived state is behind."""
+        if self._archive is not None:
+            await self.r.zadd(self._archive_key(), {member(tenant, conv_id): int(time.time() * 1000)})
 
     def _forget(self, tenant: str, conv_id: str) -> None:
         self._cache.pop((tenant, conv_id), None)
@@ -42,6 +50,7 @@ class RedisConversations:
             await p.execute()
         conv.version = 0
         self._cache[(conv.tenant, conv.id)] = conv.copy()
+        await self._archive_soon(conv.tenant, conv.id)
         return conv
 
     @available_errors
@@ -53,7 +62,8 @@ class RedisConversations:
             p.get(self._ck(tenant, conv_id, "doc"))
             ver, raw = await p.execute()
         if not raw:
-            return None
+            # Moved to the archive after it closed (archiver.py), or never there.
+            return await self._archive.conversation(tenant, conv_id) if self._archive is not None else None
         conv = Conversation.from_dict(orjson.loads(raw))
         conv.version = int(ver or 0)
         if (tenant, conv_id) in self._cache:  # the node keeps this one: keep it fresh
@@ -89,7 +99,10 @@ class RedisConversations:
             key = self._vk(conv.tenant, conv.visitor, "open")
             if (await self.r.get(key) or b"").decode() == conv.id:
                 await self.r.delete(key)
+            if self._archive is not None:  # its keys stay archive_after_s past this (archiver.py)
+                await self.r.hsetnx(self._ck(conv.tenant, conv.id, "meta"), "closed_ms", int(time.time() * 1000))
             await self._expire_closed(conv)
+        await self._archive_soon(conv.tenant, conv.id)
 
     async def _expire_closed(self, conv: Conversation) -> None:
         """Retention: a closed conversation's keys expire when its tenant's period since it opened is

@@ -15,8 +15,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ..base import Coordinator, DeliveryHandler, Unavailable
+from ..postgres import PostgresArchive
 from ..retention import Retention
 from .agents import RedisAgentsAndQueue
+from .archiver import Archiver
 from .bus import RedisNodeBus
 from .commit import GroupCommit
 from .conversations import CACHED_CONVERSATIONS, RedisConversations
@@ -44,8 +46,18 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
 
     def __init__(self, node_id: str, url: str, *, cluster: bool = False, history_keep: int = 10_000,
                  lock_segments: int = 1024, prefix: str = "cg", heartbeat_s: float = HEARTBEAT_S,
-                 node_ttl_s: float = NODE_TTL_S, retention: Retention | None = None):
+                 node_ttl_s: float = NODE_TTL_S, retention: Retention | None = None,
+                 archive: PostgresArchive | None = None, archive_after_s: float = 600.0, archive_poll_s: float = 1.0):
+        """`archive`: where conversations go past the hot window (`history_keep` entries) and after
+        they close (`archive_after_s` later; archiver.py, docs/archive.md); None keeps them in Redis."""
         self.node_id = node_id
+        self._archive = archive
+        self._archive_after_ms = int(archive_after_s * 1000)
+        self._archive_poll_s = archive_poll_s
+        self._archiver: Archiver | None = None
+        # With an archive, a log grows past the hot window until the archiver has copied its old
+        # entries, and this many entries apart the node asks it to (log.py).
+        self._archive_every = max(1, history_keep // 4)
         self._retention = retention  # closed conversations expire (conversations.py)
         self._url = url
         self._cluster = cluster
@@ -78,7 +90,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
 
     def counters(self) -> dict[str, int]:
         """`stats` and `commands_sent`: the commands this process sent to Redis (Sent, pipe.py)."""
-        return {**self.stats, "commands_sent": Sent.commands}
+        archived = self._archiver.stats if self._archiver is not None else {}
+        return {**self.stats, **archived, "commands_sent": Sent.commands}
 
     def _client(self) -> Any:
         kw = {"socket_timeout": 5, "socket_connect_timeout": 5, "health_check_interval": 10}
@@ -110,7 +123,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         # The message path (appends, holder lookups, publishes, the delivery subscription) goes
         # through auto-pipelined connections of its own (pipe.py); everything else through redis-py.
         self._pipes = Pipes(self._url, self.r if self._cluster else None)
-        self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), self._keep,
+        # With an archive the append script trims nothing: the archiver trims what it has copied.
+        self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), 0 if self._archive else self._keep,
                                    self.r.keyslot if self._cluster else None, self.stats)
         self._read_s = s(lua("read"))
         self._save_s = s(lua("save"))
@@ -134,6 +148,10 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._tasks.append(asyncio.create_task(self._every("probe", self._probe)))
         await asyncio.wait_for(self._subscribed.wait(), 10)
         await self._probe()
+        if self._archive is not None:
+            self._archiver = Archiver(self, self._archive, keep=self._keep, after_ms=self._archive_after_ms,
+                                      poll_s=self._archive_poll_s, retention=self._retention)
+            self._tasks.append(asyncio.create_task(self._archiver.run()))
 
     async def _every(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` every heartbeat interval for as long as the node runs; a failure marks it unhealthy."""
@@ -165,6 +183,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             pass
         self._pipes.close()
         await self.r.aclose()
+        if self._archive is not None:
+            await self._archive.close()
 
     async def health(self) -> dict[str, Any]:
         return dict(self.health_state)

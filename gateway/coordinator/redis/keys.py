@@ -10,6 +10,8 @@
     P:{n:N}:users                who node N holds (for cleaning up after it dies)
     P:nodes                      live nodes: member N, score = heartbeat expiry (ms)
     P:ch:N                       node N's delivery channel (sharded pub/sub)
+    P:archive                    conversations whose archive copy is behind: member T:C, score = due (ms)
+    P:{c:T:C}:archiving          the lease of the node archiving it (archiver.py)
 
 P is the prefix (`cg` unless tests give their own).
 """
@@ -49,6 +51,9 @@ class Keys:
 
     def _nk(self, node: str) -> str:
         return f"{self._p}:{{n:{q(node)}}}:users"
+
+    def _archive_key(self) -> str:
+        return f"{self._p}:archive"
 
     def _channel(self, node: str) -> str:
         return f"{self._p}:ch:{q(node)}"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..base import StaleState, idempotency_key
+from ..postgres import PostgresArchive
+from .archiver import member
 from .commit import GroupCommit
 from .errors import available_errors
 from .holders import HolderCache
@@ -20,6 +24,10 @@ class RedisLog:
     _commit: GroupCommit
     _forget: Callable[[str, str], None]  # drop a conversation's cached state (conversations.py)
     _holders: HolderCache  # who holds each conversation's participants (holders.py)
+    _archive: PostgresArchive | None  # older entries and moved conversations (archiver.py)
+    _archive_every: int
+    _keep: int
+    _pipes: Any
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
@@ -33,7 +41,16 @@ class RedisLog:
             raise
         self._holders.appended((tenant, conv_id), hv, if_version)
         entry["seq"] = seq
+        if self._archive is not None and not dup and seq > self._keep and seq % self._archive_every == 0:
+            self._archive_later(tenant, conv_id)
         return seq, dup
+
+    def _archive_later(self, tenant: str, conv_id: str) -> None:
+        """Queue the conversation for the archiver, through the message path's pipe and without
+        waiting: if this one is lost, the next `_archive_every` entries ask again."""
+        key = self._archive_key()
+        fut = self._pipes.for_key(key).call("ZADD", key, int(time.time() * 1000), member(tenant, conv_id))
+        fut.add_done_callback(_ignore)
 
     @available_errors
     async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
@@ -41,7 +58,7 @@ class RedisLog:
         return None if seq is None else int(seq)
 
     async def _read(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
-        first, _, items = await self._read_s(
+        first, seq, items = await self._read_s(
             keys=[self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "meta")],
             args=[mode, "" if at is None else at, limit],
         )
@@ -52,7 +69,37 @@ class RedisLog:
             out.append(e)
         if mode == "before":
             out.reverse()
-        return out, int(first)
+        first = int(first)
+        if self._archive is None or (seq and first <= 1):
+            return out, first
+        return await self._read_through(tenant, conv_id, mode, at, limit, out, first, int(seq))
+
+    async def _read_through(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int,
+                            hot: list[dict[str, Any]], first: int, seq: int) -> tuple[list[dict[str, Any]], int]:
+        """Redis has the entries from `first` on (none at all when `seq` is 0: the conversation was
+        moved); the archive has the older ones (docs/archive.md). Joined in seq order."""
+        assert self._archive is not None
+        if seq == 0:
+            old, oldest = await self._archive.read(tenant, conv_id, mode, at, limit)
+            return old, oldest or 1
+        if mode == "after":
+            if (at or 0) + 1 >= first:
+                old, oldest = [], await self._archive_first(tenant, conv_id, first)
+            else:
+                old, oldest = await self._archive.read(tenant, conv_id, "after", at, limit)
+            old = [e for e in old if e["seq"] < first]
+            return (old + hot)[:limit], oldest or first
+        if len(hot) >= limit:
+            return hot, await self._archive_first(tenant, conv_id, first)
+        top = first if at is None else min(at, first)
+        old, oldest = await self._archive.read(tenant, conv_id, "before", top, limit - len(hot))
+        return old + hot, oldest or first
+
+    async def _archive_first(self, tenant: str, conv_id: str, first: int) -> int:
+        """The oldest seq kept anywhere: the archive's, when it has any."""
+        assert self._archive is not None
+        _, oldest = await self._archive.read(tenant, conv_id, "after", first, 0)
+        return oldest or first
 
     @available_errors
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -64,4 +111,12 @@ class RedisLog:
 
     @available_errors
     async def last_seq(self, tenant: str, conv_id: str) -> int:
-        return int(await self.r.hget(self._ck(tenant, conv_id, "meta"), "seq") or 0)
+        seq = int(await self.r.hget(self._ck(tenant, conv_id, "meta"), "seq") or 0)
+        if seq == 0 and self._archive is not None:  # moved to the archive (archiver.py)
+            return await self._archive.last_seq(tenant, conv_id)
+        return seq
+
+
+def _ignore(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a lost queueing is made good by the next one

@@ -32,7 +32,7 @@ local function append(log, ids, meta, cid, body, ev)
     first = tonumber(string.match(head[1][1], '^(%d+)'))
   end
   local over = seq - first + 1 - keep
-  if over > 0 then
+  if keep > 0 and over > 0 then  -- keep 0: an archiver trims what it has copied (archiver.py)
     for _, item in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', over)) do
       local f = item[2]
       if f[4] ~= '' then redis.call('HDEL', ids, f[4]) end
