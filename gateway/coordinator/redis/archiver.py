@@ -4,8 +4,9 @@ Every node runs one. Work is a sorted set of conversations whose archive copy is
 `P:archive`, score = when it is due, ms): a node adds a conversation when its state is saved
 (created, assigned, transferred, closed) and every `every` entries once its log is longer than the
 hot window. A pass takes the due members; a conversation is worked on by the node that holds its
-lease (`P:{c:T:C}:archiving`, SET NX PX), so exactly one node archives it at a time; one that dies
-holding it lets the lease lapse and another node takes the member up again.
+lease (`P:{c:T:C}:archiving`, SET NX PX), so exactly one node archives it at a time; a lease held
+by a node that is no longer live (its heartbeat lapsed) is taken over, and any lease lapses after
+LEASE_MS, so a node that dies archiving holds nothing up for long.
 
 Archiving one conversation (each step safe to repeat, so a pass cut short anywhere loses nothing):
 1. read its state and last seq from Redis (nothing there: erased, expired or already moved: done);
@@ -55,11 +56,22 @@ end
 return 0
 """
 _UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# Take over a dead node's lease: only if it still holds it.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 # Drop a closed conversation's keys, unless an entry came after the copy.
 _DROP = """
 if tonumber(redis.call('HGET', KEYS[4], 'seq') or '0') ~= tonumber(ARGV[1]) then return 0 end
 return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 """
+
+
+def lease_token(node_id: str, what: str = "") -> str:
+    """`node/nonce`: which node holds a conversation's lease, so others can tell when it died."""
+    return f"{node_id}/{what or secrets.token_hex(8)}"
 
 
 def member(tenant: str, conv_id: str) -> str:
@@ -88,6 +100,7 @@ class Archiver:
         self._last_expire = 0.0
         self._finish = coord.r.register_script(_FINISH)
         self._unlease = coord.r.register_script(_UNLEASE)
+        self._take_over = coord.r.register_script(_TAKE_OVER)
         self._drop = coord.r.register_script(_DROP)
         self._wake = asyncio.Event()
 
@@ -105,11 +118,15 @@ class Archiver:
         while True:
             try:
                 busy = await self.pass_once()
-            except (Unavailable, *UNREACHABLE) as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure; nothing is lost
                 self.stats["failures"] += 1
                 busy = 0
                 if time.monotonic() - logged > 30:  # once in 30 s while it lasts
-                    log.warning("archiving delayed (nothing is lost; tried again every %.1f s): %s", self.poll_s, e)
+                    away = isinstance(e, (Unavailable, *UNREACHABLE))
+                    log.log(logging.WARNING if away else logging.ERROR, "archiving delayed (nothing is lost; tried "
+                            "again every %.1f s): %s: %s", self.poll_s, type(e).__name__, e, exc_info=not away)
                     logged = time.monotonic()
             if not busy:
                 self._wake.clear()
@@ -126,8 +143,8 @@ class Archiver:
         for m, score in due:
             tenant, conv_id = _split(m)
             lease = self.coord._ck(tenant, conv_id, "archiving")
-            token = secrets.token_hex(8)
-            if not await self.coord.r.set(lease, token, nx=True, px=LEASE_MS):
+            token = lease_token(self.coord.node_id)
+            if not await self._lease(lease, token):
                 continue  # another node has it
             try:
                 later = await self.archive_one(tenant, conv_id)
@@ -138,6 +155,16 @@ class Archiver:
         if self.retention is not None and self.retention.any() and time.monotonic() - self._last_expire > EXPIRE_EVERY_S:
             await self.expire(now)
         return worked
+
+    async def _lease(self, key: str, token: str) -> bool:
+        """Take the conversation's lease: free, or held by a node no longer live (its heartbeat
+        lapsed: it died archiving), so the work doesn't wait out LEASE_MS."""
+        if await self.coord.r.set(key, token, nx=True, px=LEASE_MS):
+            return True
+        holder = await self.coord.r.get(key)
+        if holder is None or holder.decode().rsplit("/", 1)[0] in (self.coord._live_nodes | {self.coord.node_id}):
+            return False
+        return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
     async def archive_one(self, tenant: str, conv_id: str) -> int | None:
         """Steps 1-4 above for one conversation; returns when to look at it again (ms), or None."""

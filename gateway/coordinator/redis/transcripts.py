@@ -19,7 +19,7 @@ from routing.model import Conversation
 from ..base import Unavailable
 from ..ports import Transcripts
 from ..postgres import PostgresArchive
-from .archiver import LEASE_MS, member
+from .archiver import LEASE_MS, lease_token, member
 from .errors import available_errors
 
 _WHY = "cluster mode lists conversations from its PostgreSQL archive, and none is configured (archive_url)"
@@ -27,6 +27,7 @@ _WHY = "cluster mode lists conversations from its PostgreSQL archive, and none i
 
 class RedisTranscripts(Transcripts):
     r: Any
+    node_id: str
     _archive: PostgresArchive | None
 
     async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
@@ -64,7 +65,8 @@ class RedisTranscripts(Transcripts):
         lease is not freed in time (the erasure is asked again)."""
         deadline = time.monotonic() + LEASE_MS / 1000
         for conv_id in conv_ids:
-            while not await self.r.set(self._ck(tenant, conv_id, "archiving"), "erasing", nx=True, px=LEASE_MS):
+            token = lease_token(self.node_id, "erasing")
+            while not await self.r.set(self._ck(tenant, conv_id, "archiving"), token, nx=True, px=LEASE_MS):
                 if time.monotonic() > deadline:
                     raise Unavailable(f"conversation {conv_id} is being archived: ask for the erasure again")
                 await asyncio.sleep(0.05)
