@@ -163,7 +163,7 @@ async def test_a_memory_only_node_lists_and_erases_from_memory(data_dir):
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
-async def test_cluster_mode_erases_a_visitor_everywhere_and_says_it_keeps_no_listing_yet(request, kind):
+async def test_cluster_mode_erases_a_visitor_everywhere_and_says_it_has_no_listing_without_an_archive(request, kind):
     server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
     secret = secrets.token_urlsafe(32)
     settings = dict(coordinator="redis", redis_url=server.url, redis_cluster=str(kind == "redis-cluster").lower(),
@@ -171,7 +171,7 @@ async def test_cluster_mode_erases_a_visitor_everywhere_and_says_it_keeps_no_lis
     a_node, b_node = start_gateway(**settings), start_gateway(**settings)
     try:
         status, body, _ = _http(a_node, "GET", "/admin/tenants/t/conversations")
-        assert status == 501 and b"no archive yet" in body
+        assert status == 501 and b"none is configured (archive_url)" in body
         tenant = uid("t")
         agent = await Client.connect(b_node, "agent", "ann", tenant)  # on the other node
         await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
@@ -237,3 +237,64 @@ async def test_cluster_mode_retention_expires_a_closed_conversations_keys(reques
         assert {await c.r.pexpiretime(k) for k in keys("kept", "any")} == {-1}  # retention 0: no expiry
     finally:
         await c.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_cluster_nodes_archive_closed_conversations_and_any_node_serves_them(request, kind, archive_url,
+                                                                                   postgres_server):
+    """Two nodes over Redis with the PostgreSQL archive: a closed conversation leaves Redis; its
+    history, transcript and listing come from the archive on either node; erasure clears it there."""
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    settings = dict(coordinator="redis", redis_url=server.url, redis_cluster=str(kind == "redis-cluster").lower(),
+                    jwt_secret=secrets.token_urlsafe(32), archive_url=archive_url, archive_after_s=0,
+                    archive_poll_s=0.05, history_keep=10)
+    a_node, b_node = start_gateway(**settings), start_gateway(**settings)
+    r = redis.Redis.from_url(server.url) if kind == "redis" else redis.RedisCluster.from_url(server.url)
+    db = archive_url.rsplit("/", 1)[1]
+    try:
+        tenant = uid("t")
+        agent = await Client.connect(b_node, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 10}, "status")
+        marker = "ERASE-ME-" + uid("secret")
+        v, conv = await _chat(a_node, tenant, agent, f"my address is {marker}")
+        for i in range(12):
+            await v.msg(conv, f"more {i}")
+        await _close(v, conv)
+        await wait_for(lambda: not [k for k in r.scan_iter(match=f"*{conv}*", count=1000)], what="the keys moved out")
+        assert postgres_server.sql(f"SELECT count(*) FROM chatgw_entries WHERE conv = '{conv}'", db)[0][0] != "0"
+        # History from the other node, paged; the transcript and the listing from either.
+        name = v.welcome["user"]
+        await v.close()
+        v2 = await Client.connect(b_node, "visitor", name, tenant)
+        hist: list[dict] = []
+        before = None
+        while True:
+            page = (await v2.request({"t": "history", "conv": conv, "limit": 5,
+                                      **({"before": before} if before else {})}, "history"))["msgs"]
+            hist = page + hist
+            if not page or page[0]["seq"] == 1:
+                break
+            before = page[0]["seq"]
+        assert [e["seq"] for e in hist] == list(range(1, len(hist) + 1))
+        texts = [e["text"] for e in hist if e["t"] == "msg"]
+        assert texts == [f"my address is {marker}", f"re: my address is {marker}"] + [f"more {i}" for i in range(12)]
+        t = _json(a_node, f"/admin/tenants/{tenant}/conversations/{conv}/transcript")
+        assert t["conversation"]["state"] == "closed" and t["entries"] == hist
+        assert [c["id"] for c in _json(b_node, f"/admin/tenants/{tenant}/conversations?state=closed")
+                ["conversations"]] == [conv]
+        # Erasure: nothing of it left in the archive (or Redis).
+        await v2.close()
+        await wait_for(lambda: not [k for k in r.scan_iter(match="*{p:*", count=1000) if name.encode() in k],
+                       what="the visitor's presence gone")
+        status, body, _ = _http(b_node, "DELETE", f"/admin/tenants/{tenant}/visitors/{name}")
+        assert status == 200 and orjson.loads(body) == {"erased": [conv]}
+        for table, where in (("chatgw_entries", f"conv = '{conv}' OR body::text LIKE '%{marker}%'"),
+                             ("chatgw_conversations", f"id = '{conv}' OR visitor = '{name}'")):
+            assert postgres_server.sql(f"SELECT count(*) FROM {table} WHERE {where}", db) == [("0",)]
+        assert not [k for k in r.scan_iter(count=1000) if conv.encode() in k or name.encode() in k]
+        for gw in (a_node, b_node):
+            assert _http(gw, "GET", f"/admin/tenants/{tenant}/conversations/{conv}/transcript")[0] == 404
+    finally:
+        r.close()
+        a_node.stop()
+        b_node.stop()

@@ -55,6 +55,8 @@ class RedisTranscripts(Transcripts):
         if self._archive is not None and conv_ids:
             await self.r.zrem(self._archive_key(), *(member(tenant, c) for c in conv_ids))
             await self._archive.erase(tenant, conv_ids)
+            # The leases go too (ours: taken above, and within LEASE_MS), so no key names them.
+            await asyncio.gather(*(self.r.delete(self._ck(tenant, c, "archiving")) for c in conv_ids))
         await self.r.delete(*(self._vk(tenant, visitor, part) for part in ("convs", "sticky", "open")))
         await self.forget_everywhere(tenant, conv_ids)
         return conv_ids
