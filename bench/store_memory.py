@@ -8,7 +8,9 @@ newest 10,000 at once), pinned to CPU 0, and drives it from this process over `w
 visitors opens a conversation, sends `--messages` without waiting, waits for their acks, closes
 it and opens the next, until `--conversations` are done; `--left-open` more stay open at the end
 (those stay in memory). Prints the node's RSS (VmRSS) idle at start, after the traffic, and after
-one eviction sweep, with the database's size on disk and the rate.
+one eviction sweep, with the database's size on disk, the rate, the bytes of log entries the node
+keeps in memory at the end against `--log-memory-mb` (its budget), and whether the RSS after the
+sweep is within that budget plus the idle RSS.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ async def visitor(url: str, secret: str, name: str, convs: int, messages: int, l
 
 async def run(args: argparse.Namespace) -> dict:
     extra = {"GATEWAY_CLOSED_KEEP_S": str(args.closed_keep_s), "GATEWAY_RATE_PER_S": "1000000000",
-             "GATEWAY_RATE_BURST": "1000000000"}
+             "GATEWAY_RATE_BURST": "1000000000", "GATEWAY_LOG_MEMORY_MB": str(args.log_memory_mb)}
     if args.memory_only:
         extra["GATEWAY_DATA_DIR"] = "none"
     node = servers.start("gateway", {"heartbeat_s": 60.0}, {0}, extra)
@@ -87,13 +89,16 @@ async def run(args: argparse.Namespace) -> dict:
         after = rss_kb(node.pid)
         await asyncio.sleep(31)  # one eviction sweep (every 30 s at most)
         settled = rss_kb(node.pid)
+        coord = ((node.admin_stats() or {}).get("hub") or {}).get("coordinator") or {}
         db = sum(p.stat().st_size for p in Path(node.data_dir or ".").glob("chatgw.sqlite3*"))
         return {"conversations": per * args.visitors + args.left_open, "left_open": args.left_open,
                 "messages_acked": sum(done) + sum(opened), "seconds": round(took, 1),
                 "msgs_per_s": round((sum(done) + sum(opened)) / took), "rss_idle_kb": idle,
                 "rss_after_traffic_kb": after, "rss_after_closed_left_kb": settled,
                 "rss_growth_kb": settled - idle, "db_bytes": db, "closed_keep_s": args.closed_keep_s,
-                "store": not args.memory_only}
+                "store": not args.memory_only, "log_memory_mb": args.log_memory_mb,
+                "log_bytes_at_end": coord.get("log_bytes"), "budget_sheds": coord.get("budget_sheds"),
+                "within_budget_plus_idle": settled <= idle + (args.log_memory_mb << 10)}
     finally:
         node.stop()
 
@@ -107,6 +112,8 @@ def main() -> None:
     p.add_argument("--left-open", type=int, default=500)
     p.add_argument("--closed-keep-s", type=float, default=600.0,
                    help="how long a closed conversation stays in memory (the node's default; at most 10,000 stay)")
+    p.add_argument("--log-memory-mb", type=int, default=256,
+                   help="the node's budget for log entries in memory (its default: 256)")
     p.add_argument("--memory-only", action="store_true", help="--data-dir none: the same traffic without a store")
     args = p.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=1))

@@ -34,7 +34,7 @@ def _serve(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
 @contextlib.asynccontextmanager
 async def _coordinator(data, **kw):
     """An embedded coordinator on a store in `data`, started and closed around the block."""
-    store = Store(data, max_bytes=kw.pop("max_bytes", 0))
+    store = Store(data, max_bytes=kw.pop("max_bytes", 0))  # the rest go to the coordinator
     c = EmbeddedCoordinator("n1", store=store, **kw)
     await c.start()
     try:
@@ -317,3 +317,28 @@ async def test_an_entry_is_not_read_before_its_commit_and_never_after_a_failed_o
         store.commit()
         assert [e["seq"] for e in (await c.read_after("t", "c1", 0, 10))[0]] == [1] and await c.last_seq("t", "c1") == 1
         store._db.execute("PRAGMA max_page_count = 1000000")  # room for the close to commit
+
+
+async def test_log_memory_stays_within_its_byte_budget_and_reads_go_to_the_store(tmp_path):
+    """`log_memory_mb`: past the budget the oldest conversations' committed entries leave memory;
+    every entry is still read back, in order, from memory and the store together."""
+    budget = 40_000
+    async with _coordinator(tmp_path / "data", log_memory_bytes=budget) as (c, _):
+        convs = [f"c{i}" for i in range(20)]
+        for conv in convs:
+            await c.create_conversation(Conversation(id=conv, tenant="t", visitor=f"v{conv}", group="g"))
+        for n in range(30):
+            for conv in convs:  # 600 entries of about 150 bytes: about twice the budget
+                await c.append("t", conv, {"t": "msg", "from": f"v{conv}", "text": f"{conv} {n} " + "x" * 80}, f"m{n}")
+                assert c._log_bytes <= budget
+                assert c._log_bytes == sum(log.nbytes == sum(map(len, log.entries)) and log.nbytes
+                                           for log in c._logs.values())
+        assert c.budget_sheds > 0
+        assert sum(len(c._logs[("t", conv)].entries) for conv in convs) < 400  # of 600 written
+        for conv in convs:
+            entries, first = await c.read_after("t", conv, 0, 1000)
+            assert first == 1 and [e["text"].split()[:2] for e in entries] == [[conv, str(n)] for n in range(30)]
+            back, _ = await c.read_before("t", conv, None, 7)
+            assert [e["seq"] for e in back] == list(range(24, 31))
+            # A retry is still answered with its first seq, in memory or not.
+            assert await c.append("t", conv, {"t": "msg", "from": f"v{conv}", "text": "again"}, "m3") == (4, True)

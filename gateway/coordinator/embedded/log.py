@@ -28,10 +28,11 @@ _unpack = orjson.loads
 class _Log:
     # Entries are kept encoded: bytes are invisible to the garbage collector, so a node holding
     # millions of log entries doesn't pay for them in every full collection (relay p99).
-    __slots__ = ("entries", "first", "ids", "pending")
+    __slots__ = ("entries", "first", "ids", "nbytes", "pending")
 
     def __init__(self) -> None:
         self.entries: deque[bytes] = deque()
+        self.nbytes = 0  # sum of len(entries[i]): what the memory budget counts
         self.first = 1  # seq of entries[0]
         self.ids: OrderedDict[tuple[str, str], int] = OrderedDict()  # (sender, client id) -> seq, trimmed with the log
         self.pending = 0  # with a store: the newest entries not committed yet (reads don't see them)
@@ -56,7 +57,7 @@ class _Appended:
         log = self.log
         log.pending -= 1
         if log.entries and log.first + len(log.entries) - 1 == self.seq:
-            log.entries.pop()
+            log.nbytes -= len(log.entries.pop())
         if self.cid is not None and log.ids.get(self.cid) == self.seq:
             del log.ids[self.cid]
 
@@ -68,9 +69,15 @@ class MemoryLog(ConversationLog):
     _convs: dict[tuple[str, str], Any]  # the conversations' state (conversations.py), for `if_version`
     _store: Store | None  # the node's database (store.py); None: memory only
 
-    def _init_logs(self, history_keep: int) -> None:
+    def _init_logs(self, history_keep: int, budget_bytes: int = 0) -> None:
         self._keep = history_keep
         self._logs: dict[tuple[str, str], _Log] = {}
+        # With a store: the most bytes of entries kept in memory over all logs (0: no limit); past it
+        # the oldest conversations' committed entries leave memory (`_shed_over_budget`, docs/store.md
+        # step 9). `_log_bytes` is the sum of the logs' `nbytes`.
+        self._budget = budget_bytes if self._store is not None else 0
+        self._log_bytes = 0
+        self.budget_sheds = 0
         # SyncLog: with a store, call fn(*args) once the entries appended so far are on disk
         # (failed(e) if they can't be); None without one. An attribute, not a property: `msg` reads it.
         self.when_durable: Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None = \
@@ -81,7 +88,12 @@ class MemoryLog(ConversationLog):
 
     def _forget_log(self, key: tuple[str, str]) -> None:
         """A closed conversation's log leaves memory (with a store, which answers for it from now on)."""
-        self._logs.pop(key, None)
+        self._pop_log(key)
+
+    def _pop_log(self, key: tuple[str, str]) -> None:
+        log = self._logs.pop(key, None)
+        if log is not None:
+            self._log_bytes -= log.nbytes
 
     def _log(self, key: tuple[str, str]) -> _Log | None:
         """The log in memory; with a store, for a conversation that left memory (closed), an empty
@@ -97,12 +109,37 @@ class MemoryLog(ConversationLog):
         store; its client ids stay until it leaves memory (a retry still gets its ack)."""
         log = self._logs.get(key)
         if log is not None and log.entries:
-            log.first += len(log.entries)
+            self._shed(log, len(log.entries))
+
+    def _shed(self, log: _Log, n: int) -> None:
+        """The oldest `n` entries leave memory (they are in the store; never the uncommitted tail)."""
+        n = min(n, len(log.entries) - log.pending)
+        if n == len(log.entries):
+            freed = log.nbytes
             log.entries.clear()
+        else:
+            freed = 0
+            for _ in range(n):
+                freed += len(log.entries.popleft())
+        log.first += n
+        log.nbytes -= freed
+        self._log_bytes -= freed
+
+    def _shed_over_budget(self) -> None:
+        """Over the budget: the committed entries of the oldest conversations (in the order they were
+        made or read back) leave memory until the logs are under 90% of it; reads of them go to the
+        store (read_after / read_before). Client ids stay (trimmed with `history_keep`)."""
+        target = self._budget * 9 // 10
+        for log in self._logs.values():
+            if self._log_bytes <= target:
+                break
+            if len(log.entries) > log.pending:
+                self._shed(log, len(log.entries))
+        self.budget_sheds += 1
 
     def _drop_closed_log(self, key: tuple[str, str]) -> None:
         if key not in self._convs:  # still closed: its entries are written, the store answers for them
-            self._logs.pop(key, None)
+            self._pop_log(key)
 
     def _restore_log(self, key: tuple[str, str], last_seq: int, kept: list[tuple[int, str, str | None, bytes]]) -> None:
         """A log as the store had it: its newest entries in memory, the seqs going on after `last_seq`."""
@@ -110,6 +147,8 @@ class MemoryLog(ConversationLog):
         log.first = kept[0][0] if kept else last_seq + 1
         for _seq, sender, cid, body in kept:
             log.entries.append(body)
+            log.nbytes += len(body)
+            self._log_bytes += len(body)
             if cid is not None:
                 log.ids[(sender, cid)] = _seq
 
@@ -159,6 +198,8 @@ class MemoryLog(ConversationLog):
         entry["seq"] = seq
         packed = _pack(entry)
         log.entries.append(packed)
+        log.nbytes += len(packed)
+        self._log_bytes += len(packed)
         if client_id is not None:
             log.ids[client_id] = seq
         if self._store is not None:
@@ -169,10 +210,14 @@ class MemoryLog(ConversationLog):
                 self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
         if len(log.entries) > self._keep:
             while len(log.entries) > self._keep:
-                log.entries.popleft()
+                freed = len(log.entries.popleft())
+                log.nbytes -= freed
+                self._log_bytes -= freed
                 log.first += 1
             while log.ids and next(iter(log.ids.values())) < log.first:
                 log.ids.popitem(last=False)
+        if self._budget and self._log_bytes > self._budget:
+            self._shed_over_budget()
         return seq, False, packed
 
     async def read_after(self, tenant: str, conv_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -16,6 +16,7 @@ class MemoryTranscripts(Transcripts):
     _store: Store | None
     _convs: dict[tuple[str, str], Conversation]
     _logs: dict[tuple[str, str], Any]
+    _pop_log: Any
     _open_of: dict[tuple[str, str], str]
     _sticky: dict[tuple[str, str], str]
     _agent_convs: dict[tuple[str, str], set[str]]
@@ -68,7 +69,7 @@ class MemoryTranscripts(Transcripts):
         """The erased conversations leave memory (state, log, the agent's holdings, the eviction queue)."""
         for conv_id in erased:
             c = self._convs.pop((tenant, conv_id), None)
-            self._logs.pop((tenant, conv_id), None)
+            self._pop_log((tenant, conv_id))
             if c is not None and c.agent:
                 self._agent_convs.get((tenant, c.agent), set()).discard(conv_id)
         gone = {(tenant, conv_id) for conv_id in erased}
