@@ -1,14 +1,22 @@
-"""Instructions per relayed message, counted by valgrind's callgrind: a repeatable A/B figure.
+"""Instructions per message, counted by valgrind's callgrind: a repeatable A/B figure.
 
-    python -m bench.instructions [--messages 1000] [--pairs 4]
+    python -m bench.instructions [--messages 1000] [--pairs 4] [--targets relay,echo,picows]
 
-Starts the gateway under ``valgrind --tool=callgrind`` (embedded coordinator, bots
-off), opens ``--pairs`` visitor/agent conversations, relays a warm-up, zeroes the
-counters (``callgrind_control -z``), relays ``--messages`` per pair (one in flight per
-pair: send, wait for the ack and the agent's copy), dumps the counters and prints the
-user-space instructions per message. Kernel work (the socket syscalls) is not counted;
-the figure is the same on a busy or an idle machine, so a change to the hot path can be
-judged by it where the bench's rates are too noisy (bench/README.md).
+Each target runs under ``valgrind --tool=callgrind`` and is driven the same way: ``--pairs``
+clients (for the relay, visitor/agent conversations) each keep one message in flight, a warm-up,
+then the counters are zeroed (``callgrind_control -z``), ``--messages`` per pair are sent, the
+counters dumped, and the user-space instructions per message printed:
+
+- ``relay``: the gateway (embedded coordinator, memory only, bots off): send a 64-byte ``msg``,
+  wait for its ``ack`` and the agent's copy (two frames out per frame in);
+- ``echo``: the gateway's own ``/echo`` (the same listener, no chat core): a 64-byte text frame
+  and its echo;
+- ``picows``: the bare picows echo server (bench/peers/picows_echo.py), same frames.
+
+The last line gives relay / picows (issue 14's bound: 2.5x, since a relay writes two frames for
+the echo's one). Kernel work (the socket syscalls) is not counted; the figures are the same on a
+busy or an idle machine, so a change to the hot path can be judged by them where the bench's rates
+are too noisy (bench/README.md).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ def _text(env: dict) -> str:
     return orjson.dumps(env).decode()  # a str: websockets sends it as a text frame (JSON), not binary (msgpack)
 
 
-def _launch(out_dir: str) -> tuple[subprocess.Popen[str], dict[str, int], str]:
+def _launch(out_dir: str, target: str) -> tuple[subprocess.Popen[str], int, str]:
+    """Start `target` under callgrind; (process, WebSocket port, JWT secret)."""
     sys.path.insert(0, str(ROOT))
     from gateway.server import banner_ports
 
@@ -41,24 +50,28 @@ def _launch(out_dir: str) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     env = dict(os.environ, GATEWAY_JWT_SECRET=secret, GATEWAY_ADMIN_TOKEN=secrets.token_urlsafe(32),
                GATEWAY_HTTP_PORT="0", GATEWAY_WS_PORT="0", GATEWAY_HOST="127.0.0.1", GATEWAY_LOG_LEVEL="warning",
                PYTHONUNBUFFERED="1", GATEWAY_BOTS_ENABLED="false", GATEWAY_RATE_PER_S="1e9",
-               GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600",
+               GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600", GATEWAY_ECHO_ENDPOINT="true",
                GATEWAY_DATA_DIR="none")  # memory only, as every figure before the store; SQLite's own cost: bench.store_schema
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p",
-                             sys.executable, "-m", "gateway", "serve"],
+    cmd = [sys.executable, "-m", "bench.peers.picows_echo", "--port", "0"] if target == "picows" else \
+        [sys.executable, "-m", "gateway", "serve"]
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p", *cmd],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports: dict[str, int] = {}
     lines: list[str] = []
-    while len(ports) < 2:
+    while "websocket" not in ports or (target != "picows" and len(ports) < 2):
         line = proc.stdout.readline()
         if not line:
-            raise SystemExit("the gateway did not start under valgrind:\n" + "".join(lines[-20:]))
+            raise SystemExit(f"{target} did not start under valgrind:\n" + "".join(lines[-20:]))
         lines.append(line)
-        ports.update(banner_ports(line))
+        if target == "picows" and line.startswith("listening "):
+            ports["websocket"] = int(line.split()[1])
+        else:
+            ports.update(banner_ports(line))
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    return proc, ports, secret
+    return proc, ports["websocket"], secret
 
 
-async def _relay(port: int, secret: str, pairs: int, warmup: int, messages: int, pid: int) -> None:
+async def _drive(port: int, path: str, secret: str, pairs: int, warmup: int, messages: int, pid: int) -> None:
     import orjson
     import websockets
 
@@ -92,6 +105,21 @@ async def _relay(port: int, secret: str, pairs: int, warmup: int, messages: int,
             await until(visitor, lambda e, cid=cid: e["t"] == "ack" and e["id"] == cid)
             await until(agent, lambda e, cid=cid: e["t"] == "msg" and e["id"] == cid)
 
+    if path != "/ws":  # an echo: each client sends a frame and waits for it back
+        clients = [await websockets.connect(f"ws://127.0.0.1:{port}{path}", ping_interval=None) for _ in range(pairs)]
+
+        async def echo(ws, n: int) -> None:
+            for k in range(n):
+                frame = f"{k:08d}" + "x" * 56  # 64 bytes, as the relay's text
+                await ws.send(frame)
+                assert await ws.recv() == frame
+
+        await asyncio.gather(*(echo(ws, warmup) for ws in clients))
+        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        await asyncio.gather(*(echo(ws, messages) for ws in clients))
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+        return
+
     ps = [await pair(i) for i in range(pairs)]
     await asyncio.gather(*(run(v, a, c, warmup, "w") for v, a, c in ps))
     subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
@@ -99,24 +127,39 @@ async def _relay(port: int, secret: str, pairs: int, warmup: int, messages: int,
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=1000, help="messages per pair, counted")
-    ap.add_argument("--pairs", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=200, help="messages per pair before counting")
-    args = ap.parse_args(argv)
+TARGETS = {"relay": ("/ws", "relayed message (gateway)"), "echo": ("/echo", "echoed message (gateway /echo)"),
+           "picows": ("/", "echoed message (bare picows)")}
+
+
+def measure(target: str, pairs: int, warmup: int, messages: int) -> float:
+    """User-space instructions per message for `target` (a key of TARGETS)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        proc, ports, secret = _launch(out_dir)
+        proc, port, secret = _launch(out_dir, target)
         try:
-            asyncio.run(_relay(ports["websocket"], secret, args.pairs, args.warmup, args.messages, proc.pid))
+            asyncio.run(_drive(port, TARGETS[target][0], secret, pairs, warmup, messages, proc.pid))
         finally:
             proc.terminate()
             proc.wait(60)
         dump = sorted(glob.glob(f"{out_dir}/callgrind.{proc.pid}.*"))[0]
         total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-    n = args.messages * args.pairs
-    print(f"{total / n:,.0f} instructions per relayed message (user space; {n} messages, {args.pairs} pairs, "
-          f"one in flight per pair)")
+    return total / (messages * pairs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=1000, help="messages per pair, counted")
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=200, help="messages per pair before counting")
+    ap.add_argument("--targets", default="relay,echo,picows", help=f"comma-separated, of {', '.join(TARGETS)}")
+    args = ap.parse_args(argv)
+    got = {}
+    for target in args.targets.split(","):
+        got[target] = measure(target, args.pairs, args.warmup, args.messages)
+        print(f"{got[target]:,.0f} instructions per {TARGETS[target][1]} (user space; {args.messages * args.pairs} "
+              f"messages, {args.pairs} clients, one in flight each)", flush=True)
+    if "relay" in got and "picows" in got:
+        print(f"relay / picows echo: {got['relay'] / got['picows']:.2f}x"
+              + (f"; gateway /echo / picows echo: {got['echo'] / got['picows']:.2f}x" if "echo" in got else ""))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ the client-id map is trimmed with the log, so a retry is answered exactly while 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import orjson
 
-from ..base import StaleState
+from ..base import StaleState, idempotency_key
 from ..ports import ConversationLog
+from .entries import Entries
 from .store import Store
 
 # msgspec, not orjson, writes the entries kept: orjson 3.13's bytes keep the 4 KiB buffer they were
@@ -26,15 +26,17 @@ _unpack = orjson.loads
 
 
 class _Log:
-    # Entries are kept encoded: bytes are invisible to the garbage collector, so a node holding
-    # millions of log entries doesn't pay for them in every full collection (relay p99).
+    # Nothing here is traversed by the garbage collector: the entries are packed in a bytearray
+    # (entries.py) and `ids` is a dict of str -> int, which CPython never tracks. A node holding
+    # millions of entries doesn't pay for them in every full collection (relay p99).
     __slots__ = ("entries", "first", "ids", "nbytes", "pending")
 
     def __init__(self) -> None:
-        self.entries: deque[bytes] = deque()
-        self.nbytes = 0  # sum of len(entries[i]): what the memory budget counts
+        self.entries = Entries()
+        self.nbytes = 0  # bytes of `entries`: what the memory budget counts
         self.first = 1  # seq of entries[0]
-        self.ids: OrderedDict[tuple[str, str], int] = OrderedDict()  # (sender, client id) -> seq, trimmed with the log
+        # idempotency_key(sender, client id) -> seq, in append order; trimmed behind the log (`_trim_ids`)
+        self.ids: dict[str, int] = {}
         self.pending = 0  # with a store: the newest entries not committed yet (reads don't see them)
 
     def visible(self) -> int:
@@ -47,7 +49,7 @@ class _Appended:
 
     __slots__ = ("cid", "log", "seq")
 
-    def __init__(self, log: _Log, seq: int, cid: tuple[str, str] | None):
+    def __init__(self, log: _Log, seq: int, cid: str | None):
         self.log, self.seq, self.cid = log, seq, cid
 
     def settled(self) -> None:
@@ -57,7 +59,7 @@ class _Appended:
         log = self.log
         log.pending -= 1
         if log.entries and log.first + len(log.entries) - 1 == self.seq:
-            log.nbytes -= len(log.entries.pop())
+            log.nbytes -= log.entries.pop()
         if self.cid is not None and log.ids.get(self.cid) == self.seq:
             del log.ids[self.cid]
 
@@ -120,7 +122,7 @@ class MemoryLog(ConversationLog):
         else:
             freed = 0
             for _ in range(n):
-                freed += len(log.entries.popleft())
+                freed += log.entries.popleft()
         log.first += n
         log.nbytes -= freed
         self._log_bytes -= freed
@@ -150,7 +152,7 @@ class MemoryLog(ConversationLog):
             log.nbytes += len(body)
             self._log_bytes += len(body)
             if cid is not None:
-                log.ids[(sender, cid)] = _seq
+                log.ids[idempotency_key(sender, cid)] = _seq
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
@@ -171,9 +173,17 @@ class MemoryLog(ConversationLog):
         return self.seq_of_now(tenant, conv_id, sender, client_id)
 
     def seq_of_now(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
-        """The seq the log gave `sender`'s `client_id`, while its entry is in memory (the newest `history_keep`)."""
+        """The seq the log gave `sender`'s `client_id`, while its entry is among the newest `history_keep`."""
         log = self._logs.get((tenant, conv_id))
-        return None if log is None else log.ids.get((sender, client_id))
+        if log is None:
+            return None
+        seq = log.ids.get(idempotency_key(sender, client_id))
+        return seq if seq is not None and self._in_window(log, seq) else None
+
+    def _in_window(self, log: _Log, seq: int) -> bool:
+        """Is `seq` among the log's newest `history_keep`? (`ids` is trimmed lazily, in `append_now`; shedding
+        for the memory budget moves `first` but not this window.)"""
+        return seq > log.first + len(log.entries) - 1 - self._keep
 
     def append_now(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None) -> tuple[int, bool, bytes]:
         """`append` without a coroutine, also returning the entry as stored (its JSON encoding), for the hub's inline path."""
@@ -189,10 +199,11 @@ class MemoryLog(ConversationLog):
             closed = True
         else:
             closed = False
+        cid = client_id
         if client_id is not None:
-            client_id = (entry["from"], client_id)  # ids are per sender; a tuple is the cheapest exact key
+            client_id = idempotency_key(entry["from"], client_id)  # ids are per sender
             seq = log.ids.get(client_id)
-            if seq is not None:
+            if seq is not None and self._in_window(log, seq):
                 return seq, True, b""
         seq = log.first + len(log.entries)
         entry["seq"] = seq
@@ -204,18 +215,20 @@ class MemoryLog(ConversationLog):
             log.ids[client_id] = seq
         if self._store is not None:
             log.pending += 1
-            self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), None if client_id is None else client_id[1],
-                                  packed, _Appended(log, seq, client_id))
+            self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), cid, packed, _Appended(log, seq, client_id))
             if closed:
                 self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
         if len(log.entries) > self._keep:
             while len(log.entries) > self._keep:
-                freed = len(log.entries.popleft())
+                freed = log.entries.popleft()
                 log.nbytes -= freed
                 self._log_bytes -= freed
                 log.first += 1
-            while log.ids and next(iter(log.ids.values())) < log.first:
-                log.ids.popitem(last=False)
+            if len(log.ids) > 2 * self._keep:
+                # Rebuilt, not popped from the front (a dict's front fills with dummies): once every
+                # `history_keep` appends; until then `_in_window` hides the ids behind the window.
+                first = log.first
+                log.ids = {k: s for k, s in log.ids.items() if s >= first}
         if self._budget and self._log_bytes > self._budget:
             self._shed_over_budget()
         return seq, False, packed
