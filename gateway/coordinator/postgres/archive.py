@@ -12,6 +12,7 @@ the server shutting down): the archiver tries again later, a read answers `unava
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS chatgw_entries (
 );
 """
 
+SCHEMA_LOCK = 0x63686174677700  # pg_advisory_xact_lock key ("chatgw") held while the tables are made
+
 # asyncpg's errors that mean "the server is not there (now)", as opposed to a bug in a query.
 _UNREACHABLE = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.CannotConnectNowError,
                 asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.ConnectionFailureError,
@@ -81,22 +84,28 @@ class PostgresArchive:
         self._max = max_connections
         self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._starting = asyncio.Lock()  # one pool, however many callers find it missing at once
 
     async def start(self) -> None:
         """Connect and create the tables when missing. Raises `Unavailable` when the server is not there
         (a node starts anyway: every call connects again until it can)."""
-        if self._pool is not None:
-            return
-        try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self._max,
-                                                   timeout=self._timeout_s, command_timeout=self._timeout_s)
-            async with self._pool.acquire() as c:
-                await c.execute(SCHEMA)
-        except _UNREACHABLE as e:
+        async with self._starting:
             if self._pool is not None:
-                self._pool.terminate()
-                self._pool = None
-            raise Unavailable(f"archive at {_masked(self._dsn)} unreachable: {type(e).__name__}: {e}") from None
+                return
+            pool = None
+            try:
+                pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self._max,
+                                                 timeout=self._timeout_s, command_timeout=self._timeout_s)
+                async with pool.acquire() as c, c.transaction():
+                    # Nodes starting together: CREATE ... IF NOT EXISTS is not safe against itself in
+                    # PostgreSQL (a unique violation in pg_type), so they take turns.
+                    await c.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                    await c.execute(SCHEMA)
+            except _UNREACHABLE as e:
+                if pool is not None:
+                    pool.terminate()
+                raise Unavailable(f"archive at {_masked(self._dsn)} unreachable: {type(e).__name__}: {e}") from None
+            self._pool = pool
 
     async def close(self) -> None:
         if self._pool is not None:

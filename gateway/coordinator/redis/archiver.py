@@ -5,7 +5,7 @@ Every node runs one. Work is a sorted set of conversations whose archive copy is
 (created, assigned, transferred, closed) and every `every` entries once its log is longer than the
 hot window. A pass takes the due members; a conversation is worked on by the node that holds its
 lease (`P:{c:T:C}:archiving`, SET NX PX), so exactly one node archives it at a time; a lease held
-by a node that is no longer live (its heartbeat lapsed) is taken over, and any lease lapses after
+by a node seen dead (its heartbeat lapsed) is taken over, and any lease lapses after
 LEASE_MS, so a node that dies archiving holds nothing up for long.
 
 Archiving one conversation (each step safe to repeat, so a pass cut short anywhere loses nothing):
@@ -157,12 +157,13 @@ class Archiver:
         return worked
 
     async def _lease(self, key: str, token: str) -> bool:
-        """Take the conversation's lease: free, or held by a node no longer live (its heartbeat
-        lapsed: it died archiving), so the work doesn't wait out LEASE_MS."""
+        """Take the conversation's lease: free, or held by a node seen dead (its heartbeat lapsed: it
+        died archiving), so the work doesn't wait out LEASE_MS. Not merely one this node hasn't seen
+        live yet: a node that started after our last look at the nodes is alive."""
         if await self.coord.r.set(key, token, nx=True, px=LEASE_MS):
             return True
         holder = await self.coord.r.get(key)
-        if holder is None or holder.decode().rsplit("/", 1)[0] in (self.coord._live_nodes | {self.coord.node_id}):
+        if holder is None or holder.decode().rsplit("/", 1)[0] not in self.coord._dead_nodes:
             return False
         return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
