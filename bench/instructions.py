@@ -131,8 +131,9 @@ TARGETS = {"relay": ("/ws", "relayed message (gateway)"), "echo": ("/echo", "ech
            "picows": ("/", "echoed message (bare picows)")}
 
 
-def measure(target: str, pairs: int, warmup: int, messages: int) -> float:
-    """User-space instructions per message for `target` (a key of TARGETS)."""
+def measure(target: str, pairs: int, warmup: int, messages: int, keep: str | None = None) -> float:
+    """User-space instructions per message for `target` (a key of TARGETS); `keep`: a folder to copy
+    the callgrind dump into (for `callgrind_annotate`)."""
     with tempfile.TemporaryDirectory() as out_dir:
         proc, port, secret = _launch(out_dir, target)
         try:
@@ -142,6 +143,11 @@ def measure(target: str, pairs: int, warmup: int, messages: int) -> float:
             proc.wait(60)
         dump = sorted(glob.glob(f"{out_dir}/callgrind.{proc.pid}.*"))[0]
         total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
+        if keep:
+            import shutil
+
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(dump, Path(keep) / f"callgrind.{target}")
     return total / (messages * pairs)
 
 
@@ -151,10 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=200, help="messages per pair before counting")
     ap.add_argument("--targets", default="relay,echo,picows", help=f"comma-separated, of {', '.join(TARGETS)}")
+    ap.add_argument("--keep", help="copy each callgrind dump here (callgrind.TARGET), for callgrind_annotate")
     args = ap.parse_args(argv)
     got = {}
     for target in args.targets.split(","):
-        got[target] = measure(target, args.pairs, args.warmup, args.messages)
+        got[target] = measure(target, args.pairs, args.warmup, args.messages, args.keep)
         print(f"{got[target]:,.0f} instructions per {TARGETS[target][1]} (user space; {args.messages * args.pairs} "
               f"messages, {args.pairs} clients, one in flight each)", flush=True)
     if "relay" in got and "picows" in got:

@@ -201,16 +201,22 @@ class MemoryLog(ConversationLog):
             closed = False
         cid = client_id
         if client_id is not None:
-            client_id = idempotency_key(entry["from"], client_id)  # ids are per sender
+            sender = entry["from"]
+            client_id = f"{len(sender)}:{sender}:{client_id}"  # idempotency_key, inlined (per message): ids are per sender
             seq = log.ids.get(client_id)
             if seq is not None and self._in_window(log, seq):
                 return seq, True, b""
-        seq = log.first + len(log.entries)
+        ent = log.entries
+        starts = ent.starts
+        n = len(starts) - ent.head  # len(ent), without the method call (per message)
+        seq = log.first + n
         entry["seq"] = seq
         packed = _pack(entry)
-        log.entries.append(packed)
-        log.nbytes += len(packed)
-        self._log_bytes += len(packed)
+        size = len(packed)
+        starts.append(len(ent.buf))  # ent.append(packed), inlined
+        ent.buf += packed
+        log.nbytes += size
+        self._log_bytes += size
         if client_id is not None:
             log.ids[client_id] = seq
         if self._store is not None:
@@ -218,9 +224,9 @@ class MemoryLog(ConversationLog):
             self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), cid, packed, _Appended(log, seq, client_id))
             if closed:
                 self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
-        if len(log.entries) > self._keep:
-            while len(log.entries) > self._keep:
-                freed = log.entries.popleft()
+        if n >= self._keep:
+            while len(ent) > self._keep:
+                freed = ent.popleft()
                 log.nbytes -= freed
                 self._log_bytes -= freed
                 log.first += 1
