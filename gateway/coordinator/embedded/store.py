@@ -39,6 +39,7 @@ import orjson
 from routing.model import Agent, Conversation
 
 from ..base import Unavailable
+from .store_checkpoint import Checkpointer
 from .store_transcripts import StoreTranscripts
 
 log = logging.getLogger("gateway.store")
@@ -108,6 +109,7 @@ class Store(StoreTranscripts):
         self._fsync = fsync
         self._max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
         # (tenant, conversation) -> its integer key in the database, for the conversations in memory
         # (a conversation that left memory is looked up: `_key`)
@@ -143,6 +145,7 @@ class Store(StoreTranscripts):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
             db.execute("PRAGMA secure_delete = ON")  # erased rows are overwritten, not left in free pages
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on their own thread (store_checkpoint.py)
             if self._max_bytes:
                 page = db.execute("PRAGMA page_size").fetchone()[0]
                 db.execute(f"PRAGMA max_page_count = {max(self._max_bytes // page, 1)}")
@@ -155,7 +158,9 @@ class Store(StoreTranscripts):
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema {row[0]}, this gateway reads {SCHEMA_VERSION}")
-            return self._load(keep)
+            snap = self._load(keep)
+            self._checkpointer = Checkpointer(self.path)
+            return snap
         except sqlite3.Error as e:
             self.close()
             raise StoreError(f"{self.path} can't be read ({type(e).__name__}: {e}); "
@@ -188,6 +193,9 @@ class Store(StoreTranscripts):
 
     def close(self) -> None:
         """Commit what is pending and release the directory."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
             try:
                 self.commit()
@@ -305,6 +313,8 @@ class Store(StoreTranscripts):
             return
         self.stats["commits"] += 1
         self.stats["committed_entries"] += len(rows)
+        if self._checkpointer is not None:
+            self._checkpointer.note(len(rows))
         for entry in entries:  # readable now, before anyone is told (the waiters may read)
             entry.settled()
         for fn, args, _ in waiters:
