@@ -43,6 +43,7 @@ cdef class Connection(WSListener):
     cdef public bint paused          # the transport's write buffer is above its high-water mark
     cdef public double expires       # the token's `exp` (Unix seconds); 0 for none (echo)
 
+    cdef _frame(self, WSFrame frame)
     cdef _on_close(self, WSFrame frame)
     cdef _message(self, WSMsgType msg_type, bytes payload)
     cdef bint _take_token(self, rid)

@@ -57,14 +57,19 @@ cdef _send(WSTransport transport, WSMsgType msg_type, bytes payload):
 
 
 # Write coalescing: a session with something queued writes once per loop turn, whatever
-# number of envelopes it was given in that turn (one frame, a batch when several).
+# number of envelopes it was given in that turn (one frame, a batch when several). While the
+# last frame of a read burst is handled (picows' `last_in_buffer`), nothing is scheduled: the
+# frame's handler flushes when it returns, saving a loop callback per burst (docs/hub.md).
 cdef list _dirty = []
 cdef object _flush_loop = None  # the loop a flush is scheduled on; None when none is pending
+cdef bint _burst_end = False  # handling the last frame of a read burst: on_ws_frame flushes after it
 
 
 cdef _mark_dirty(object session):
     global _flush_loop
     _dirty.append(session)
+    if _burst_end:
+        return
     loop = _get_running_loop()
     if loop is not _flush_loop:  # none pending on this loop (a test's earlier loop may have died pending)
         _flush_loop = loop
@@ -72,8 +77,13 @@ cdef _mark_dirty(object session):
 
 
 def _flush_dirty():
-    global _dirty, _flush_loop
+    global _flush_loop
     _flush_loop = None
+    _flush_now()
+
+
+cdef _flush_now():
+    global _dirty
     dirty = _dirty
     _dirty = []
     for session in dirty:
@@ -151,6 +161,19 @@ cdef class Connection(WSListener):
         self.core.resumed_writing(self)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        global _burst_end
+        if not frame.last_in_buffer or _burst_end:
+            self._frame(frame)
+            return
+        _burst_end = True
+        try:
+            self._frame(frame)
+        finally:
+            _burst_end = False
+            if _dirty:
+                _flush_now()
+
+    cdef _frame(self, WSFrame frame):
         cdef WSMsgType msg_type = frame.msg_type
         self.last_rx = _monotonic()
         if self.closed:
@@ -200,6 +223,10 @@ cdef class Connection(WSListener):
         cdef int code
         # One close each way (RFC 6455 5.5.1): anything the peer sends after its close, a second
         # close included (Autobahn 7.1.2), is ignored by the `closed` branch of on_ws_frame.
+        if self.outbox is not None:
+            self.flush()  # replies to frames before the close (an ack among them) go out before ours
+            if self.closed:
+                return
         self.closed = True
         self.outbox = None
         if n == 0:
