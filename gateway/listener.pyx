@@ -65,12 +65,17 @@ cdef object _flush_loop = None  # the loop a flush is scheduled on; None when no
 cdef bint _burst_end = False  # handling the last frame of a read burst: on_ws_frame flushes after it
 
 
+cdef object _loop = None  # the running loop, kept: asking costs a getpid() system call on 3.11
+
+
 cdef _mark_dirty(object session):
-    global _flush_loop
+    global _flush_loop, _loop
     _dirty.append(session)
     if _burst_end:
         return
-    loop = _get_running_loop()
+    loop = _loop
+    if loop is None or not loop.is_running():  # first use, or a later loop (tests run several)
+        loop = _loop = _get_running_loop()
     if loop is not _flush_loop:  # none pending on this loop (a test's earlier loop may have died pending)
         _flush_loop = loop
         loop.call_soon(_flush_dirty)

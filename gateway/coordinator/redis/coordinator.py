@@ -126,7 +126,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         # With an archive the append script trims nothing: the archiver trims what it has copied.
         self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), 0 if self._archive else self._keep,
                                    self.r.keyslot if self._cluster else None, self.stats)
-        self._read_s = s(lua("read"))
+        self._read_s = Script(self._pipes, lua("read"))  # catch-ups and replays: on the message path's pipes
         self._save_s = s(lua("save"))
         self._lock_s = s(lua("lock"))
         self._unlock_s = s(lua("unlock"))
