@@ -9,7 +9,7 @@ visitors opens a conversation, sends `--messages` without waiting, waits for the
 it and opens the next, until `--conversations` are done; `--left-open` more stay open at the end
 (those stay in memory). Prints the node's RSS (VmRSS) idle at start, after the traffic, and after
 one eviction sweep, with the database's size on disk, the rate, the bytes of log entries the node
-keeps in memory at the end against `--log-memory-mb` (its budget), and whether the RSS after the
+keeps in memory at the end against `--memory-budget-mb` (its budget), and whether the RSS after the
 sweep is within that budget plus the idle RSS.
 """
 
@@ -70,7 +70,7 @@ async def visitor(url: str, secret: str, name: str, convs: int, messages: int, l
 
 async def run(args: argparse.Namespace) -> dict:
     extra = {"GATEWAY_CLOSED_KEEP_S": str(args.closed_keep_s), "GATEWAY_RATE_PER_S": "1000000000",
-             "GATEWAY_RATE_BURST": "1000000000", "GATEWAY_LOG_MEMORY_MB": str(args.log_memory_mb)}
+             "GATEWAY_RATE_BURST": "1000000000", "GATEWAY_MEMORY_BUDGET_MB": str(args.memory_budget_mb)}
     if args.memory_only:
         extra["GATEWAY_DATA_DIR"] = "none"
     node = servers.start("gateway", {"heartbeat_s": 60.0}, {0}, extra)
@@ -96,9 +96,9 @@ async def run(args: argparse.Namespace) -> dict:
                 "msgs_per_s": round((sum(done) + sum(opened)) / took), "rss_idle_kb": idle,
                 "rss_after_traffic_kb": after, "rss_after_closed_left_kb": settled,
                 "rss_growth_kb": settled - idle, "db_bytes": db, "closed_keep_s": args.closed_keep_s,
-                "store": not args.memory_only, "log_memory_mb": args.log_memory_mb,
+                "store": not args.memory_only, "memory_budget_mb": args.memory_budget_mb,
                 "log_bytes_at_end": coord.get("log_bytes"), "budget_sheds": coord.get("budget_sheds"),
-                "within_budget_plus_idle": settled <= idle + (args.log_memory_mb << 10)}
+                "within_budget_plus_idle": settled <= idle + (args.memory_budget_mb << 10)}
     finally:
         node.stop()
 
@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--left-open", type=int, default=500)
     p.add_argument("--closed-keep-s", type=float, default=600.0,
                    help="how long a closed conversation stays in memory (the node's default; at most 10,000 stay)")
-    p.add_argument("--log-memory-mb", type=int, default=256,
+    p.add_argument("--memory-budget-mb", type=int, default=256,
                    help="the node's budget for log entries in memory (its default: 256)")
     p.add_argument("--memory-only", action="store_true", help="--data-dir none: the same traffic without a store")
     args = p.parse_args()

@@ -73,7 +73,7 @@ class Config:
     # file) sets it per tenant.
     retention_days: float = 0.0
     closed_keep_s: float = 600.0  # embedded with a store: a closed conversation leaves memory this long after it closed
-    log_memory_mb: int = 256  # embedded with a store: the most MiB of log entries kept in memory (0: no limit)
+    memory_budget_mb: int = 256  # embedded with a store: the most MiB of log entries kept in memory (0: no limit)
     tenant_retention_days: dict[str, float] = field(default_factory=dict)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
@@ -131,8 +131,8 @@ class Config:
                 self.generated.append("admin_token")
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
-        if self.log_memory_mb < 0:
-            raise ConfigError("log_memory_mb must be 0 (no limit) or more")
+        if self.memory_budget_mb < 0:
+            raise ConfigError("memory_budget_mb must be 0 (no limit) or more")
         for name in ("max_frame", "max_text", "read_buffer", "agent_capacity", "history_keep", "lock_segments"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

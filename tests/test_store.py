@@ -320,17 +320,17 @@ async def test_an_entry_is_not_read_before_its_commit_and_never_after_a_failed_o
 
 
 async def test_log_memory_stays_within_its_byte_budget_and_reads_go_to_the_store(tmp_path):
-    """`log_memory_mb`: past the budget the oldest conversations' committed entries leave memory;
+    """`memory_budget_mb`: past three quarters of it the oldest conversations' committed entries leave memory;
     every entry is still read back, in order, from memory and the store together."""
     budget = 40_000
-    async with _coordinator(tmp_path / "data", log_memory_bytes=budget) as (c, _):
+    async with _coordinator(tmp_path / "data", memory_budget_bytes=budget) as (c, _):
         convs = [f"c{i}" for i in range(20)]
         for conv in convs:
             await c.create_conversation(Conversation(id=conv, tenant="t", visitor=f"v{conv}", group="g"))
         for n in range(30):
             for conv in convs:  # 600 entries of about 150 bytes: about twice the budget
                 await c.append("t", conv, {"t": "msg", "from": f"v{conv}", "text": f"{conv} {n} " + "x" * 80}, f"m{n}")
-                assert c._log_bytes <= budget
+                assert c._log_bytes <= budget * 3 // 4
                 assert c._log_bytes == sum(log.nbytes == sum(map(len, log.entries)) and log.nbytes
                                            for log in c._logs.values())
         assert c.budget_sheds > 0
@@ -342,3 +342,24 @@ async def test_log_memory_stays_within_its_byte_budget_and_reads_go_to_the_store
             assert [e["seq"] for e in back] == list(range(24, 31))
             # A retry is still answered with its first seq, in memory or not.
             assert await c.append("t", conv, {"t": "msg", "from": f"v{conv}", "text": "again"}, "m3") == (4, True)
+
+
+async def test_closed_conversations_kept_for_retries_stay_within_a_quarter_of_the_budget(tmp_path):
+    budget = 200_000
+    async with _coordinator(tmp_path / "data", memory_budget_bytes=budget) as (c, _):
+        for i in range(200):
+            conv = Conversation(id=f"c{i}", tenant="t", visitor=f"v{i}", group="g")
+            await c.create_conversation(conv)
+            for m in range(5):
+                await c.append("t", conv.id, {"t": "msg", "from": conv.visitor, "text": "x"}, f"m{m}")
+            conv.state = "closed"
+            await c.save_conversation(conv)
+            assert c._closed_bytes <= budget // 4
+        kept = [key for _, key, _ in c._closed]
+        assert 0 < len(kept) < 200 and kept[-1] == ("t", "c199")  # the newest are kept
+        assert c._closed_bytes == sum(cost for *_, cost in c._closed)
+        # A retry into a kept one is answered with its first seq; every log is read back whole.
+        assert await c.append("t", "c199", {"t": "msg", "from": "v199", "text": "x"}, "m2") == (3, True)
+        for i in (0, 199):
+            entries, _ = await c.read_after("t", f"c{i}", 0, 100)
+            assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]

@@ -21,7 +21,7 @@ def make_coordinator(cfg: Config) -> Coordinator:
                                                                                   max_bytes=cfg.store_max_mb << 20)
         return EmbeddedCoordinator(cfg.node_id, history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
                                    store=store, retention=Retention(cfg.retention_days, cfg.tenant_retention_days),
-                                   closed_keep_s=cfg.closed_keep_s, log_memory_bytes=cfg.log_memory_mb << 20)
+                                   closed_keep_s=cfg.closed_keep_s, memory_budget_bytes=cfg.memory_budget_mb << 20)
     from .postgres import PostgresArchive
     from .redis import RedisCoordinator
 

@@ -41,10 +41,10 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
 
     def __init__(self, node_id: str = "embedded", *, history_keep: int = 10_000, lock_segments: int = 1024,
                  store: Store | None = None, closed_keep_s: float = CLOSED_KEEP_S, retention: Retention | None = None,
-                 log_memory_bytes: int = 0):
+                 memory_budget_bytes: int = 0):
         """`store`: the node's database (store.py), opened and read back by `start`; None keeps everything in
         memory only. `closed_keep_s`: with a store, how long a closed conversation stays in memory (seconds).
-        `retention`: how long closed conversations are kept at all (None: for ever). `log_memory_bytes`: with
+        `retention`: how long closed conversations are kept at all (None: for ever). `memory_budget_bytes`: with
         a store, the most bytes of log entries kept in memory (0: no limit; log.py `_shed_over_budget`)."""
         self.node_id = node_id
         self._store = store
@@ -52,7 +52,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._closed_keep_s = closed_keep_s
         self._sweeper: asyncio.TimerHandle | None = None
         self._init_locks(lock_segments)
-        self._init_logs(history_keep, log_memory_bytes)
+        self._init_logs(history_keep, memory_budget_bytes)
         self._init_conversations()
         self._init_agents()
         self._init_presence()

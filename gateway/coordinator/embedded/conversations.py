@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from routing.model import Conversation
 
@@ -14,6 +15,12 @@ from .store import Store
 # With a store, at most this many closed conversations stay in memory (the newest), whatever
 # `closed_keep_s` says.
 CLOSED_KEEP_MAX = 10_000
+# What a closed conversation kept in memory costs, for the memory budget: its state, log object
+# and client ids. tracemalloc (python /tmp-style count over 2,000 conversations) gives ~1,040 bytes
+# plus ~105 per client id; these are that times 1.5, for the allocator's overhead in RSS
+# (bench/results/20261129T-issue13).
+CLOSED_BASE_BYTES = 1_600
+CLOSED_ID_BYTES = 160
 
 
 class MemoryConversations(ConversationState):
@@ -26,13 +33,17 @@ class MemoryConversations(ConversationState):
     _forget_log: Callable[[tuple[str, str]], None]
     _shed_entries: Callable[[tuple[str, str]], None]
     _store: Store | None
+    _logs: dict[tuple[str, str], Any]
+    _closed_budget: int  # bytes (0: no limit), set with the logs' budget (log.py)
 
     def _init_conversations(self) -> None:
         self._convs: dict[tuple[str, str], Conversation] = {}
         self._open_of: dict[tuple[str, str], str] = {}
         self._sticky: dict[tuple[str, str], str] = {}
         self._agent_convs: dict[tuple[str, str], set[str]] = {}
-        self._closed: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of conversations closed, oldest first
+        # (when, key, estimated bytes) of conversations closed and still in memory, oldest first
+        self._closed: deque[tuple[float, tuple[str, str], int]] = deque()
+        self._closed_bytes = 0
 
     async def create_conversation(self, conv: Conversation) -> Conversation:
         key = (conv.tenant, conv.id)
@@ -79,8 +90,11 @@ class MemoryConversations(ConversationState):
             # On disk (once this turn's entries are: a failed commit must find its entries to take back);
             # only its client ids are needed in memory now.
             self._store.when_durable(self._shed_entries, (key,), lambda _e: None)
-            self._closed.append((time.monotonic(), key))  # leaves memory later (evict_closed)
-            if len(self._closed) > CLOSED_KEEP_MAX:
+            log = self._logs.get(key)
+            cost = CLOSED_BASE_BYTES + CLOSED_ID_BYTES * (len(log.ids) if log is not None else 0)
+            self._closed.append((time.monotonic(), key, cost))  # leaves memory later (evict_closed)
+            self._closed_bytes += cost
+            if len(self._closed) > CLOSED_KEEP_MAX or (self._closed_budget and self._closed_bytes > self._closed_budget):
                 self.evict_closed(float("inf"))
 
     def evict_closed(self, older_than_s: float) -> int:
@@ -95,8 +109,11 @@ class MemoryConversations(ConversationState):
         gone = 0
         # The oldest first; past `CLOSED_KEEP_MAX` of them, whatever their age (a busy node closes
         # thousands a minute: memory must not hold ten minutes of them).
-        while self._closed and (self._closed[0][0] <= horizon or len(self._closed) > CLOSED_KEEP_MAX):
-            _, key = self._closed.popleft()
+        # And past a quarter of the memory budget (`_closed_budget`; the logs have the rest).
+        while self._closed and (self._closed[0][0] <= horizon or len(self._closed) > CLOSED_KEEP_MAX
+                                or (self._closed_budget and self._closed_bytes > self._closed_budget)):
+            _, key, cost = self._closed.popleft()
+            self._closed_bytes -= cost
             c = self._convs.get(key)
             if c is not None and c.state == "closed":
                 del self._convs[key]

@@ -74,10 +74,13 @@ class MemoryLog(ConversationLog):
     def _init_logs(self, history_keep: int, budget_bytes: int = 0) -> None:
         self._keep = history_keep
         self._logs: dict[tuple[str, str], _Log] = {}
-        # With a store: the most bytes of entries kept in memory over all logs (0: no limit); past it
-        # the oldest conversations' committed entries leave memory (`_shed_over_budget`, docs/store.md
-        # step 9). `_log_bytes` is the sum of the logs' `nbytes`.
-        self._budget = budget_bytes if self._store is not None else 0
+        # With a store, the memory budget (0: no limit; docs/store.md step 9): three quarters for the
+        # bytes of entries kept over all logs, past which the oldest conversations' committed entries
+        # leave memory (`_shed_over_budget`); a quarter for closed conversations kept for retries
+        # (conversations.py `evict_closed`). `_log_bytes` is the sum of the logs' `nbytes`.
+        budget = budget_bytes if self._store is not None else 0
+        self._budget = budget * 3 // 4
+        self._closed_budget = budget // 4
         self._log_bytes = 0
         self.budget_sheds = 0
         # SyncLog: with a store, call fn(*args) once the entries appended so far are on disk

@@ -20,7 +20,8 @@ class MemoryTranscripts(Transcripts):
     _open_of: dict[tuple[str, str], str]
     _sticky: dict[tuple[str, str], str]
     _agent_convs: dict[tuple[str, str], set[str]]
-    _closed: deque[tuple[float, tuple[str, str]]]
+    _closed: deque[tuple[float, tuple[str, str], int]]
+    _closed_bytes: int
     _retention: Retention | None
 
     async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
@@ -75,5 +76,6 @@ class MemoryTranscripts(Transcripts):
         gone = {(tenant, conv_id) for conv_id in erased}
         if gone:
             self._closed = deque(x for x in self._closed if x[1] not in gone)
+            self._closed_bytes = sum(x[2] for x in self._closed)
 
 
