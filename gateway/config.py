@@ -90,6 +90,9 @@ class Config:
     bots_enabled: bool = True
     bots: dict[str, Any] = field(default_factory=dict)
 
+    api_rate_per_s: float = 50.0  # REST API: requests per second per key (a token bucket per node)
+    api_rate_burst: float = 100.0
+
     echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
     demo: bool = True  # serve the demo pages and /api/dev/token (never in production)
     log_level: str = "info"

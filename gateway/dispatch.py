@@ -86,6 +86,11 @@ class Dispatcher:
             conn.inbox = None
             conn.worker = None
 
+    async def run(self, conn: Session, env: Envelope) -> None:
+        """Run `env`'s handler to its end, outside any connection's order (a request-scoped session:
+        the REST API); its errors are told to `conn` as for a connection."""
+        await self._handle_safe(conn, env)
+
     async def _handle_safe(self, conn: Session, env: Envelope) -> None:
         try:
             fast = self._inline.get(env.t)

@@ -311,7 +311,11 @@ class Handlers:
 
 
 def _takes_part(conn: Session, conv: Conversation | None) -> bool:
-    return conv is not None and (conn.role == "service" or conn.user in conv.participants())
+    # A service (a backend, the REST API) and a bot (the REST API's `as: bot`) act on any of its tenant's.
+    return conv is not None and (conn.role in _ANY_CONVERSATION or conn.user in conv.participants())
+
+
+_ANY_CONVERSATION = frozenset(("service", "bot"))
 
 
 def _taking_part(conn: Session, env: Envelope, conv: Conversation | None) -> Conversation:

@@ -10,6 +10,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import auth
+from .api_http import add_admin_routes as add_api_admin_routes
+from .api_http import add_routes as add_api_routes
+from .api_openapi import document as openapi_document
 from .metrics import METRICS
 from .protocol import VERSION
 from .transcripts_http import add_routes as add_transcript_routes
@@ -171,6 +174,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/admin/tenants/{tenant}/agents/{agent}", admin_agent)
     app.router.add_get("/admin/tenants/{tenant}/queues/{group}", admin_queue)
     add_transcript_routes(app, _tenant, lambda request: _node(request).coord)
+    add_api_routes(app, _node, openapi_document)
+    add_api_admin_routes(app, _tenant, lambda request: _node(request).coord)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/visitor", _page("visitor.html"))
     app.router.add_get("/agent", _page("agent.html"))

@@ -62,6 +62,7 @@ class Hub:
         self.users = self.delivery.users
         # What the listener calls, bound once (an attribute lookup per frame, no extra call).
         self.submit = dispatcher.submit
+        self.run = dispatcher.run  # the REST API: one envelope to the end of its handler (api_session.py)
         self.connected = self.lifecycle.connected
         self.disconnected = self.lifecycle.disconnected
         self.closing = self.lifecycle.closing

@@ -7,8 +7,8 @@ with cursor paging; one conversation's transcript as JSON or CSV; erasure of one
     DELETE /admin/tenants/{t}/visitors/{visitor}  -> {"erased": [conversation ids]}
 
 Same access as the rest of the admin API (the admin token, or a service token of tenant t).
-Cluster mode keeps no archive yet: the listing answers 501 there (erasure works: transcripts.py
-of the Redis coordinator).
+In cluster mode the listing reads the PostgreSQL archive (docs/archive.md) and answers 501 without
+one; erasure works either way (transcripts.py of the Redis coordinator).
 """
 
 from __future__ import annotations

@@ -303,3 +303,22 @@ async def test_a_failing_append_in_a_group_fails_alone_and_claims_no_client_id(c
     assert await coord.seq_of("t", "bad", "v2", "b1") is None  # not stored, so not claimed
     await coord.r.delete(log_key)
     assert await coord.append("t", "bad", {"t": "msg", "from": "v2", "text": "y"}, "b1") == (2, False)
+
+
+# ApiKeys
+
+async def test_api_keys_are_kept_by_tenant_and_revoked(coord):
+    from gateway import api_keys
+
+    token, key = api_keys.mint("t", "crm", ["messages:write"])
+    _, other = api_keys.mint("u", "crm", ["conversations:read"])
+    await coord.save_api_key(key)
+    await coord.save_api_key(other)
+    got = await coord.api_key(key.id)
+    assert got == key and api_keys.matches(got, api_keys.parse(token)[1])
+    assert not api_keys.matches(got, "not-the-secret")
+    assert [k.id for k in await coord.api_keys("t")] == [key.id]
+    assert not await coord.delete_api_key("t", other.id)  # another tenant's: as if it did not exist
+    assert await coord.api_key(other.id) == other
+    assert await coord.delete_api_key("t", key.id)
+    assert await coord.api_key(key.id) is None and await coord.api_keys("t") == []

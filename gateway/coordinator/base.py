@@ -23,6 +23,7 @@ from routing.model import Agent, Conversation
 
 from .ports import (
     AgentsAndQueue,
+    ApiKeys,
     ConversationLog,
     ConversationState,
     DeliveryHandler,
@@ -53,7 +54,7 @@ class StaleState(Exception):
     """A conditional append (`if_version`) found the conversation changed since it was read."""
 
 
-class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts):
+class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts, ApiKeys):
     """Every port at once, as each implementation provides them today (ports.py)."""
 
     node_id: str

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from routing.model import Conversation
 from routing.ports import AgentsAndQueue, ConversationState, Locks
 
-__all__ = ["AgentsAndQueue", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
+__all__ = ["AgentsAndQueue", "ApiKeys", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
            "Presence", "SyncLog", "Transcripts"]
 
 # A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
@@ -150,3 +150,23 @@ class Transcripts(ABC):
 
         Raises NotImplementedError where this coordinator can't find a visitor's closed conversations.
         """
+
+
+class ApiKeys(ABC):
+    """The REST API's keys (gateway/api_keys.py `ApiKey`: hashed, tenant-scoped), kept with the node's state."""
+
+    @abstractmethod
+    async def save_api_key(self, key: Any) -> None:
+        """Store a new key (an `ApiKey`)."""
+
+    @abstractmethod
+    async def api_key(self, key_id: str) -> Any | None:
+        """The key with this id, or None (revoked, or never)."""
+
+    @abstractmethod
+    async def api_keys(self, tenant: str) -> list[Any]:
+        """`tenant`'s keys, oldest first."""
+
+    @abstractmethod
+    async def delete_api_key(self, tenant: str, key_id: str) -> bool:
+        """Revoke `tenant`'s key; False if it had no such key."""

@@ -16,6 +16,7 @@ from collections import deque
 from ..base import Coordinator, Unavailable
 from ..retention import Retention
 from .agents import MemoryAgentsAndQueue
+from .api_keys import MemoryApiKeys
 from .conversations import MemoryConversations
 from .locks import MemoryLocks
 from .log import MemoryLog
@@ -34,7 +35,7 @@ SWEEP_S = 30.0
 
 
 class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence,
-                          MemoryTranscripts, Coordinator):
+                          MemoryTranscripts, MemoryApiKeys, Coordinator):
     # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
     # synchronous peek_now / append_now / seq_of_now (docs/hub.md, steps 4-6a).
     eager_safe = True
@@ -56,6 +57,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._init_conversations()
         self._init_agents()
         self._init_presence()
+        self._init_api_keys()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -79,6 +81,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._sticky.update(snap.sticky)
         for key, convs in snap.queues.items():
             self._queues[key] = deque(convs)
+        self._restore_api_keys()
         self._sweep()
 
     def _sweep(self) -> None:

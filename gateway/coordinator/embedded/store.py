@@ -39,6 +39,8 @@ import orjson
 from routing.model import Agent, Conversation
 
 from ..base import Unavailable
+from .store_api_keys import SCHEMA as API_KEYS_SCHEMA
+from .store_api_keys import StoreApiKeys
 from .store_checkpoint import Checkpointer
 from .store_transcripts import StoreTranscripts
 
@@ -98,7 +100,7 @@ class PendingEntry(Protocol):
 _Waiter = tuple[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]]
 
 
-class Store(StoreTranscripts):
+class Store(StoreTranscripts, StoreApiKeys):
     """The SQLite database of one embedded node. `open()` locks the directory and loads it; `close()` releases it."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = False, max_bytes: int = 0):
@@ -152,7 +154,7 @@ class Store(StoreTranscripts):
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + API_KEYS_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

@@ -18,6 +18,7 @@ from ..base import Coordinator, DeliveryHandler, Unavailable
 from ..postgres import PostgresArchive
 from ..retention import Retention
 from .agents import RedisAgentsAndQueue
+from .api_keys import RedisApiKeys
 from .archiver import Archiver
 from .bus import RedisNodeBus
 from .commit import GroupCommit
@@ -40,7 +41,7 @@ NODE_TTL_S = 5.0
 
 
 class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgentsAndQueue, RedisPresence,
-                       RedisNodeBus, RedisTranscripts, Coordinator):
+                       RedisNodeBus, RedisTranscripts, RedisApiKeys, Coordinator):
     """The Redis ports over one client (standalone or cluster), with this node's background loops:
     the delivery subscriber and flusher, the node heartbeat and the delivery probe."""
 
