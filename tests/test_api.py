@@ -168,3 +168,19 @@ def test_schemathesis_finds_no_failure_against_the_openapi_document(api_node):
          "--suppress-health-check", "all", "--no-color"],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+async def test_keys_outlive_a_restart_of_the_node(tmp_path):
+    data = str(tmp_path / "data")
+    gw = start_gateway(data_dir=data)
+    try:
+        key = _key(gw, "acme", ["queues:read"])
+        admin = gw.admin_token
+    finally:
+        gw.stop()
+    gw = start_gateway(data_dir=data)
+    try:
+        assert _http(gw, "GET", "/api/v1/queues/default", key=key)[0] == 200
+        assert admin != gw.admin_token  # a new node: only the store carried the key over
+    finally:
+        gw.stop()
