@@ -90,6 +90,9 @@ class Config:
     bots_enabled: bool = True
     bots: dict[str, Any] = field(default_factory=dict)
 
+    # Outbound webhooks ([[webhooks]] tables of the file: name, tenant, url, secret, events, max_age_s,
+    # backoff_s; docs/webhooks.md); embedded coordinator with a store only, for now.
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
     api_rate_per_s: float = 50.0  # REST API: requests per second per key (a token bucket per node)
     api_rate_burst: float = 100.0
 
@@ -142,6 +145,16 @@ class Config:
         if self.retention_days < 0 or any(not isinstance(v, (int, float)) or v < 0
                                           for v in self.tenant_retention_days.values()):
             raise ConfigError("retention days must be numbers, 0 (keep) or more")
+        if self.webhooks and (self.coordinator != "embedded" or self.data_dir.strip().lower() == "none"):
+            raise ConfigError("webhooks need the embedded coordinator with its store (data_dir): their outbox is "
+                              "committed with the log there; cluster mode has no outbox yet")
+        if self.webhooks:
+            from .webhooks import WebhookConfigError, subscriptions
+
+            try:
+                subscriptions(self.webhooks)
+            except WebhookConfigError as e:
+                raise ConfigError(str(e)) from None
         if self.archive_url and self.coordinator != "redis":
             raise ConfigError("archive_url is for the redis coordinator (embedded keeps everything in its store: data_dir)")
         if self.archive_after_s < 0 or self.archive_poll_s <= 0:
@@ -160,7 +173,7 @@ class Config:
                 v = "<generated>" if f.name in self.generated else "<set>"
             elif f.name in ("redis_url", "archive_url"):
                 v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
-            elif f.name == "bots":
+            elif f.name in ("bots", "webhooks"):
                 v = _mask(v)
             out[f.name] = v
         return out
@@ -204,7 +217,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
             values[k] = v
     for name, f in known.items():
         raw = env.get(f"GATEWAY_{name.upper()}")
-        if raw is not None and name not in ("bots", "tenant_retention_days"):  # tables come from the file only
+        if raw is not None and name not in ("bots", "tenant_retention_days", "webhooks"):  # tables come from the file only
             try:
                 values[name] = _coerce(f.type, raw)
             except (ValueError, TypeError) as e:

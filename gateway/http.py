@@ -16,6 +16,7 @@ from .api_openapi import document as openapi_document
 from .metrics import METRICS
 from .protocol import VERSION
 from .transcripts_http import add_routes as add_transcript_routes
+from .webhooks import add_routes as add_webhook_routes
 
 
 class Node(Protocol):
@@ -176,6 +177,7 @@ def make_app(node: Node) -> web.Application:
     add_transcript_routes(app, _tenant, lambda request: _node(request).coord)
     add_api_routes(app, _node, openapi_document)
     add_api_admin_routes(app, _tenant, lambda request: _node(request).coord)
+    add_webhook_routes(app, _tenant, lambda request: getattr(_node(request).coord, "_store", None))
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/visitor", _page("visitor.html"))
     app.router.add_get("/agent", _page("agent.html"))

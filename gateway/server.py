@@ -37,6 +37,7 @@ class Node:
         self.cfg = cfg
         self.coord = make_coordinator(cfg)
         self.hub: Hub | None = None
+        self.webhooks: Any = None  # webhooks.Sender, when the config has [[webhooks]]
         self.limits = Limits(cfg.max_frame, cfg.max_text, cfg.rate_per_s, cfg.rate_burst, cfg.flood_strikes, cfg.max_write_buffer)
         self.ws_server: asyncio.base_events.Server | None = None
         self.http_runner: Any = None
@@ -76,6 +77,11 @@ class Node:
         await self.coord.start()
         self.hub = Hub(self.cfg, self.coord)
         await self.hub.start()
+        if self.cfg.webhooks:
+            from .webhooks import Sender, subscriptions
+
+            self.webhooks = Sender(self.coord._store, subscriptions(self.cfg.webhooks))
+            self.webhooks.start()
         self.ws_server = await ws_create_server(
             self.listener_factory,
             self.cfg.host,
@@ -101,6 +107,8 @@ class Node:
         self.http_runner, self.http_port = await start_http(self)
 
     async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.hub:
             await self.hub.stop()
         if self.ws_server:

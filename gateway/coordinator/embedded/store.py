@@ -42,6 +42,8 @@ from ..base import Unavailable
 from .store_api_keys import SCHEMA as API_KEYS_SCHEMA
 from .store_api_keys import StoreApiKeys
 from .store_checkpoint import Checkpointer
+from .store_outbox import SCHEMA as OUTBOX_SCHEMA
+from .store_outbox import StoreOutbox
 from .store_transcripts import StoreTranscripts
 
 log = logging.getLogger("gateway.store")
@@ -100,7 +102,7 @@ class PendingEntry(Protocol):
 _Waiter = tuple[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]]
 
 
-class Store(StoreTranscripts, StoreApiKeys):
+class Store(StoreTranscripts, StoreApiKeys, StoreOutbox):
     """The SQLite database of one embedded node. `open()` locks the directory and loads it; `close()` releases it."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = False, max_bytes: int = 0):
@@ -122,6 +124,7 @@ class Store(StoreTranscripts, StoreApiKeys):
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = {"commits": 0, "committed_entries": 0, "failed_commits": 0}
+        self._init_outbox()
 
     # start and stop
     def open(self, keep: int) -> Snapshot:
@@ -154,7 +157,7 @@ class Store(StoreTranscripts, StoreApiKeys):
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            db.executescript(_SCHEMA + API_KEYS_SCHEMA)
+            db.executescript(_SCHEMA + API_KEYS_SCHEMA + OUTBOX_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -277,6 +280,7 @@ class Store(StoreTranscripts, StoreApiKeys):
             raise KeyError(conv_id)
         self._rows.append((key, seq, sender, client_id, body))
         self._pending.append(entry)
+        self._outbox_add(tenant, conv_id, seq, body)
         if not self._scheduled:
             self._scheduled = True
             loop = self._loop or asyncio.get_running_loop()
@@ -302,8 +306,10 @@ class Store(StoreTranscripts, StoreApiKeys):
         try:
             db.execute("BEGIN")
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", rows)
+            self._outbox_write(db)  # the events of these entries, in the same transaction
             db.execute("COMMIT")
         except sqlite3.Error as e:
+            self._outbox_drop()
             err = self._failed(e)
             for entry in reversed(entries):  # the newest first: each is its log's last entry
                 entry.undo()

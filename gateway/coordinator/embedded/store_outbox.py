@@ -1,0 +1,116 @@
+"""The store's webhook outbox (store.py's `Store` mixes this in; gateway/webhooks.py, docs/webhooks.md).
+
+An entry that a webhook subscription wants becomes an outbox row in the same transaction as
+the entry itself (the turn's group commit): an event is in the outbox exactly when its entry is
+in the log, so a node that dies after the ack loses no event, and one whose commit failed sends
+none. The sender (webhooks.py) reads due rows, deletes a row once its receiver answered 2xx,
+reschedules it after a failure, and moves it to `dead` past its maximum age.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..base import Unavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant TEXT NOT NULL, conv TEXT NOT NULL,
+    seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    body BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sub, created_ms, seq);
+CREATE TABLE IF NOT EXISTS dead (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant TEXT NOT NULL, conv TEXT NOT NULL,
+    seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,
+    body BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+_COLUMNS = "id, sub, tenant, conv, seq, created_ms, next_ms, attempts, body"
+
+
+class StoreOutbox:
+    _db: sqlite3.Connection | None
+    # (tenant, entry's JSON) -> the names of the subscriptions that want it; set by webhooks.py, None: none
+    subscribers: Callable[[str, bytes], list[str]] | None = None
+
+    def _init_outbox(self) -> None:
+        self._outbox_rows: list[tuple[Any, ...]] = []
+
+    def _outbox_add(self, tenant: str, conv_id: str, seq: int, body: bytes) -> None:
+        """Called for each entry added this turn: a row per subscription that wants it."""
+        subs = self.subscribers(tenant, body) if self.subscribers is not None else ()
+        if subs:
+            now = int(time.time() * 1000)
+            for sub in subs:
+                self._outbox_rows.append((f"evt_{secrets.token_hex(12)}", sub, tenant, conv_id, seq, now, now, 0, body))
+
+    def _outbox_write(self, db: sqlite3.Connection) -> None:
+        """Inside the turn's transaction."""
+        if self._outbox_rows:
+            rows, self._outbox_rows = self._outbox_rows, []
+            db.executemany(f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _outbox_drop(self) -> None:
+        """The turn's commit failed: its entries were not stored, so neither are their events."""
+        self._outbox_rows = []
+
+    def _db_or_unavailable(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise Unavailable("the node's store is closed (the node is stopping)")
+        return self._db
+
+    def outbox_due(self, sub: str, now_ms: int, limit: int) -> list[dict[str, Any]]:
+        """The subscription's oldest rows, in order (the first one that is not due yet stops the list:
+        a receiver gets its events in order)."""
+        rows = self._db_or_unavailable().execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE sub = ? ORDER BY created_ms, seq, id LIMIT ?", (sub, limit)).fetchall()
+        out = []
+        for r in rows:
+            if r[6] > now_ms:
+                break
+            out.append(dict(zip(_COLUMNS.split(", "), r, strict=True)))
+        return out
+
+    def outbox_done(self, event_id: str) -> None:
+        self._write(("DELETE FROM outbox WHERE id = ?", (event_id,)))
+
+    def outbox_retry(self, event_id: str, next_ms: int) -> None:
+        self._write(("UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE id = ?", (next_ms, event_id)))
+
+    def outbox_bury(self, row: dict[str, Any], error: str) -> None:
+        """Past its age: to the dead letters, out of the way of the events after it."""
+        self._write(("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (row["id"], row["sub"], row["tenant"], row["conv"], row["seq"], row["created_ms"], row["attempts"] + 1,
+                      error[:500], row["body"])), ("DELETE FROM outbox WHERE id = ?", (row["id"],)))
+
+    def dead_letters(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        cols = ("id", "sub", "tenant", "conv", "seq", "created_ms", "attempts", "error")
+        rows = self._db_or_unavailable().execute(
+            f"SELECT {', '.join(cols)} FROM dead WHERE tenant = ? ORDER BY created_ms, seq LIMIT ?", (tenant, limit))
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def replay_dead(self, tenant: str, event_id: str) -> bool:
+        """A dead letter goes back to the outbox (tried again at once, its age counted from now)."""
+        db = self._db_or_unavailable()
+        row = db.execute("SELECT id, sub, tenant, conv, seq, body FROM dead WHERE id = ? AND tenant = ?",
+                         (event_id, tenant)).fetchone()
+        if row is None:
+            return False
+        now = int(time.time() * 1000)
+        self._write((f"INSERT OR REPLACE INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                     (*row[:5], now, now, row[5])), ("DELETE FROM dead WHERE id = ?", (event_id,)))
+        return True
+
+    def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        db = self._db_or_unavailable()
+        try:
+            db.execute("BEGIN")
+            for sql, params in statements:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise Unavailable(f"the store can't write: {e}") from None

@@ -1,0 +1,214 @@
+"""Outbound webhooks (docs/webhooks.md): signed, at least once, in order per subscription.
+
+Subscriptions are in the config file (`[[webhooks]]`: name, tenant, url, secret, events,
+max_age_s). An entry of a subscribed tenant (a message, a conversation event) becomes an outbox
+row in the same commit as the entry (store_outbox.py); `Sender` posts the rows of each
+subscription in order and deletes each once its receiver answered 2xx. A failure is tried again
+after an exponential backoff with jitter (`backoff_s` doubling to `BACKOFF_CAP_S`, times 0.5-1.5);
+a row older than `max_age_s` goes to the dead letters, which the admin API lists and replays.
+
+Every delivery is a POST of {"id", "type", "created_ms", "tenant", "conversation", "data"}
+with headers `Chatgw-Event-Id`, `Chatgw-Timestamp` (Unix seconds, when sent) and
+`Chatgw-Signature: v1=<hex HMAC-SHA256(secret, "<id>.<timestamp>." + body)>`. A receiver checks
+the signature, refuses a timestamp outside its replay window, and drops an id it has seen
+(`verify` is that check, for receivers written in Python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("gateway.webhooks")
+
+EVENTS = ("message.created", "conversation.queued", "conversation.assigned", "conversation.transferred",
+          "conversation.requeued", "conversation.closed")
+BACKOFF_CAP_S = 300.0
+POLL_S = 0.2
+BATCH = 50
+REPLAY_WINDOW_S = 300
+
+
+class WebhookConfigError(ValueError):
+    """A `[[webhooks]]` entry that can't be used (the node refuses to start)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    tenant: str
+    url: str
+    secret: str
+    events: frozenset[str] = field(default_factory=lambda: frozenset(EVENTS))
+    max_age_s: float = 86_400.0
+    backoff_s: float = 1.0
+    timeout_s: float = 10.0
+
+
+def subscriptions(raw: list[dict[str, Any]]) -> list[Subscription]:
+    """The config file's `[[webhooks]]` tables, checked."""
+    out: list[Subscription] = []
+    for i, d in enumerate(raw):
+        where = f"webhooks[{i}]"
+        try:
+            sub = Subscription(name=str(d["name"]), tenant=str(d["tenant"]), url=str(d["url"]), secret=str(d["secret"]),
+                               events=frozenset(d.get("events", EVENTS)), max_age_s=float(d.get("max_age_s", 86_400)),
+                               backoff_s=float(d.get("backoff_s", 1.0)), timeout_s=float(d.get("timeout_s", 10.0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WebhookConfigError(f"{where}: needs name, tenant, url and secret ({e})") from None
+        if urlparse(sub.url).scheme not in ("http", "https"):
+            raise WebhookConfigError(f"{where}: url must be http(s)")
+        if len(sub.secret) < 16:
+            raise WebhookConfigError(f"{where}: secret must be at least 16 characters")
+        if not sub.events <= set(EVENTS):
+            raise WebhookConfigError(f"{where}: events must be some of {', '.join(EVENTS)}")
+        if sub.max_age_s <= 0 or sub.backoff_s <= 0 or sub.timeout_s <= 0:
+            raise WebhookConfigError(f"{where}: max_age_s, backoff_s and timeout_s must be positive")
+        if any(s.name == sub.name for s in out):
+            raise WebhookConfigError(f"{where}: name {sub.name!r} is used twice")
+        out.append(sub)
+    return out
+
+
+def event_type(entry: dict[str, Any]) -> str | None:
+    """The webhook event an entry is, if any."""
+    if entry.get("t") == "msg":
+        return "message.created"
+    if entry.get("t") == "event":
+        kind = f"conversation.{entry.get('ev')}"
+        return kind if kind in EVENTS else None
+    return None
+
+
+def signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """`v1=` and the hex HMAC-SHA256 of "<id>.<timestamp>." + body under `secret`."""
+    mac = hmac.new(secret.encode(), f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify(secret: str, headers: Any, body: bytes, now: float | None = None, window_s: int = REPLAY_WINDOW_S) -> str:
+    """A receiver's check: the event id, if the signature is right and the timestamp within `window_s`;
+    ValueError otherwise. (Dropping an id seen before is the receiver's.)"""
+    event_id, ts = headers.get("Chatgw-Event-Id", ""), headers.get("Chatgw-Timestamp", "")
+    if not event_id or not ts.isdigit():
+        raise ValueError("missing Chatgw-Event-Id or Chatgw-Timestamp")
+    if abs((time.time() if now is None else now) - int(ts)) > window_s:
+        raise ValueError("timestamp outside the replay window")
+    if not hmac.compare_digest(signature(secret, event_id, int(ts), body), headers.get("Chatgw-Signature", "")):
+        raise ValueError("bad signature")
+    return event_id
+
+
+class Sender:
+    """Posts each subscription's outbox rows, in order, until `stop()`."""
+
+    def __init__(self, store: Any, subs: list[Subscription]):
+        self.store = store
+        self.subs = subs
+        self._by_tenant: dict[str, list[Subscription]] = {}
+        for s in subs:
+            self._by_tenant.setdefault(s.tenant, []).append(s)
+        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0}
+        self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        store.subscribers = self.subscribers
+
+    def subscribers(self, tenant: str, body: bytes) -> list[str]:
+        """The subscriptions that want this entry of `tenant` (store_outbox.py asks, per entry)."""
+        subs = self._by_tenant.get(tenant)
+        if not subs:
+            return []
+        kind = event_type(orjson.loads(body))
+        return [s.name for s in subs if kind in s.events]
+
+    def start(self) -> None:
+        self._http = aiohttp.ClientSession()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._http is not None:
+            await self._http.close()
+
+    async def _run(self) -> None:
+        while True:
+            for sub in self.subs:
+                try:
+                    await self._drain(sub)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - the loop outlives any one failure; the rows stay
+                    log.exception("webhook %s: sending failed", sub.name)
+            await asyncio.sleep(POLL_S)
+
+    async def _drain(self, sub: Subscription) -> None:
+        for row in self.store.outbox_due(sub.name, int(time.time() * 1000), BATCH):
+            error = await self._post(sub, row)
+            if error is None:
+                self.store.outbox_done(row["id"])
+                self.stats["delivered"] += 1
+                continue
+            self.stats["failed_attempts"] += 1
+            now = int(time.time() * 1000)
+            if now - row["created_ms"] > sub.max_age_s * 1000:
+                self.store.outbox_bury(row, error)
+                self.stats["dead"] += 1
+                log.warning("webhook %s: event %s dead after %d attempts: %s", sub.name, row["id"], row["attempts"] + 1,
+                            error)
+                continue  # out of the way: the next event may go
+            delay = min(BACKOFF_CAP_S, sub.backoff_s * 2 ** row["attempts"]) * random.uniform(0.5, 1.5)
+            self.store.outbox_retry(row["id"], now + int(delay * 1000))
+            return  # in order: nothing after it goes before it
+
+    async def _post(self, sub: Subscription, row: dict[str, Any]) -> str | None:
+        """None when the receiver took it (2xx); else why not."""
+        entry = orjson.loads(row["body"])
+        body = orjson.dumps({"id": row["id"], "type": event_type(entry), "created_ms": row["created_ms"],
+                             "tenant": row["tenant"], "conversation": row["conv"], "data": entry})
+        ts = int(time.time())
+        headers = {"Content-Type": "application/json", "Chatgw-Event-Id": row["id"], "Chatgw-Timestamp": str(ts),
+                   "Chatgw-Signature": signature(sub.secret, row["id"], ts, body)}
+        assert self._http is not None
+        try:
+            async with self._http.post(sub.url, data=body, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=sub.timeout_s)) as r:
+                return None if 200 <= r.status < 300 else f"HTTP {r.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            return f"{type(e).__name__}: {e}"
+
+
+def add_routes(app: web.Application, tenant_of: Any, store_of: Any) -> None:
+    """GET /admin/tenants/{t}/webhooks/dead; POST /admin/tenants/{t}/webhooks/dead/{id}/replay."""
+
+    async def dead(request: web.Request) -> web.Response:
+        store = store_of(request)
+        if store is None:
+            raise web.HTTPNotImplemented(text="webhooks need the embedded coordinator with its store")
+        return web.json_response({"dead": store.dead_letters(tenant_of(request))})
+
+    async def replay(request: web.Request) -> web.Response:
+        store = store_of(request)
+        if store is None:
+            raise web.HTTPNotImplemented(text="webhooks need the embedded coordinator with its store")
+        if not store.replay_dead(tenant_of(request), request.match_info["event"]):
+            raise web.HTTPNotFound(text="no such dead letter")
+        return web.json_response({"replayed": request.match_info["event"]})
+
+    app.router.add_get("/admin/tenants/{tenant}/webhooks/dead", dead)
+    app.router.add_post("/admin/tenants/{tenant}/webhooks/dead/{event}/replay", replay)
