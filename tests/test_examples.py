@@ -34,3 +34,38 @@ def test_resuming_client_loses_and_repeats_nothing(gateway, messages):
     out = run_example("resuming_client.py", "--http", gateway.http_url, "--messages", messages)
     assert "connection lost with" in out
     assert f"sent {messages}, acked {messages}, saw seqs 1..{int(messages) + 1}, repeats 0, no gap" in out
+
+
+async def test_webhook_receiver_gets_a_nodes_events(tmp_path):
+    """examples/webhook_receiver.py as a site would run it, a node sending to it (docs/webhooks.md)."""
+    import secrets as _secrets
+
+    from .support import Client, start_gateway, uid, wait_for
+
+    secret = _secrets.token_urlsafe(24)
+    out = tmp_path / "events.jsonl"
+    rx = subprocess.Popen([sys.executable, str(ROOT / "examples" / "webhook_receiver.py"), "--port", "0", "--secret", secret,
+                           "--events-out", str(out)], stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        port = int(rx.stdout.readline().split()[1])
+        tenant = uid("t")
+        cfg = tmp_path / "chatgw.toml"
+        cfg.write_text(f'[[webhooks]]\nname = "crm"\ntenant = "{tenant}"\nurl = "http://127.0.0.1:{port}/chatgw"\n'
+                       f'secret = "{secret}"\nevents = ["message.created"]\n')
+        gw = start_gateway(data_dir=str(tmp_path / "data"), config=str(cfg))
+        try:
+            v = await Client.connect(gw, "visitor", uid("v"), tenant)
+            conv = (await v.request({"t": "open"}, "conv"))["conv"]
+            await v.msg(conv, "hello")
+            await v.msg(conv, "anyone?")
+            await wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 2, what="two events written")
+            import json
+
+            events = [json.loads(line) for line in out.read_text().splitlines()]
+            assert [e["data"]["text"] for e in events] == ["hello", "anyone?"]
+            assert all(e["type"] == "message.created" and e["conversation"] == conv for e in events)
+        finally:
+            gw.stop()
+    finally:
+        rx.terminate()
+        rx.wait(10)
