@@ -8,6 +8,7 @@
     POST /api/v1/conversations/{conv}/close          close it
     POST /api/v1/conversations/{conv}/transfer       hand it to another agent or group (as its agent)
     GET  /api/v1/agents/{agent}                      an agent's status and load
+    POST /api/v1/contacts                            link a messaging channel's user to a visitor
     GET  /api/v1/queues/{group}                      a queue's depth and waits
     GET  /api/v1/openapi.json                        the OpenAPI 3.1 document of all this (no key)
 
@@ -82,7 +83,15 @@ class TransferBody(Struct, forbid_unknown_fields=True):
     group: Id | None = None
 
 
-BODIES = (OpenBody, MessageBody, CloseBody, TransferBody)
+class ContactBody(Struct, forbid_unknown_fields=True):
+    """Link a channel's user to `visitor`: their messages there go on in that visitor's conversation."""
+
+    channel: Id
+    external_id: Id
+    visitor: Id
+
+
+BODIES = (OpenBody, MessageBody, CloseBody, TransferBody, ContactBody)
 
 
 class ApiError(Exception):
@@ -187,8 +196,9 @@ def add_routes(app: web.Application, node_of: Callable[[web.Request], Any], open
     async def run(request: web.Request, key: api_keys.ApiKey, user: str, role: str, env: dict[str, Any],
                   wait_reply: bool) -> dict[str, Any] | None:
         node = node_of(request)
+        # Its messages are stamped `ch: api`, as a messaging channel's are with its name.
         reply = await api_session.call(node.hub, Identity(key.tenant, user, role), node.cfg.max_text, env,
-                                       wait_reply=wait_reply)
+                                       wait_reply=wait_reply, channel="api")
         if reply is not None and reply.get("t") == "error":
             raise ApiError(reply["code"], reply["message"], reply.get("field"))
         return reply
@@ -294,6 +304,16 @@ def add_routes(app: web.Application, node_of: Callable[[web.Request], Any], open
                                   "oldest_wait_ms": max(waits, default=0),
                                   "mean_wait_ms": int(sum(waits) / len(waits)) if waits else 0})
 
+    async def link_contact(request: web.Request, key: api_keys.ApiKey) -> web.Response:
+        body = _decode(await request.read(), ContactBody)
+        channels = getattr(node_of(request), "channels", None)
+        ch = channels.by_name.get(body.channel) if channels is not None else None
+        if ch is None or ch.tenant != key.tenant:
+            raise ApiError("not_found", "no such channel for this tenant", "channel")
+        await coord(request).save_contact(key.tenant, body.channel, body.external_id,
+                                          {"visitor": body.visitor, "conv": None, "seq": 0})
+        return web.json_response({"channel": body.channel, "external_id": body.external_id, "visitor": body.visitor})
+
     async def document(request: web.Request) -> web.Response:
         return web.json_response(openapi(node_of(request).cfg))
 
@@ -307,6 +327,7 @@ def add_routes(app: web.Application, node_of: Callable[[web.Request], Any], open
     r.add_post("/api/v1/conversations/{conv}/close", route("conversations:write", close))
     r.add_post("/api/v1/conversations/{conv}/transfer", route("conversations:write", transfer))
     r.add_get("/api/v1/agents/{agent}", route("agents:read", agent))
+    r.add_post("/api/v1/contacts", route("conversations:write", link_contact))
     r.add_get("/api/v1/queues/{group}", route("queues:read", queue))
 
 

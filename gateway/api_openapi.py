@@ -40,6 +40,7 @@ SCHEMAS: dict[str, Any] = {
                     first=_INT, next={"type": ["integer", "null"]}),
     "Closed": _obj(["conv", "state"], conv=_STR, state={"const": "closed"}),
     "Transferred": _obj(["conv"], conv=_STR),
+    "Contact": _obj(["channel", "external_id", "visitor"], channel=_STR, external_id=_STR, visitor=_STR),
     "Agent": _obj(["id", "groups", "capacity", "status", "connected", "available", "load", "conversations"], id=_STR,
                   groups={"type": "array", "items": _STR}, capacity=_INT, status=_STR, connected={"type": "boolean"},
                   available={"type": "boolean"}, load=_INT, conversations={"type": "array", "items": _STR}),
@@ -104,6 +105,8 @@ def document(cfg: Any) -> dict[str, Any]:
             "/api/v1/conversations/{conv}/close": {"post": _op("close it", "Closed", body="CloseBody", params=[conv])},
             "/api/v1/conversations/{conv}/transfer": {
                 "post": _op("hand it to another agent or group", "Transferred", body="TransferBody", params=[conv])},
+            "/api/v1/contacts": {"post": _op("link a messaging channel's user to a visitor", "Contact",
+                                             body="ContactBody")},
             "/api/v1/agents/{agent}": {"get": _op("an agent's status and load", "Agent", params=[_path("agent")])},
             "/api/v1/queues/{group}": {"get": _op("a queue's depth and waits", "Queue", params=[_path("group")])},
         },

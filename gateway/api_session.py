@@ -42,10 +42,13 @@ class ApiSession(ChannelSession):
         pass
 
 
-async def call(core: Any, ident: Any, max_text: int, env: dict[str, Any], *, wait_reply: bool) -> dict[str, Any] | None:
-    """Run `env` (a client envelope, as a dict) as `ident`; its reply envelope (an `error` among them),
-    or None when the handler ended without one and `wait_reply` is False."""
+async def call(core: Any, ident: Any, max_text: int, env: dict[str, Any], *, wait_reply: bool,
+               channel: str | None = None) -> dict[str, Any] | None:
+    """Run `env` (a client envelope, as a dict) as `ident` (through `channel`: its messages carry it);
+    its reply envelope (an `error` among them), or None when the handler ended without one and
+    `wait_reply` is False."""
     session = ApiSession(core, ident, max_text)
+    session.channel = channel
     env = {**env, "rid": secrets.token_hex(6)}
     try:
         typed = from_dict(env, max_text)

@@ -93,6 +93,9 @@ class Config:
     # Outbound webhooks ([[webhooks]] tables of the file: name, tenant, url, secret, events, max_age_s,
     # backoff_s; docs/webhooks.md); embedded coordinator with a store only, for now.
     webhooks: list[dict[str, Any]] = field(default_factory=list)
+    # Messaging channels ([[channels]] tables of the file: kind = telegram | http, name, tenant, secret,
+    # token and api_base (telegram), url (http); docs/channels.md); embedded coordinator only, for now.
+    channels: list[dict[str, Any]] = field(default_factory=list)
     api_rate_per_s: float = 50.0  # REST API: requests per second per key (a token bucket per node)
     api_rate_burst: float = 100.0
 
@@ -155,12 +158,32 @@ class Config:
                 subscriptions(self.webhooks)
             except WebhookConfigError as e:
                 raise ConfigError(str(e)) from None
+        self._check_channels()
         if self.archive_url and self.coordinator != "redis":
             raise ConfigError("archive_url is for the redis coordinator (embedded keeps everything in its store: data_dir)")
         if self.archive_after_s < 0 or self.archive_poll_s <= 0:
             raise ConfigError("archive_after_s must be 0 or more and archive_poll_s positive")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s <= 0:
             raise ConfigError("heartbeat_s and heartbeat_timeout_s must be positive")
+
+    def _check_channels(self) -> None:
+        names: set[str] = set()
+        for i, c in enumerate(self.channels):
+            where = f"channels[{i}]"
+            need = {"telegram": ("name", "tenant", "secret", "token"), "http": ("name", "tenant", "secret", "url")}
+            kind = c.get("kind") if isinstance(c, dict) else None
+            if kind not in need:
+                raise ConfigError(f"{where}: kind must be telegram or http")
+            missing = [k for k in need[kind] if not isinstance(c.get(k), str) or not c.get(k)]
+            if missing:
+                raise ConfigError(f"{where}: needs {', '.join(missing)}")
+            if len(c["secret"]) < 16:
+                raise ConfigError(f"{where}: secret must be at least 16 characters")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", c["name"]) or c["name"] in names:
+                raise ConfigError(f"{where}: name must be unique, letters, digits, - and _")
+            names.add(c["name"])
+        if self.channels and self.coordinator != "embedded":
+            raise ConfigError("channels run on the embedded coordinator for now (a contact's session lives on one node)")
 
     def describe(self) -> dict[str, Any]:
         """Settings safe to print or serve: secrets masked."""
@@ -173,7 +196,7 @@ class Config:
                 v = "<generated>" if f.name in self.generated else "<set>"
             elif f.name in ("redis_url", "archive_url"):
                 v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
-            elif f.name in ("bots", "webhooks"):
+            elif f.name in ("bots", "webhooks", "channels"):
                 v = _mask(v)
             out[f.name] = v
         return out
@@ -217,7 +240,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
             values[k] = v
     for name, f in known.items():
         raw = env.get(f"GATEWAY_{name.upper()}")
-        if raw is not None and name not in ("bots", "tenant_retention_days", "webhooks"):  # tables come from the file only
+        if raw is not None and name not in ("bots", "tenant_retention_days", "webhooks", "channels"):  # file-only tables
             try:
                 values[name] = _coerce(f.type, raw)
             except (ValueError, TypeError) as e:

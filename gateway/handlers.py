@@ -330,4 +330,6 @@ def _new_entry(conn: Session, conv: Conversation, env: Msg, now: int) -> dict[st
     entry = msg_entry(conv.id, env.id, conn.user, conn.role, env.text, now)
     if env.att:
         entry["att"] = to_builtins(env.att)
+    if conn.channel is not None:  # the agent sees where it came from (absent: the web widget)
+        entry["ch"] = conn.channel
     return entry

@@ -178,6 +178,8 @@ def make_app(node: Node) -> web.Application:
     add_api_routes(app, _node, openapi_document)
     add_api_admin_routes(app, _tenant, lambda request: _node(request).coord)
     add_webhook_routes(app, _tenant, lambda request: getattr(_node(request).coord, "_store", None))
+    if getattr(node, "channels", None) is not None:
+        node.channels.add_routes(app)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/visitor", _page("visitor.html"))
     app.router.add_get("/agent", _page("agent.html"))

@@ -42,6 +42,7 @@ cdef class Connection(WSListener):
     cdef public object worker
     cdef public bint paused          # the transport's write buffer is above its high-water mark
     cdef public double expires       # the token's `exp` (Unix seconds); 0 for none (echo)
+    cdef public str channel          # None: the web widget; a messaging channel's name stamps its entries (`ch`)
 
     cdef _frame(self, WSFrame frame)
     cdef _on_close(self, WSFrame frame)

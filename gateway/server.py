@@ -38,6 +38,7 @@ class Node:
         self.coord = make_coordinator(cfg)
         self.hub: Hub | None = None
         self.webhooks: Any = None  # webhooks.Sender, when the config has [[webhooks]]
+        self.channels: Any = None  # channels.Channels, when the config has [[channels]]
         self.limits = Limits(cfg.max_frame, cfg.max_text, cfg.rate_per_s, cfg.rate_burst, cfg.flood_strikes, cfg.max_write_buffer)
         self.ws_server: asyncio.base_events.Server | None = None
         self.http_runner: Any = None
@@ -77,6 +78,11 @@ class Node:
         await self.coord.start()
         self.hub = Hub(self.cfg, self.coord)
         await self.hub.start()
+        if self.cfg.channels:
+            from .channels import Channels
+
+            self.channels = Channels(self, self.cfg.channels)
+            await self.channels.start()
         if self.cfg.webhooks:
             from .webhooks import Sender, subscriptions
 
@@ -109,6 +115,8 @@ class Node:
     async def stop(self) -> None:
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.channels is not None:
+            await self.channels.stop()
         if self.hub:
             await self.hub.stop()
         if self.ws_server:

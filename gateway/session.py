@@ -12,7 +12,7 @@ Who owns which field (each is written by that module only):
 
 | fields | owner |
 |---|---|
-| `tenant`, `user`, `role`, `ident`, `echo` | the session's creator (from the verified token) |
+| `tenant`, `user`, `role`, `ident`, `echo`, `channel` | the session's creator (from the verified token; `channel`: a messaging channel, gateway/channels) |
 | `expires` | creator; `handlers.h_refresh` moves it |
 | `cid`, `last_rx`, `awaiting_pong` | `lifecycle` (the wheel key, heartbeats); the transport stamps `last_rx` |
 | `inbox`, `worker` | `dispatch` (per-session order) |
@@ -76,6 +76,7 @@ class Session(Protocol):
     closed: bool
     paused: bool
     binary: bool
+    channel: str | None  # None: the web widget; a messaging channel stamps its messages with it
 
     def send_env(self, env: Any) -> None:
         """Queue an envelope (a gateway/replies.py Struct, or a log entry); it leaves with this loop turn's batch."""
@@ -115,6 +116,7 @@ class ChannelSession:
     """
 
     __slots__ = ("core", "max_text", "ident", "tenant", "user", "role", "echo", "expires", "cid", "last_rx", "awaiting_pong",
+                 "channel",
                  "inbox", "worker", "sent", "syncing", "closed", "paused", "binary", "outbox")
 
     def __init__(self, core: Core, ident: Any, max_text: int):
@@ -129,6 +131,7 @@ class ChannelSession:
         self.last_rx = time.monotonic()
         self.inbox = self.worker = self.sent = self.syncing = None
         self.outbox: list[Outgoing] | None = None
+        self.channel: str | None = None  # a messaging channel's name: its messages' entries carry it (`ch`)
 
     # what a subclass provides
 

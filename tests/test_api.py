@@ -79,7 +79,7 @@ async def test_a_conversation_through_the_api_and_the_websocket_is_one_ordered_l
                            key=key)
     assert status == 200 and ack["dup"] is False
     got = await agent.next("msg", lambda e: e["conv"] == conv and e["id"] == "m1")
-    assert got["text"] == "order #42" and got["role"] == "service" and got["seq"] == ack["seq"]
+    assert got["text"] == "order #42" and got["role"] == "service" and got["seq"] == ack["seq"] and got["ch"] == "api"
     # A retry is answered with the first seq and not logged twice.
     again = _http(gateway, "POST", f"/api/v1/conversations/{conv}/messages", {"id": "m1", "text": "order #42"}, key=key)[1]
     assert again == {**ack, "dup": True}

@@ -322,3 +322,16 @@ async def test_api_keys_are_kept_by_tenant_and_revoked(coord):
     assert await coord.api_key(other.id) == other
     assert await coord.delete_api_key("t", key.id)
     assert await coord.api_key(key.id) is None and await coord.api_keys("t") == []
+
+
+# Contacts
+
+async def test_contacts_are_kept_per_tenant_and_channel(coord):
+    assert await coord.contact("t", "telegram", "42") is None
+    await coord.save_contact("t", "telegram", "42", {"visitor": "v1", "conv": None, "seq": 0})
+    await coord.save_contact("t", "http", "42", {"visitor": "v2", "conv": None, "seq": 0})
+    await coord.save_contact("u", "telegram", "42", {"visitor": "v3", "conv": None, "seq": 0})
+    await coord.save_contact("t", "telegram", "42", {"visitor": "v1", "conv": "c1", "seq": 7})
+    assert await coord.contact("t", "telegram", "42") == {"visitor": "v1", "conv": "c1", "seq": 7}
+    assert await coord.contacts("t", "telegram") == {"42": {"visitor": "v1", "conv": "c1", "seq": 7}}
+    assert (await coord.contact("t", "http", "42"))["visitor"] == "v2"

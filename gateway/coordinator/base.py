@@ -24,6 +24,7 @@ from routing.model import Agent, Conversation
 from .ports import (
     AgentsAndQueue,
     ApiKeys,
+    Contacts,
     ConversationLog,
     ConversationState,
     DeliveryHandler,
@@ -54,7 +55,7 @@ class StaleState(Exception):
     """A conditional append (`if_version`) found the conversation changed since it was read."""
 
 
-class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts, ApiKeys):
+class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts, ApiKeys, Contacts):
     """Every port at once, as each implementation provides them today (ports.py)."""
 
     node_id: str

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from routing.model import Conversation
 from routing.ports import AgentsAndQueue, ConversationState, Locks
 
-__all__ = ["AgentsAndQueue", "ApiKeys", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
+__all__ = ["AgentsAndQueue", "ApiKeys", "Contacts", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
            "Presence", "SyncLog", "Transcripts"]
 
 # A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
@@ -170,3 +170,21 @@ class ApiKeys(ABC):
     @abstractmethod
     async def delete_api_key(self, tenant: str, key_id: str) -> bool:
         """Revoke `tenant`'s key; False if it had no such key."""
+
+
+class Contacts(ABC):
+    """Who a messaging channel's user is (gateway/channels): (tenant, channel, external id) -> a record
+    {"visitor": the tenant's visitor id, "conv": the conversation last relayed, "seq": the last seq
+    sent out to them}. One visitor may be linked from several channels (one contact)."""
+
+    @abstractmethod
+    async def contact(self, tenant: str, channel: str, external_id: str) -> dict[str, Any] | None:
+        """The record, or None (not seen yet)."""
+
+    @abstractmethod
+    async def save_contact(self, tenant: str, channel: str, external_id: str, record: dict[str, Any]) -> None:
+        """Create or replace the record."""
+
+    @abstractmethod
+    async def contacts(self, tenant: str, channel: str) -> dict[str, dict[str, Any]]:
+        """Every record of the channel: external id -> record."""

@@ -17,6 +17,7 @@ from ..base import Coordinator, Unavailable
 from ..retention import Retention
 from .agents import MemoryAgentsAndQueue
 from .api_keys import MemoryApiKeys
+from .contacts import MemoryContacts
 from .conversations import MemoryConversations
 from .locks import MemoryLocks
 from .log import MemoryLog
@@ -35,7 +36,7 @@ SWEEP_S = 30.0
 
 
 class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence,
-                          MemoryTranscripts, MemoryApiKeys, Coordinator):
+                          MemoryTranscripts, MemoryApiKeys, MemoryContacts, Coordinator):
     # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
     # synchronous peek_now / append_now / seq_of_now (docs/hub.md, steps 4-6a).
     eager_safe = True
@@ -58,6 +59,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._init_agents()
         self._init_presence()
         self._init_api_keys()
+        self._init_contacts()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -82,6 +84,7 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         for key, convs in snap.queues.items():
             self._queues[key] = deque(convs)
         self._restore_api_keys()
+        self._restore_contacts()
         self._sweep()
 
     def _sweep(self) -> None:

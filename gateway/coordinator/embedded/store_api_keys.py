@@ -1,4 +1,5 @@
-"""The store's table of REST API keys (store.py's `Store` mixes this in; gateway/api_keys.py)."""
+"""The store's tables of REST API keys (gateway/api_keys.py) and channel contacts (gateway/channels);
+store.py's `Store` mixes this in."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 import orjson
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, doc BLOB NOT NULL) WITHOUT ROWID;"
+SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, doc BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contacts (tenant TEXT NOT NULL, channel TEXT NOT NULL, external_id TEXT NOT NULL,
+    doc BLOB NOT NULL, PRIMARY KEY (tenant, channel, external_id)) WITHOUT ROWID;
+"""
 
 
 class StoreApiKeys:
@@ -26,3 +30,10 @@ class StoreApiKeys:
 
         assert self._db is not None
         return [ApiKey.from_dict(orjson.loads(doc)) for (doc,) in self._db.execute("SELECT doc FROM api_keys")]
+
+    def save_contact(self, tenant: str, channel: str, external_id: str, doc: bytes) -> None:
+        self._write_ahead("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)", (tenant, channel, external_id, doc))
+
+    def load_contacts(self) -> list[tuple[str, str, str, bytes]]:
+        assert self._db is not None
+        return list(self._db.execute("SELECT tenant, channel, external_id, doc FROM contacts"))

@@ -22,6 +22,7 @@ from .api_keys import RedisApiKeys
 from .archiver import Archiver
 from .bus import RedisNodeBus
 from .commit import GroupCommit
+from .contacts import RedisContacts
 from .conversations import CACHED_CONVERSATIONS, RedisConversations
 from .holders import HolderCache
 from .keys import Keys
@@ -41,7 +42,8 @@ NODE_TTL_S = 5.0
 
 
 class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgentsAndQueue, RedisPresence,
-                       RedisNodeBus, RedisTranscripts, RedisApiKeys, Coordinator):
+                       RedisNodeBus, RedisTranscripts, RedisApiKeys, RedisContacts,
+                       Coordinator):
     """The Redis ports over one client (standalone or cluster), with this node's background loops:
     the delivery subscriber and flusher, the node heartbeat and the delivery probe."""
 

@@ -10,6 +10,7 @@
     P:{n:N}:users                who node N holds (for cleaning up after it dies)
     P:nodes                      live nodes: member N, score = heartbeat expiry (ms)
     P:ch:N                       node N's delivery channel (sharded pub/sub)
+    P:{k:T}:contacts:C           channel C's users of tenant T: external id -> {visitor, conv, seq} (gateway/channels)
     P:apikeys                    REST API keys: key id -> JSON (hashed secret; gateway/api_keys.py)
     P:archive                    conversations whose archive copy is behind: member T:C, score = due (ms)
     P:{c:T:C}:archiving          the lease of the node archiving it (archiver.py)

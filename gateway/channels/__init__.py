@@ -1,0 +1,9 @@
+"""Messaging channels beyond the web widget (docs/channels.md): a platform's users as visitors.
+
+`base.py` holds what every channel shares (the `Channel` interface, contacts, the session that
+relays a conversation's entries out); `telegram.py` and `http_channel.py` are the two platforms.
+"""
+
+from .base import Channel, Channels
+
+__all__ = ["Channel", "Channels"]

@@ -1,0 +1,180 @@
+"""What every messaging channel shares (docs/channels.md).
+
+A channel's user is a *contact*: (tenant, channel, external id) -> a tenant visitor id (by default
+`<channel>:<external id>`; `POST /api/v1/contacts` links it to a visitor of the web widget, so the
+same conversation goes on there) and a cursor: the conversation and last seq sent out to them.
+
+Inbound: the platform POSTs to `/channels/<name>`; the channel checks its signature, turns it into
+(external id, message id, text) and `Channel.receive` runs `open` (if the contact has no open
+conversation) and `msg` as that visitor, through the same handlers as the WebSocket (the client id
+is the platform's message id, so a platform's retry is stored once), and answers the platform 200
+only once the message is stored.
+
+Outbound: a `ContactSession` per contact with an open conversation is registered with the node as
+that visitor (stamped with the channel's name), so deliveries reach it as they reach a widget; it
+relays the entries others wrote (and the close) to the platform in seq order, one at a time,
+retrying with backoff, and moves the contact's cursor after each. On start, every contact with an
+open conversation gets its session back and resumes from its cursor: nothing written while the node
+was down is lost, and nothing sent is sent again (except one whose cursor move was lost: at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import api_session
+from ..auth import Identity
+from ..protocol import Outgoing
+from ..session import ChannelSession
+
+log = logging.getLogger("gateway.channels")
+BACKOFF_S, BACKOFF_CAP_S = 0.2, 60.0
+
+
+class ContactSession(ChannelSession):
+    """One contact's conversation, relayed out through its channel."""
+
+    __slots__ = ("ch", "external_id", "queue", "task")
+
+    def __init__(self, ch: Channel, core: Any, ident: Identity, external_id: str):
+        super().__init__(core, ident, ch.max_text)
+        self.channel = ch.name
+        self.ch, self.external_id = ch, external_id
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._relay())
+
+    def write(self, batch: list[Outgoing]) -> None:
+        for out in batch:
+            env = orjson.loads(out.json())
+            if env.get("t") in ("msg", "event"):
+                self.queue.put_nowait(env)
+
+    async def _relay(self) -> None:
+        while True:
+            env = await self.queue.get()
+            record = await self.ch.coord.contact(self.tenant, self.ch.name, self.external_id) or {}
+            if env["conv"] != record.get("conv") or env["seq"] <= record.get("seq", 0):
+                continue  # another conversation's, or sent already (a replay overlapping live)
+            if (env["t"] == "msg" and env.get("from") != self.user) or (env["t"] == "event" and env.get("ev") == "closed"):
+                attempt = 0
+                while (error := await self.ch.send(self.external_id, env)) is not None:
+                    log.warning("%s: sending to %s failed (tried again): %s", self.ch.name, self.external_id, error)
+                    await asyncio.sleep(random.uniform(0.5, 1.5) * min(BACKOFF_CAP_S, BACKOFF_S * 2 ** attempt))
+                    attempt += 1
+            await self.ch.coord.save_contact(self.tenant, self.ch.name, self.external_id, {**record, "seq": env["seq"]})
+
+
+class Channel(ABC):
+    """A messaging platform: `inbound` reads its webhook, `send` writes to one of its users."""
+
+    kind = ""
+
+    def __init__(self, node: Any, settings: dict[str, Any]):
+        self.node = node
+        self.name: str = settings["name"]
+        self.tenant: str = settings["tenant"]
+        self.settings = settings
+        self.sessions: dict[str, ContactSession] = {}
+
+    @property
+    def coord(self) -> Any:
+        return self.node.coord
+
+    @property
+    def max_text(self) -> int:
+        return self.node.cfg.max_text
+
+    @abstractmethod
+    async def inbound(self, request: web.Request) -> tuple[str, str, str] | web.Response:
+        """The platform's POST: (external id, message id, text), or a response to give it (refused or ignored)."""
+
+    @abstractmethod
+    async def send(self, external_id: str, entry: dict[str, Any]) -> str | None:
+        """Put one entry (a message, or the close) on the platform for that user; None when it took it,
+        else why not (tried again)."""
+
+    async def start(self) -> None:
+        """Bring back the sessions of contacts with an open conversation (resumed from their cursors)."""
+        for external_id, record in (await self.coord.contacts(self.tenant, self.name)).items():
+            conv = record.get("conv") and await self.coord.get_conversation(self.tenant, record["conv"])
+            if conv and conv.state != "closed":
+                self._session(external_id, record["visitor"]).receive(
+                    {"t": "resume", "conv": conv.id, "after": record.get("seq", 0)})
+
+    async def stop(self) -> None:
+        for s in self.sessions.values():
+            s.task.cancel()
+            s.gone()
+
+    def _session(self, external_id: str, visitor: str) -> ContactSession:
+        s = self.sessions.get(external_id)
+        if s is None or s.closed:
+            s = self.sessions[external_id] = ContactSession(self, self.node.hub, Identity(self.tenant, visitor, "visitor"),
+                                                            external_id)
+            s.open()
+        return s
+
+    async def receive(self, request: web.Request) -> web.Response:
+        got = await self.inbound(request)
+        if isinstance(got, web.Response):
+            return got
+        external_id, message_id, text = got
+        record = await self.coord.contact(self.tenant, self.name, external_id)
+        if record is None:
+            record = {"visitor": f"{self.name}:{external_id}", "conv": None, "seq": 0}
+        visitor = record["visitor"]
+        ident = Identity(self.tenant, visitor, "visitor")
+        conv = record.get("conv") and await self.coord.get_conversation(self.tenant, record["conv"])
+        if not conv or conv.state == "closed":
+            view = await api_session.call(self.node.hub, ident, self.max_text, {"t": "open"}, wait_reply=True)
+            if view is None or view.get("t") != "conv":
+                return web.json_response({"error": view}, status=503)
+            if view["conv"] != record.get("conv"):
+                record = {**record, "conv": view["conv"], "seq": 0}
+            await self.coord.save_contact(self.tenant, self.name, external_id, record)
+        session = self._session(external_id, visitor)
+        if record["conv"] not in (session.sent or {}):
+            session.receive({"t": "resume", "conv": record["conv"], "after": record.get("seq", 0)})
+        ack = await api_session.call(self.node.hub, ident, self.max_text,
+                                     {"t": "msg", "conv": record["conv"], "id": f"{self.name}:{message_id}", "text": text},
+                                     wait_reply=True, channel=self.name)
+        if ack is None or ack.get("t") != "ack":
+            status = 400 if ack and str(ack.get("code", "")).startswith(("bad_", "missing")) else 503
+            return web.json_response({"error": ack}, status=status)  # 503: the platform sends it again
+        return web.json_response({"ok": True, "seq": ack["seq"], "dup": ack["dup"]})
+
+
+class Channels:
+    """The node's channels (config `[[channels]]`), their routes and their start and stop."""
+
+    def __init__(self, node: Any, configured: list[dict[str, Any]]):
+        from .http_channel import HttpChannel
+        from .telegram import TelegramChannel
+
+        kinds = {TelegramChannel.kind: TelegramChannel, HttpChannel.kind: HttpChannel}
+        self.all = [kinds[c["kind"]](node, c) for c in configured]
+        self.by_name = {c.name: c for c in self.all}
+
+    async def start(self) -> None:
+        for c in self.all:
+            await c.start()
+
+    async def stop(self) -> None:
+        for c in self.all:
+            await c.stop()
+
+    def add_routes(self, app: web.Application) -> None:
+        async def inbound(request: web.Request) -> web.Response:
+            ch = self.by_name.get(request.match_info["name"])
+            if ch is None:
+                raise web.HTTPNotFound(text="no such channel")
+            return await ch.receive(request)
+
+        app.router.add_post("/channels/{name}", inbound)
