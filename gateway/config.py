@@ -172,9 +172,9 @@ class Config:
             where = f"channels[{i}]"
             need = {"telegram": ("name", "tenant", "secret", "token"), "http": ("name", "tenant", "secret", "url")}
             kind = c.get("kind") if isinstance(c, dict) else None
-            if kind not in need:
-                raise ConfigError(f"{where}: kind must be telegram or http")
-            missing = [k for k in need[kind] if not isinstance(c.get(k), str) or not c.get(k)]
+            if kind not in need and not (isinstance(kind, str) and re.fullmatch(r"[\w.]+:\w+", kind)):
+                raise ConfigError(f"{where}: kind must be telegram, http or a module:Class of your own")
+            missing = [k for k in need.get(kind, ("name", "tenant", "secret")) if not isinstance(c.get(k), str) or not c.get(k)]
             if missing:
                 raise ConfigError(f"{where}: needs {', '.join(missing)}")
             if len(c["secret"]) < 16:

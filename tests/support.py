@@ -93,7 +93,7 @@ def start_gateway(**settings: Any) -> Gateway:
     if "data_dir" not in settings:
         own = env["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="chatgw-data-")
     for k, v in settings.items():
-        env["GATEWAY_CONFIG" if k == "config" else f"GATEWAY_{k.upper()}"] = str(v)
+        env["GATEWAY_CONFIG" if k == "config" else "PYTHONPATH" if k == "pythonpath" else f"GATEWAY_{k.upper()}"] = str(v)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve"],
         env=env,

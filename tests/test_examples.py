@@ -69,3 +69,49 @@ async def test_webhook_receiver_gets_a_nodes_events(tmp_path):
     finally:
         rx.terminate()
         rx.wait(10)
+
+
+async def test_sms_channel_example_relays_both_ways(tmp_path):
+    """examples/sms_channel.py loaded by a node as `kind = "sms_channel:SmsChannel"`, against a local
+    stand-in for the SMS gateway (it records what it is asked to send)."""
+    import json
+    import secrets as _secrets
+    import urllib.request
+
+    from aiohttp import web
+
+    from .support import Client, start_gateway, uid, wait_for
+
+    sent: list[dict] = []
+
+    async def send(request: web.Request) -> web.Response:
+        sent.append(await request.json())
+        return web.json_response({"queued": True})
+
+    app = web.Application()
+    app.router.add_post("/send", send)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    secret, tenant = _secrets.token_urlsafe(20), uid("t")
+    cfg = tmp_path / "chatgw.toml"
+    cfg.write_text(f'[[channels]]\nkind = "sms_channel:SmsChannel"\nname = "sms"\ntenant = "{tenant}"\n'
+                   f'secret = "{secret}"\nurl = "http://127.0.0.1:{port}/send"\n')
+    gw = start_gateway(data_dir=str(tmp_path / "data"), config=str(cfg), pythonpath=str(ROOT / "examples"))
+    try:
+        agent = await Client.connect(gw, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 5}, "status")
+        req = urllib.request.Request(f"{gw.http_url}/channels/sms", method="POST", headers={"X-Sms-Secret": secret},
+                                     data=json.dumps({"from": "+15551234567", "id": "sms-1", "body": "hi"}).encode())
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+        got = await agent.next("msg", lambda e: e["text"] == "hi")
+        assert got["ch"] == "sms" and got["from"] == "sms:+15551234567"
+        await agent.msg(got["conv"], "hello from ann")
+        await wait_for(lambda: sent, what="the SMS out")
+        assert sent == [{"to": "+15551234567", "body": "hello from ann"}]
+    finally:
+        gw.stop()
+        await runner.cleanup()

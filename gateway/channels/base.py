@@ -159,7 +159,7 @@ class Channels:
         from .telegram import TelegramChannel
 
         kinds = {TelegramChannel.kind: TelegramChannel, HttpChannel.kind: HttpChannel}
-        self.all = [kinds[c["kind"]](node, c) for c in configured]
+        self.all = [(kinds[c["kind"]] if c["kind"] in kinds else _import(c["kind"]))(node, c) for c in configured]
         self.by_name = {c.name: c for c in self.all}
 
     async def start(self) -> None:
@@ -178,3 +178,14 @@ class Channels:
             return await ch.receive(request)
 
         app.router.add_post("/channels/{name}", inbound)
+
+
+def _import(path: str) -> type[Channel]:
+    """A channel of your own: `kind = "package.module:Class"` (a `Channel` subclass; docs/channels.md)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Channel)):
+        raise TypeError(f"{path} is not a Channel")
+    return cls
