@@ -184,3 +184,9 @@ async def test_keys_outlive_a_restart_of_the_node(tmp_path):
         assert admin != gw.admin_token  # a new node: only the store carried the key over
     finally:
         gw.stop()
+
+
+async def test_an_oversize_body_is_refused_before_it_is_read(gateway):
+    key = _key(gateway, uid("t"))
+    status, _, _ = _http(gateway, "POST", "/api/v1/conversations", {"visitor": "v", "meta": {"x": "y" * 100_000}}, key=key)
+    assert status == 413
