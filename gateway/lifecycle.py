@@ -101,7 +101,8 @@ class Lifecycle:
         self.users[key] = (*peers, conn)
         now_ms = self._mono_ms()
         self._wheel.schedule(conn.cid * 4, now_ms + int(self.cfg.heartbeat_s * 1000))
-        self._wheel.schedule(conn.cid * 4 + 2, now_ms + self._ms_until(conn.expires))
+        if conn.expires:  # 0: a session the node made itself (a messaging channel's contact): no token to expire
+            self._wheel.schedule(conn.cid * 4 + 2, now_ms + self._ms_until(conn.expires))
         self._tasks.spawn(self._welcome(conn, first))
 
     def disconnected(self, conn: Session) -> None:
