@@ -32,8 +32,10 @@ from aiohttp import web
 
 log = logging.getLogger("gateway.webhooks")
 
-EVENTS = ("message.created", "conversation.queued", "conversation.assigned", "conversation.transferred",
-          "conversation.requeued", "conversation.closed")
+# `conversation.bot` (a bot answers first) or `conversation.queued` at seq 1 is the conversation's opening;
+# `conversation.handoff` is a bot handing the visitor to people.
+EVENTS = ("message.created", "conversation.bot", "conversation.queued", "conversation.assigned", "conversation.transferred",
+          "conversation.requeued", "conversation.handoff", "conversation.closed")
 BACKOFF_CAP_S = 300.0
 POLL_S = 0.2
 BATCH = 50
