@@ -93,6 +93,7 @@ class Config:
     # Outbound webhooks ([[webhooks]] tables of the file: name, tenant, url, secret, events, max_age_s,
     # backoff_s; docs/webhooks.md); embedded coordinator with a store only, for now.
     webhooks: list[dict[str, Any]] = field(default_factory=list)
+    webhook_sweep_s: float = 30.0  # cluster: how often one node looks for conversations a dead node did not queue
     # Messaging channels ([[channels]] tables of the file: kind = telegram | http, name, tenant, secret,
     # token and api_base (telegram), url (http); docs/channels.md); embedded coordinator only, for now.
     channels: list[dict[str, Any]] = field(default_factory=list)
@@ -148,9 +149,9 @@ class Config:
         if self.retention_days < 0 or any(not isinstance(v, (int, float)) or v < 0
                                           for v in self.tenant_retention_days.values()):
             raise ConfigError("retention days must be numbers, 0 (keep) or more")
-        if self.webhooks and (self.coordinator != "embedded" or self.data_dir.strip().lower() == "none"):
-            raise ConfigError("webhooks need the embedded coordinator with its store (data_dir): their outbox is "
-                              "committed with the log there; cluster mode has no outbox yet")
+        if self.webhooks and self.coordinator == "embedded" and self.data_dir.strip().lower() == "none":
+            raise ConfigError("webhooks need a store (data_dir) with the embedded coordinator: their outbox is "
+                              "committed with the log there")
         if self.webhooks:
             from .webhooks import WebhookConfigError, subscriptions
 

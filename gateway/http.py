@@ -177,7 +177,7 @@ def make_app(node: Node) -> web.Application:
     add_transcript_routes(app, _tenant, lambda request: _node(request).coord)
     add_api_routes(app, _node, openapi_document)
     add_api_admin_routes(app, _tenant, lambda request: _node(request).coord)
-    add_webhook_routes(app, _tenant, lambda request: getattr(_node(request).coord, "_store", None))
+    add_webhook_routes(app, _tenant, lambda request: getattr(_node(request), "webhooks", None))
     if getattr(node, "channels", None) is not None:
         node.channels.add_routes(app)
     app.router.add_get("/", _page("index.html"))

@@ -86,7 +86,13 @@ class Node:
         if self.cfg.webhooks:
             from .webhooks import Sender, subscriptions
 
-            self.webhooks = Sender(self.coord._store, subscriptions(self.cfg.webhooks))
+            subs = subscriptions(self.cfg.webhooks)
+            if self.cfg.coordinator == "redis":  # the log is the outbox (webhooks_cluster.py)
+                from .webhooks_cluster import CursorSender
+
+                self.webhooks = CursorSender(self.coord, subs, self.cfg.webhook_sweep_s)
+            else:
+                self.webhooks = Sender(self.coord._store, subs)
             self.webhooks.start()
         self.ws_server = await ws_create_server(
             self.listener_factory,

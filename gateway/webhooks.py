@@ -179,38 +179,57 @@ class Sender:
             return  # in order: nothing after it goes before it
 
     async def _post(self, sub: Subscription, row: dict[str, Any]) -> str | None:
-        """None when the receiver took it (2xx); else why not."""
-        entry = orjson.loads(row["body"])
-        body = orjson.dumps({"id": row["id"], "type": event_type(entry), "created_ms": row["created_ms"],
-                             "tenant": row["tenant"], "conversation": row["conv"], "data": entry})
-        ts = int(time.time())
-        headers = {"Content-Type": "application/json", "Chatgw-Event-Id": row["id"], "Chatgw-Timestamp": str(ts),
-                   "Chatgw-Signature": signature(sub.secret, row["id"], ts, body)}
         assert self._http is not None
-        try:
-            async with self._http.post(sub.url, data=body, headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=sub.timeout_s)) as r:
-                return None if 200 <= r.status < 300 else f"HTTP {r.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            return f"{type(e).__name__}: {e}"
+        return await deliver(self._http, sub, row["id"], row["tenant"], row["conv"], row["created_ms"],
+                             orjson.loads(row["body"]))
+
+    def dead_letters(self, tenant: str) -> list[dict[str, Any]]:
+        return self.store.dead_letters(tenant)
+
+    async def replay(self, tenant: str, event_id: str) -> bool:
+        """Back to the outbox (tried at once); False if there is no such dead letter."""
+        return self.store.replay_dead(tenant, event_id)
 
 
-def add_routes(app: web.Application, tenant_of: Any, store_of: Any) -> None:
+async def deliver(http: aiohttp.ClientSession, sub: Subscription, event_id: str, tenant: str, conv: str, created_ms: int,
+                  entry: dict[str, Any]) -> str | None:
+    """POST one event, signed; None when the receiver took it (2xx), else why not."""
+    body = orjson.dumps({"id": event_id, "type": event_type(entry), "created_ms": created_ms, "tenant": tenant,
+                         "conversation": conv, "data": entry})
+    ts = int(time.time())
+    headers = {"Content-Type": "application/json", "Chatgw-Event-Id": event_id, "Chatgw-Timestamp": str(ts),
+               "Chatgw-Signature": signature(sub.secret, event_id, ts, body)}
+    try:
+        async with http.post(sub.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=sub.timeout_s)) as r:
+            return None if 200 <= r.status < 300 else f"HTTP {r.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def add_routes(app: web.Application, tenant_of: Any, sender_of: Any) -> None:
     """GET /admin/tenants/{t}/webhooks/dead; POST /admin/tenants/{t}/webhooks/dead/{id}/replay."""
 
+    def sender(request: web.Request) -> Any:
+        s = sender_of(request)
+        if s is None:
+            raise web.HTTPNotFound(text="no webhooks are configured on this node")
+        return s
+
     async def dead(request: web.Request) -> web.Response:
-        store = store_of(request)
-        if store is None:
-            raise web.HTTPNotImplemented(text="webhooks need the embedded coordinator with its store")
-        return web.json_response({"dead": store.dead_letters(tenant_of(request))})
+        return web.json_response({"dead": await _maybe(sender(request).dead_letters(tenant_of(request)))})
 
     async def replay(request: web.Request) -> web.Response:
-        store = store_of(request)
-        if store is None:
-            raise web.HTTPNotImplemented(text="webhooks need the embedded coordinator with its store")
-        if not store.replay_dead(tenant_of(request), request.match_info["event"]):
+        try:
+            found = await sender(request).replay(tenant_of(request), request.match_info["event"])
+        except aiohttp.ClientError as e:  # cluster mode sends it at once: the receiver is still away
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
+        if not found:
             raise web.HTTPNotFound(text="no such dead letter")
         return web.json_response({"replayed": request.match_info["event"]})
 
     app.router.add_get("/admin/tenants/{tenant}/webhooks/dead", dead)
     app.router.add_post("/admin/tenants/{tenant}/webhooks/dead/{event}/replay", replay)
+
+
+async def _maybe(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value

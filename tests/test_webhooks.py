@@ -196,3 +196,40 @@ def test_a_bad_subscription_stops_the_node_at_start(tmp_path, line, why):
                          env={"PATH": "/usr/bin:/bin", "GATEWAY_CONFIG": str(path), "GATEWAY_DATA_DIR": str(tmp_path / "d"),
                               "GATEWAY_HTTP_PORT": "0", "GATEWAY_WS_PORT": "0"})
     assert run.returncode != 0 and why in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_cluster_nodes_lose_no_event_when_the_appending_node_dies(request, kind, tmp_path):
+    """Two nodes over Redis; the receiver is down while node A appends; A is SIGKILLed, and even the
+    queue A left behind is lost (deleted): B's sweep finds the conversation, and once the receiver is
+    back every event arrives once, in seq order, with the same ids whoever sends it."""
+    import redis as redis_py
+
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+    rx = await Receiver().start()
+    rx.down = True
+    tenant = uid("t")
+    settings = dict(coordinator="redis", redis_url=server.url, redis_cluster=str(kind == "redis-cluster").lower(),
+                    jwt_secret=secrets.token_urlsafe(32), config=_config(tmp_path, tenant, rx.url), webhook_sweep_s=0.5)
+    a_node, b_node = start_gateway(**settings), start_gateway(**settings)
+    r = redis_py.Redis.from_url(server.url) if kind == "redis" else redis_py.RedisCluster.from_url(server.url)
+    try:
+        conv = await _chat(a_node, tenant, 3)
+        await wait_for(lambda: rx.refused >= 1, what="a refused delivery")
+        a_node.proc.kill()
+        a_node.proc.wait()
+        r.delete("cg:whq")  # what A queued is gone too: only the sweep can find the conversation now
+        rx.down = False
+        await wait_for(lambda: "conversation.closed" in _kinds(rx.events), what="every event, from B", timeout=30)
+        assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned", "message.created",
+                                     "message.created", "message.created", "conversation.closed"]
+        assert [e["data"]["seq"] for e in rx.events] == list(range(1, 7))
+        assert {e["conversation"] for e in rx.events} == {conv}
+        from gateway.webhooks_cluster import event_id
+
+        assert rx.ids == [event_id(tenant, conv, seq, "crm") for seq in range(1, 7)]
+    finally:
+        r.close()
+        a_node.stop()
+        b_node.stop()
+        await rx.stop()

@@ -58,6 +58,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._archive_after_ms = int(archive_after_s * 1000)
         self._archive_poll_s = archive_poll_s
         self._archiver: Archiver | None = None
+        self.webhook_tenants: frozenset[str] = frozenset()
         # With an archive, a log grows past the hot window until the archiver has copied its old
         # entries, and this many entries apart the node asks it to (log.py).
         self._archive_every = max(1, history_keep // 4)

@@ -26,6 +26,7 @@ class RedisLog:
     _holders: HolderCache  # who holds each conversation's participants (holders.py)
     _archive: PostgresArchive | None  # older entries and moved conversations (archiver.py)
     _archive_every: int
+    webhook_tenants: frozenset[str]  # tenants with webhook subscriptions (set by gateway/webhooks_cluster.py)
     _keep: int
     _pipes: Any
 
@@ -43,7 +44,16 @@ class RedisLog:
         entry["seq"] = seq
         if self._archive is not None and not dup and seq > self._keep and seq % self._archive_every == 0:
             self._archive_later(tenant, conv_id)
+        if not dup and tenant in self.webhook_tenants:
+            self._webhooks_later(tenant, conv_id)
         return seq, dup
+
+    def _webhooks_later(self, tenant: str, conv_id: str) -> None:
+        """Queue the conversation for the webhook senders (gateway/webhooks_cluster.py), not waiting: if
+        this node dies first, a sweep finds the conversation (its last seq past a cursor)."""
+        key = f"{self._p}:whq"
+        fut = self._pipes.for_key(key).call("ZADD", key, "NX", int(time.time() * 1000), member(tenant, conv_id))
+        fut.add_done_callback(_ignore)
 
     def _archive_later(self, tenant: str, conv_id: str) -> None:
         """Queue the conversation for the archiver, through the message path's pipe and without
