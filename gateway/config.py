@@ -97,6 +97,7 @@ class Config:
     # Messaging channels ([[channels]] tables of the file: kind = telegram | http, name, tenant, secret,
     # token and api_base (telegram), url (http); docs/channels.md); embedded coordinator only, for now.
     channels: list[dict[str, Any]] = field(default_factory=list)
+    channel_owner_s: float = 10.0  # cluster: a contact's relay moves to another node this long after its node died
     api_rate_per_s: float = 50.0  # REST API: requests per second per key (a token bucket per node)
     api_rate_burst: float = 100.0
 
@@ -183,8 +184,8 @@ class Config:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", c["name"]) or c["name"] in names:
                 raise ConfigError(f"{where}: name must be unique, letters, digits, - and _")
             names.add(c["name"])
-        if self.channels and self.coordinator != "embedded":
-            raise ConfigError("channels run on the embedded coordinator for now (a contact's session lives on one node)")
+        if self.channel_owner_s <= 0:
+            raise ConfigError("channel_owner_s must be positive")
 
     def describe(self) -> dict[str, Any]:
         """Settings safe to print or serve: secrets masked."""

@@ -195,3 +195,36 @@ async def test_telegram_down_delays_the_answers_and_a_restart_loses_none(tmp_pat
     finally:
         gw.stop()
         await tg_runner.cleanup()
+
+
+async def test_in_cluster_mode_another_node_takes_a_dead_nodes_contacts_over(tmp_path, redis_server):
+    """Two nodes over Redis; the node that relays a Telegram contact is SIGKILLed; the other takes the
+    contact over (its lease lapsed) and the agent's answers reach Telegram once each, in order."""
+    tg = FakeTelegram()
+    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
+    tenant = uid("t")
+    cfg = tmp_path / "chatgw.toml"
+    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
+                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    settings = dict(coordinator="redis", redis_url=redis_server.url, jwt_secret=secrets.token_urlsafe(32), config=str(cfg),
+                    channel_owner_s=1)
+    a_node, b_node = start_gateway(**settings), start_gateway(**settings)
+    try:
+        agent = await Client.connect(b_node, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 5}, "status")
+        assert _post(f"{a_node.http_url}/channels/tg", _update(1, 99, 1, "hello from the app"),
+                     {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})[0] == 200
+        conv = (await agent.next("msg", lambda e: e["text"] == "hello from the app"))["conv"]
+        await agent.msg(conv, "answer 1")
+        await wait_for(lambda: [m["text"] for m in tg.sent] == ["answer 1"], what="the first answer, through A")
+        a_node.proc.kill()
+        a_node.proc.wait()
+        await agent.msg(conv, "answer 2")
+        await agent.msg(conv, "answer 3")
+        await wait_for(lambda: len(tg.sent) >= 3, what="the answers, through B", timeout=20)
+        assert [m["text"] for m in tg.sent] == ["answer 1", "answer 2", "answer 3"]
+        assert {m["chat_id"] for m in tg.sent} == {99}
+    finally:
+        a_node.stop()
+        b_node.stop()
+        await tg_runner.cleanup()

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import api_session
 from ..auth import Identity
+from ..coordinator.redis.keys import q
 from ..protocol import Outgoing
 from ..session import ChannelSession
 
@@ -82,6 +83,7 @@ class Channel(ABC):
         self.tenant: str = settings["tenant"]
         self.settings = settings
         self.sessions: dict[str, ContactSession] = {}
+        self._owner_task: asyncio.Task[None] | None = None
 
     @property
     def coord(self) -> Any:
@@ -101,14 +103,53 @@ class Channel(ABC):
         else why not (tried again)."""
 
     async def start(self) -> None:
-        """Bring back the sessions of contacts with an open conversation (resumed from their cursors)."""
+        """Bring back the sessions of contacts with an open conversation (resumed from their cursors);
+        in cluster mode, keep owning them (and take over a dead node's) every `channel_owner_s / 3`."""
+        await self._claim_all()
+        if getattr(self.coord, "r", None) is not None:
+            self._owner_task = asyncio.get_running_loop().create_task(self._keep_owning())
+
+    async def _claim_all(self) -> None:
         for external_id, record in (await self.coord.contacts(self.tenant, self.name)).items():
             conv = record.get("conv") and await self.coord.get_conversation(self.tenant, record["conv"])
-            if conv and conv.state != "closed":
-                self._session(external_id, record["visitor"]).receive(
-                    {"t": "resume", "conv": conv.id, "after": record.get("seq", 0)})
+            if not conv or conv.state == "closed":
+                continue
+            if await self._own(external_id):
+                s = self._session(external_id, record["visitor"])
+                if conv.id not in (s.sent or {}):
+                    s.receive({"t": "resume", "conv": conv.id, "after": record.get("seq", 0)})
+            elif (s := self.sessions.pop(external_id, None)) is not None:  # another node has it now
+                s.task.cancel()
+                s.gone()
+
+    async def _keep_owning(self) -> None:
+        while True:
+            await asyncio.sleep(self.node.cfg.channel_owner_s / 3)
+            try:
+                await self._claim_all()
+            except Exception as e:  # noqa: BLE001 - tried again next round
+                log.warning("%s: claiming contacts failed: %s", self.name, e)
+
+    async def _own(self, external_id: str) -> bool:
+        """Does this node relay the contact's conversation out? Always with one node; in cluster mode
+        the node holding the contact's lease (`P:{k:T}:owner:C:E`, renewed by its holder, taken by
+        another node once it lapses: a node that died hands its contacts on within `channel_owner_s`)."""
+        r = getattr(self.coord, "r", None)
+        if r is None:
+            return True
+        key = f"{self.coord._p}:{{k:{q(self.tenant)}}}:owner:{q(self.name)}:{q(external_id)}"
+        ms = int(self.node.cfg.channel_owner_s * 1000)
+        if await r.set(key, self.coord.node_id, nx=True, px=ms):
+            return True
+        holder = await r.get(key)
+        if holder is not None and holder.decode() == self.coord.node_id:
+            await r.pexpire(key, ms)
+            return True
+        return False
 
     async def stop(self) -> None:
+        if self._owner_task is not None:
+            self._owner_task.cancel()
         for s in self.sessions.values():
             s.task.cancel()
             s.gone()
@@ -139,9 +180,10 @@ class Channel(ABC):
             if view["conv"] != record.get("conv"):
                 record = {**record, "conv": view["conv"], "seq": 0}
             await self.coord.save_contact(self.tenant, self.name, external_id, record)
-        session = self._session(external_id, visitor)
-        if record["conv"] not in (session.sent or {}):
-            session.receive({"t": "resume", "conv": record["conv"], "after": record.get("seq", 0)})
+        if await self._own(external_id):  # else the node that owns the contact relays what comes back
+            session = self._session(external_id, visitor)
+            if record["conv"] not in (session.sent or {}):
+                session.receive({"t": "resume", "conv": record["conv"], "after": record.get("seq", 0)})
         ack = await api_session.call(self.node.hub, ident, self.max_text,
                                      {"t": "msg", "conv": record["conv"], "id": f"{self.name}:{message_id}", "text": text},
                                      wait_reply=True, channel=self.name)
