@@ -179,7 +179,9 @@ async def test_telegram_down_delays_the_answers_and_a_restart_loses_none(tmp_pat
         await agent.request({"t": "status", "status": "online", "capacity": 5}, "status")
         assert _post(f"{gw.http_url}/channels/tg", _update(1, 42, 1, "hello?"),
                      {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})[0] == 200
-        conv = (await agent.next("msg", lambda e: e["text"] == "hello?"))["conv"]
+        got = await agent.next("msg", lambda e: e["text"] == "hello?")
+        conv = got["conv"]
+        assert got["from"] == "tg:42"  # a user nobody linked: a visitor of their own, named after the chat
         tg.failing = 10_000  # Telegram is down
         for i in range(3):
             await agent.msg(conv, f"answer {i}")
