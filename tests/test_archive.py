@@ -171,3 +171,16 @@ async def test_the_listing_reads_the_archive_and_erasure_leaves_nothing_there(re
             assert postgres_server.sql(f"SELECT count(*) FROM {table} WHERE {col} = '{closed.id}'", db) == [("0",)]
         assert postgres_server.sql(f"SELECT count(*) FROM chatgw_entries WHERE conv = '{still_open.id}'", db) == [("0",)]
         assert [x.id for x in await c.list_conversations("t")] == [still_open.id]
+
+
+async def test_a_message_with_a_nul_character_is_archived_as_it_was_written(redis_server, archive_url):
+    """PostgreSQL's jsonb and text refuse U+0000; a visitor may send one: it must not stop the archive."""
+    async with _node(redis_server, archive_url, "redis") as c:
+        conv = Conversation(id=uuid.uuid4().hex[:10], tenant="t", visitor="v\x00x", group="g", created_ms=1)
+        await c.create_conversation(conv)
+        await c.append("t", conv.id, {"t": "msg", "from": "v\x00x", "text": "a\x00b"}, "id\x00")
+        await _close(c, conv)
+        assert await c._archiver.pass_once() == 1
+        assert await _keys_left(c, conv) == 0
+        entries, _ = await c.read_after("t", conv.id, 0, 10)
+        assert entries[0]["text"] == "a\x00b" and (await c.get_conversation("t", conv.id)).visitor == "v\x00x"

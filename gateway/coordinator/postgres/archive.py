@@ -8,6 +8,9 @@ newer state, so archiving twice writes nothing twice.
 
 Every method raises `Unavailable` when PostgreSQL can't be reached (connection refused or lost,
 the server shutting down): the archiver tries again later, a read answers `unavailable`.
+
+Bodies, states and client ids are stored as the bytes Redis has (`bytea`), not `jsonb` or `text`:
+PostgreSQL refuses a NUL character in those, and a visitor may type one (it would stop the archive).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ CREATE TABLE IF NOT EXISTS chatgw_conversations (
     state text NOT NULL,
     agent text,
     created_ms bigint NOT NULL,
-    doc jsonb NOT NULL,
+    doc bytea NOT NULL,
     PRIMARY KEY (tenant, id)
 );
 CREATE INDEX IF NOT EXISTS chatgw_conversations_by_time ON chatgw_conversations (tenant, created_ms, id);
@@ -42,8 +45,8 @@ CREATE TABLE IF NOT EXISTS chatgw_entries (
     tenant text NOT NULL,
     conv text NOT NULL,
     seq bigint NOT NULL,
-    client_id text NOT NULL DEFAULT '',
-    body jsonb NOT NULL,
+    client_id bytea NOT NULL,
+    body bytea NOT NULL,
     PRIMARY KEY (tenant, conv, seq)
 );
 """
@@ -125,36 +128,37 @@ class PostgresArchive:
     @_available
     async def write(self, conv: Conversation, version: int, entries: Sequence[ArchivedEntry]) -> None:
         """Store `conv` (its state at `version`) and `entries`, in one transaction; entries it has are kept as they are."""
-        doc = orjson.dumps({**conv.to_dict(), "version": version}).decode()
+        doc = orjson.dumps({**conv.to_dict(), "version": version})
         async with (await self._ready()).acquire() as c, c.transaction():
             if entries:
                 await c.executemany(
-                    "INSERT INTO chatgw_entries (tenant, conv, seq, client_id, body) VALUES ($1, $2, $3, $4, $5::jsonb) "
+                    "INSERT INTO chatgw_entries (tenant, conv, seq, client_id, body) VALUES ($1, $2, $3, $4, $5) "
                     "ON CONFLICT DO NOTHING",
-                    [(conv.tenant, conv.id, e.seq, e.client_id, e.body.decode()) for e in entries])
+                    [(_col(conv.tenant), _col(conv.id), e.seq, e.client_id.encode(), e.body) for e in entries])
             await c.execute(
                 "INSERT INTO chatgw_conversations (tenant, id, visitor, state, agent, created_ms, doc) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (tenant, id) DO UPDATE SET "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, id) DO UPDATE SET "
                 "state = EXCLUDED.state, agent = EXCLUDED.agent, doc = EXCLUDED.doc",
-                conv.tenant, conv.id, conv.visitor, conv.state, conv.agent, conv.created_ms, doc)
+                _col(conv.tenant), _col(conv.id), _col(conv.visitor), conv.state, _col(conv.agent), conv.created_ms, doc)
 
     # reads (any node)
     @_available
     async def last_seq(self, tenant: str, conv_id: str) -> int:
         """The newest seq archived for the conversation; 0 when none."""
         return int(await (await self._ready()).fetchval(
-            "SELECT coalesce(max(seq), 0) FROM chatgw_entries WHERE tenant = $1 AND conv = $2", tenant, conv_id))
+            "SELECT coalesce(max(seq), 0) FROM chatgw_entries WHERE tenant = $1 AND conv = $2", _col(tenant), _col(conv_id)))
 
     @_available
     async def conversation(self, tenant: str, conv_id: str) -> Conversation | None:
         """The archived state (its `version` as archived), or None."""
-        raw = await (await self._ready()).fetchval("SELECT doc FROM chatgw_conversations WHERE tenant = $1 AND id = $2", tenant, conv_id)
+        raw = await (await self._ready()).fetchval("SELECT doc FROM chatgw_conversations WHERE tenant = $1 AND id = $2", _col(tenant), _col(conv_id))
         return None if raw is None else _conversation(raw)
 
     @_available
     async def read(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Entries after `at` (mode "after", oldest first) or before it ("before", None: the newest; still
         oldest first), at most `limit`; and the oldest seq archived (0 when none)."""
+        tenant, conv_id = _col(tenant), _col(conv_id)
         if mode == "after":
             q = ("SELECT seq, body FROM chatgw_entries WHERE tenant = $1 AND conv = $2 AND seq > $3 "
                  "ORDER BY seq LIMIT $4")
@@ -180,7 +184,8 @@ class PostgresArchive:
     async def list_conversations(self, tenant: str, since_ms: int | None, until_ms: int | None, state: str | None,
                                  agent: str | None, limit: int, after: tuple[int, str] | None) -> list[Conversation]:
         """As `Transcripts.list_conversations` (ports.py), over the archived rows."""
-        where, args = ["tenant = $1"], [tenant]
+        where, args = ["tenant = $1"], [_col(tenant)]
+        agent = _col(agent)
         for cond, value in (("created_ms >= ${}", since_ms), ("created_ms < ${}", until_ms), ("state = ${}", state),
                             ("agent = ${}", agent)):
             if value is not None:
@@ -198,6 +203,7 @@ class PostgresArchive:
     @_available
     async def erase(self, tenant: str, conv_ids: Sequence[str]) -> None:
         """Delete the conversations and their entries."""
+        tenant, conv_ids = _col(tenant), [_col(c) for c in conv_ids]
         async with (await self._ready()).acquire() as c, c.transaction():
             await c.execute("DELETE FROM chatgw_entries WHERE tenant = $1 AND conv = ANY($2::text[])", tenant, list(conv_ids))
             await c.execute("DELETE FROM chatgw_conversations WHERE tenant = $1 AND id = ANY($2::text[])", tenant,
@@ -206,7 +212,7 @@ class PostgresArchive:
     @_available
     async def conversations_of_visitor(self, tenant: str, visitor: str) -> list[str]:
         return [r[0] for r in await (await self._ready()).fetch(
-            "SELECT id FROM chatgw_conversations WHERE tenant = $1 AND visitor = $2", tenant, visitor)]
+            "SELECT id FROM chatgw_conversations WHERE tenant = $1 AND visitor = $2", _col(tenant), _col(visitor))]
 
     @_available
     async def tenants(self) -> list[str]:
@@ -215,6 +221,7 @@ class PostgresArchive:
     @_available
     async def expire(self, tenant: str, horizon_ms: int) -> list[str]:
         """Delete `tenant`'s closed conversations opened before `horizon_ms` (retention); returns their ids."""
+        tenant = _col(tenant)
         async with (await self._ready()).acquire() as c, c.transaction():
             ids = [r[0] for r in await c.fetch(
                 "DELETE FROM chatgw_conversations WHERE tenant = $1 AND state = 'closed' AND created_ms < $2 RETURNING id",
@@ -224,7 +231,13 @@ class PostgresArchive:
         return ids
 
 
-def _conversation(raw: str) -> Conversation:
+def _col(value: str | None) -> str | None:
+    """An id as a `text` column holds it: NUL (which PostgreSQL refuses there) as U+FFFD; every
+    query by an id goes through this too, and the document (bytea) keeps the exact value."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _conversation(raw: bytes) -> Conversation:
     d = orjson.loads(raw)
     version = int(d.pop("version", 0))
     conv = Conversation.from_dict(d)

@@ -44,6 +44,7 @@ LEASE_MS = 60_000  # a node archiving one conversation takes at most this long, 
 PAGE = 1000  # entries per transaction
 BATCH = 100  # conversations per pass
 EXPIRE_EVERY_S = 60.0  # retention in the archive
+RETRY_BAD_S = 60  # a conversation whose archiving failed for another reason than an outage
 
 # The member leaves only if its score is still the one the pass took (nobody queued it again), or
 # is moved to `next` (a closed conversation's drop, later).
@@ -56,6 +57,12 @@ end
 return 0
 """
 _UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# Still ours? Then it lasts another LEASE_MS (a long copy renews it page by page).
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+class LeaseLost(Exception):
+    """Another node took the conversation (this one stalled past LEASE_MS): stop before writing more."""
 # Take over a dead node's lease: only if it still holds it.
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -101,6 +108,7 @@ class Archiver:
         self._finish = coord.r.register_script(_FINISH)
         self._unlease = coord.r.register_script(_UNLEASE)
         self._take_over = coord.r.register_script(_TAKE_OVER)
+        self._renew = coord.r.register_script(_RENEW)
         self._drop = coord.r.register_script(_DROP)
         self._wake = asyncio.Event()
 
@@ -147,10 +155,17 @@ class Archiver:
             if not await self._lease(lease, token):
                 continue  # another node has it
             try:
-                later = await self.archive_one(tenant, conv_id)
-                await self._finish(keys=[self.key], args=[m, int(score), "" if later is None else later])
+                later = await self.archive_one(tenant, conv_id, lease, token)
+            except (Unavailable, *UNREACHABLE):
+                raise  # Redis or PostgreSQL away: the whole pass waits
+            except LeaseLost:
+                continue  # the node that took it over finishes it
+            except Exception:  # noqa: BLE001 - one bad conversation must not stop the others
+                log.exception("archiving %s/%s failed; tried again in %d s", tenant, conv_id, RETRY_BAD_S)
+                later = int(time.time() * 1000) + RETRY_BAD_S * 1000
             finally:
                 await self._unlease(keys=[lease], args=[token])
+            await self._finish(keys=[self.key], args=[m, int(score), "" if later is None else later])
             worked += 1
         if self.retention is not None and self.retention.any() and time.monotonic() - self._last_expire > EXPIRE_EVERY_S:
             await self.expire(now)
@@ -167,8 +182,9 @@ class Archiver:
             return False
         return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
-    async def archive_one(self, tenant: str, conv_id: str) -> int | None:
-        """Steps 1-4 above for one conversation; returns when to look at it again (ms), or None."""
+    async def archive_one(self, tenant: str, conv_id: str, lease: str | None = None, token: str = "") -> int | None:
+        """Steps 1-4 above for one conversation, holding `lease` (renewed before each write; LeaseLost
+        if another node took it); returns when to look at it again (ms), or None."""
         ck = self.coord._ck
         log_k, ids_k, meta_k, doc_k = (ck(tenant, conv_id, p) for p in ("log", "ids", "meta", "doc"))
         async with self.coord.r.pipeline(transaction=False) as p:  # one slot: the conversation's
@@ -187,6 +203,8 @@ class Archiver:
             start = max(have, copied)
             items = await self.coord.r.xrange(log_k, f"({start}-1", f"{upto}-1", count=PAGE) if start < upto else []
             entries = [ArchivedEntry(int(i.split(b"-", 1)[0]), f.get(b"c", b"").decode(), f[b"e"]) for i, f in items]
+            if lease is not None and not await self._renew(keys=[lease], args=[token, LEASE_MS]):
+                raise LeaseLost(conv_id)
             await self.archive.write(conv, int(ver or 0), entries)  # the state, even with no entry to copy
             if not entries:
                 break
