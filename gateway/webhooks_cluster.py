@@ -46,6 +46,11 @@ end
 return 1
 """
 _UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+class _LeaseLost(Exception):
+    pass
 
 
 def event_id(tenant: str, conv: str, seq: int, sub: str) -> str:
@@ -66,6 +71,7 @@ class CursorSender:
         self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "swept": 0}
         self._finish = coord.r.register_script(_FINISH)
         self._unlease = coord.r.register_script(_UNLEASE)
+        self._renew = coord.r.register_script(_RENEW)
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
@@ -115,15 +121,19 @@ class CursorSender:
             if not await r.set(lease, token, nx=True, px=LEASE_MS):
                 continue
             try:
-                later = await self.send_conversation(tenant, conv)
-                await self._finish(keys=[self._queue()], args=[m, int(score), "" if later is None else later])
+                later = await self.send_conversation(tenant, conv, lease, token)
+            except _LeaseLost:
+                continue  # the node that took it over goes on from the cursor
             finally:
                 await self._unlease(keys=[lease], args=[token])
+            await self._finish(keys=[self._queue()], args=[m, int(score), "" if later is None else later])
             worked += 1
         return worked
 
-    async def send_conversation(self, tenant: str, conv: str) -> int | None:
-        """Every subscription of `tenant` brought up to the conversation's last seq; when to try again (ms), or None."""
+    async def send_conversation(self, tenant: str, conv: str, lease: str | None = None, token: str = "") -> int | None:
+        """Every subscription of `tenant` brought up to the conversation's last seq; when to try again (ms), or
+        None. `lease` is renewed before each delivery: a pass slower than LEASE_MS (a slow receiver) keeps
+        it, and one that lost it stops (_LeaseLost) before sending anything out of order or twice."""
         r = self.coord.r
         subs = self.by_tenant.get(tenant, [])
         wh = self.coord._ck(tenant, conv, "wh")
@@ -141,6 +151,8 @@ class CursorSender:
                 for e in entries:
                     if event_type(e) in sub.events:
                         assert self._http is not None
+                        if lease is not None and not await self._renew(keys=[lease], args=[token, LEASE_MS]):
+                            raise _LeaseLost(conv)
                         eid = event_id(tenant, conv, e["seq"], sub.name)
                         error = await deliver(self._http, sub, eid, tenant, conv, e.get("ts", 0), e)
                         if error is not None:

@@ -52,7 +52,9 @@ class RedisLog:
         """Queue the conversation for the webhook senders (gateway/webhooks_cluster.py), not waiting: if
         this node dies first, a sweep finds the conversation (its last seq past a cursor)."""
         key = f"{self._p}:whq"
-        fut = self._pipes.for_key(key).call("ZADD", key, "NX", int(time.time() * 1000), member(tenant, conv_id))
+        # GT: a conversation being sent is queued again (its score moves, so the pass keeps it), one in
+        # backoff keeps its later time.
+        fut = self._pipes.for_key(key).call("ZADD", key, "GT", int(time.time() * 1000), member(tenant, conv_id))
         fut.add_done_callback(_ignore)
 
     def _archive_later(self, tenant: str, conv_id: str) -> None:
