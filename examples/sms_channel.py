@@ -28,7 +28,7 @@ from gateway.channels import Channel
 
 class SmsChannel(Channel):
     async def inbound(self, request: web.Request) -> tuple[str, str, str] | web.Response:
-        if not hmac.compare_digest(request.headers.get("X-Sms-Secret", ""), self.settings["secret"]):
+        if not hmac.compare_digest(request.headers.get("X-Sms-Secret", "").encode("utf-8", "replace"), self.settings["secret"].encode()):
             return web.json_response({"error": "bad secret"}, status=401)
         sms = await request.json()
         if not all(isinstance(sms.get(k), str) and sms.get(k) for k in ("from", "id", "body")):

@@ -107,7 +107,8 @@ def verify(secret: str, headers: Any, body: bytes, now: float | None = None, win
         raise ValueError("missing Chatgw-Event-Id or Chatgw-Timestamp")
     if abs((time.time() if now is None else now) - int(ts)) > window_s:
         raise ValueError("timestamp outside the replay window")
-    if not hmac.compare_digest(signature(secret, event_id, int(ts), body), headers.get("Chatgw-Signature", "")):
+    if not hmac.compare_digest(signature(secret, event_id, int(ts), body).encode(),
+                               headers.get("Chatgw-Signature", "").encode("utf-8", "replace")):  # bytes: a non-ASCII header is just wrong
         raise ValueError("bad signature")
     return event_id
 

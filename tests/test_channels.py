@@ -32,6 +32,7 @@ class FakeTelegram:
     def __init__(self):
         self.sent: list[dict] = []
         self.failing = 0
+        self.blocked_text: str | None = None  # answered 403 for good, as when a user blocked the bot
 
     async def send_message(self, request: web.Request) -> web.Response:
         assert request.match_info["token"] == TG_TOKEN
@@ -39,6 +40,9 @@ class FakeTelegram:
         if self.failing:
             self.failing -= 1
             return web.json_response({"ok": False, "error_code": 502, "description": "Bad Gateway"}, status=502)
+        if body["text"] == self.blocked_text:
+            return web.json_response({"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked"},
+                                     status=403)
         self.sent.append(body)
         return web.json_response({"ok": True, "result": {"message_id": len(self.sent), "chat": {"id": body["chat_id"]},
                                                          "text": body["text"], "date": 0}})
@@ -229,4 +233,31 @@ async def test_in_cluster_mode_another_node_takes_a_dead_nodes_contacts_over(tmp
     finally:
         a_node.stop()
         b_node.stop()
+        await tg_runner.cleanup()
+
+
+async def test_a_message_telegram_refuses_for_good_is_skipped_and_the_rest_goes_on(tmp_path):
+    tg = FakeTelegram()
+    tg.blocked_text = "refused one"
+    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
+    tenant = uid("t")
+    cfg = tmp_path / "chatgw.toml"
+    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
+                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    gw = start_gateway(data_dir=str(tmp_path / "data"), config=str(cfg))
+    try:
+        agent = await Client.connect(gw, "agent", "ann", tenant)
+        await agent.request({"t": "status", "status": "online", "capacity": 5}, "status")
+        assert _post(f"{gw.http_url}/channels/tg", _update(1, 5, 1, "hi"), {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})[0] == 200
+        conv = (await agent.next("msg", lambda e: e["text"] == "hi"))["conv"]
+        for text in ("first", "refused one", "after it"):
+            await agent.msg(conv, text)
+        await agent.send({"t": "msg", "conv": conv, "id": "att", "text": "", "att": [{"ref": "s3://x/y.pdf", "name": "y.pdf"}]})
+        await wait_for(lambda: len(tg.sent) == 3, what="the others, past the refused one")
+        assert [m["text"] for m in tg.sent] == ["first", "after it", "(attachment: y.pdf)"]
+        # A secret header that is not even ASCII is a wrong secret, not a server error.
+        assert _post(f"{gw.http_url}/channels/tg", _update(2, 5, 2, "x"),
+                     {"X-Telegram-Bot-Api-Secret-Token": "\u00e9t\u00e9"})[0] == 401
+    finally:
+        gw.stop()
         await tg_runner.cleanup()

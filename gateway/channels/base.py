@@ -39,6 +39,24 @@ log = logging.getLogger("gateway.channels")
 BACKOFF_S, BACKOFF_CAP_S = 0.2, 60.0
 
 
+class Refused(Exception):
+    """A platform's permanent no (a 4xx that sending again won't change): the entry is skipped."""
+
+
+def text_of(entry: dict[str, Any]) -> str:
+    """What a plain-text platform shows for an entry: its text, its attachments, or the close."""
+    if entry["t"] != "msg":
+        return "This conversation is closed."
+    if entry.get("text"):
+        return entry["text"]
+    names = [str(a.get("name") or a.get("ref")) for a in entry.get("att") or [] if isinstance(a, dict)]
+    return "(attachment: " + ", ".join(names) + ")" if names else "(attachment)"
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0.5, 1.5) * min(BACKOFF_CAP_S, BACKOFF_S * 2 ** attempt))
+
+
 class ContactSession(ChannelSession):
     """One contact's conversation, relayed out through its channel."""
 
@@ -60,16 +78,41 @@ class ContactSession(ChannelSession):
     async def _relay(self) -> None:
         while True:
             env = await self.queue.get()
-            record = await self.ch.coord.contact(self.tenant, self.ch.name, self.external_id) or {}
-            if env["conv"] != record.get("conv") or env["seq"] <= record.get("seq", 0):
-                continue  # another conversation's, or sent already (a replay overlapping live)
-            if (env["t"] == "msg" and env.get("from") != self.user) or (env["t"] == "event" and env.get("ev") == "closed"):
-                attempt = 0
-                while (error := await self.ch.send(self.external_id, env)) is not None:
-                    log.warning("%s: sending to %s failed (tried again): %s", self.ch.name, self.external_id, error)
-                    await asyncio.sleep(random.uniform(0.5, 1.5) * min(BACKOFF_CAP_S, BACKOFF_S * 2 ** attempt))
+            attempt = 0
+            while True:
+                try:
+                    await self._relay_one(env)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - shared state away, a platform's odd answer: tried again
+                    log.warning("%s: relaying seq %s to %s failed (tried again): %s: %s", self.ch.name, env.get("seq"),
+                                self.external_id, type(e).__name__, e)
+                    await _backoff(attempt)
                     attempt += 1
-            await self.ch.coord.save_contact(self.tenant, self.ch.name, self.external_id, {**record, "seq": env["seq"]})
+
+    async def _relay_one(self, env: dict[str, Any]) -> None:
+        contacts = self.ch.coord
+        record = await contacts.contact(self.tenant, self.ch.name, self.external_id) or {}
+        if env["conv"] != record.get("conv") or env["seq"] <= record.get("seq", 0):
+            return  # another conversation's, or sent already (a replay overlapping live)
+        if (env["t"] == "msg" and env.get("from") != self.user) or (env["t"] == "event" and env.get("ev") == "closed"):
+            attempt = 0
+            while True:
+                try:
+                    error = await self.ch.send(self.external_id, env)
+                except Refused as e:  # the platform will never take it: skipped, the rest goes on
+                    log.warning("%s: %s refused seq %s for good: %s", self.ch.name, self.external_id, env["seq"], e)
+                    break
+                if error is None:
+                    break
+                log.warning("%s: sending to %s failed (tried again): %s", self.ch.name, self.external_id, error)
+                await _backoff(attempt)
+                attempt += 1
+        # The cursor moves only if the contact is still on this conversation (it may have opened another meanwhile).
+        now = await contacts.contact(self.tenant, self.ch.name, self.external_id) or {}
+        if now.get("conv") == env["conv"] and now.get("seq", 0) < env["seq"]:
+            await contacts.save_contact(self.tenant, self.ch.name, self.external_id, {**now, "seq": env["seq"]})
 
 
 class Channel(ABC):
@@ -100,7 +143,7 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, external_id: str, entry: dict[str, Any]) -> str | None:
         """Put one entry (a message, or the close) on the platform for that user; None when it took it,
-        else why not (tried again)."""
+        else why not (tried again). Raises `Refused` when the platform will never take it (skipped)."""
 
     async def start(self) -> None:
         """Bring back the sessions of contacts with an open conversation (resumed from their cursors);
@@ -156,7 +199,9 @@ class Channel(ABC):
 
     def _session(self, external_id: str, visitor: str) -> ContactSession:
         s = self.sessions.get(external_id)
-        if s is None or s.closed:
+        if s is not None and not s.closed and s.task.done():  # its relay ended (a bug): a fresh one
+            s.gone()
+        if s is None or s.closed or s.task.done():
             s = self.sessions[external_id] = ContactSession(self, self.node.hub, Identity(self.tenant, visitor, "visitor"),
                                                             external_id)
             s.open()

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..webhooks import signature, verify
-from .base import Channel
+from .base import Channel, Refused, text_of
 
 
 class HttpChannel(Channel):
@@ -49,7 +49,7 @@ class HttpChannel(Channel):
     async def send(self, external_id: str, entry: dict[str, Any]) -> str | None:
         out: dict[str, Any] = {"user": external_id, "conversation": entry["conv"], "seq": entry["seq"]}
         if entry["t"] == "msg":
-            out.update({"from": entry["from"], "role": entry["role"], "text": entry["text"]})
+            out.update({"from": entry["from"], "role": entry["role"], "text": text_of(entry)})
         else:
             out["closed"] = True
         body = orjson.dumps(out)
@@ -60,6 +60,8 @@ class HttpChannel(Channel):
             self._http = aiohttp.ClientSession()
         try:
             async with self._http.post(self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if 400 <= r.status < 500 and r.status not in (408, 425, 429):
+                    raise Refused(f"HTTP {r.status}")  # the far end says it will never take it
                 return None if 200 <= r.status < 300 else f"HTTP {r.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return f"{type(e).__name__}: {e}"

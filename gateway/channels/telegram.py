@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .base import Channel
+from .base import Channel, Refused, text_of
 
 
 class TelegramChannel(Channel):
@@ -34,7 +34,7 @@ class TelegramChannel(Channel):
         self._http: aiohttp.ClientSession | None = None
 
     async def inbound(self, request: web.Request) -> tuple[str, str, str] | web.Response:
-        if not hmac.compare_digest(request.headers.get("X-Telegram-Bot-Api-Secret-Token", ""), self.secret):
+        if not hmac.compare_digest(request.headers.get("X-Telegram-Bot-Api-Secret-Token", "").encode("utf-8", "replace"), self.secret.encode()):
             return web.json_response({"ok": False, "description": "bad secret token"}, status=401)
         try:
             update = await request.json()
@@ -47,7 +47,7 @@ class TelegramChannel(Channel):
         return str(chat_id), f"{chat_id}:{message_id}", text
 
     async def send(self, external_id: str, entry: dict[str, Any]) -> str | None:
-        text = entry["text"] if entry["t"] == "msg" else "This conversation is closed."
+        text = text_of(entry)
         if self._http is None:
             self._http = aiohttp.ClientSession()
         try:
@@ -57,8 +57,12 @@ class TelegramChannel(Channel):
                 body = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             return f"{type(e).__name__}: {e}"
+        if not isinstance(body, dict):
+            return f"not a Bot API answer: {body!r:.100}"
         if body.get("ok"):
             return None
+        if body.get("error_code") in (400, 403):  # a bad request, or the user blocked the bot: never taken
+            raise Refused(f"{body.get('error_code')}: {body.get('description')}")
         retry_after = (body.get("parameters") or {}).get("retry_after")
         if isinstance(retry_after, int):
             await asyncio.sleep(min(retry_after, 60))
