@@ -203,8 +203,9 @@ async def test_a_full_store_acks_nothing_it_could_not_write(tmp_path):
                 seq, _ = await c.append("t", "c1", {"t": "msg", "from": "v", "text": "x" * 200}, f"id{i}")
                 stored.append(seq)
         # What failed was taken back: the log ends at the last acked entry, and the same entry goes in
-        # once there is room (here: after the limit is lifted).
+        # once there is room (here: after the limit is lifted). The memory budget's count too.
         assert await c.last_seq("t", "c1") == stored[-1]
+        assert c._log_bytes == sum(log.nbytes for log in c._logs.values())
         store._db.execute("PRAGMA max_page_count = 1000000")
         seq, dup = await c.append("t", "c1", {"t": "msg", "from": "v", "text": "again"}, f"id{len(stored)}")
         assert (seq, dup) == (stored[-1] + 1, False)

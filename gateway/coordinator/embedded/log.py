@@ -47,10 +47,10 @@ class _Log:
 class _Appended:
     """An entry waiting for the store's commit (store.py's `PendingEntry`): settled, or taken back."""
 
-    __slots__ = ("cid", "log", "seq")
+    __slots__ = ("cid", "log", "owner", "seq")
 
-    def __init__(self, log: _Log, seq: int, cid: str | None):
-        self.log, self.seq, self.cid = log, seq, cid
+    def __init__(self, log: _Log, seq: int, cid: str | None, owner: MemoryLog):
+        self.log, self.seq, self.cid, self.owner = log, seq, cid, owner
 
     def settled(self) -> None:
         self.log.pending -= 1
@@ -59,7 +59,9 @@ class _Appended:
         log = self.log
         log.pending -= 1
         if log.entries and log.first + len(log.entries) - 1 == self.seq:
-            log.nbytes -= log.entries.pop()
+            freed = log.entries.pop()
+            log.nbytes -= freed
+            self.owner._log_bytes -= freed  # the node's total too, or the budget drifts up with every failed commit
         if self.cid is not None and log.ids.get(self.cid) == self.seq:
             del log.ids[self.cid]
 
@@ -224,7 +226,8 @@ class MemoryLog(ConversationLog):
             log.ids[client_id] = seq
         if self._store is not None:
             log.pending += 1
-            self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), cid, packed, _Appended(log, seq, client_id))
+            self._store.add_entry(tenant, conv_id, seq, entry.get("from", ""), cid, packed,
+                                  _Appended(log, seq, client_id, self))
             if closed:
                 self._store.when_durable(self._drop_closed_log, (key,), lambda _e: self._drop_closed_log(key))
         if n >= self._keep:
@@ -233,11 +236,12 @@ class MemoryLog(ConversationLog):
                 log.nbytes -= freed
                 self._log_bytes -= freed
                 log.first += 1
-            if len(log.ids) > 2 * self._keep:
-                # Rebuilt, not popped from the front (a dict's front fills with dummies): once every
-                # `history_keep` appends; until then `_in_window` hides the ids behind the window.
-                first = log.first
-                log.ids = {k: s for k, s in log.ids.items() if s >= first}
+        if len(log.ids) > 2 * self._keep:
+            # Rebuilt, not popped from the front (a dict's front fills with dummies): once every
+            # `history_keep` appends; until then `_in_window` hides the ids behind the window. Against
+            # the window, not `first` (which shedding for the memory budget moves further).
+            oldest = seq - self._keep
+            log.ids = {k: s for k, s in log.ids.items() if s > oldest}
         if self._budget and self._log_bytes > self._budget:
             self._shed_over_budget()
         return seq, False, packed
