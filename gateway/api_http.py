@@ -190,6 +190,8 @@ def add_routes(app: web.Application, node_of: Callable[[web.Request], Any], open
                 return e.response()
             except Unavailable as e:
                 return ApiError("unavailable", str(e) or "shared state unreachable").response()
+            except TimeoutError:  # no reply in time (a stalled commit): it may be stored; the same id is safe
+                return ApiError("unavailable", "no answer in time; send it again with the same id").response()
 
         return handler
 

@@ -364,3 +364,22 @@ async def test_closed_conversations_kept_for_retries_stay_within_a_quarter_of_th
         for i in (0, 199):
             entries, _ = await c.read_after("t", f"c{i}", 0, 100)
             assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+
+
+async def test_erasing_a_visitor_takes_their_contacts_and_unsent_webhook_events_too(tmp_path):
+    async with _coordinator(tmp_path / "data") as (c, store):
+        store.subscribers = lambda tenant, body: ["crm"]  # a webhook subscription wants every entry
+        await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
+        await c.append("t", "c1", {"t": "msg", "from": "v", "text": "my address"}, "m1")
+        await c.save_contact("t", "tg", "777", {"visitor": "v", "conv": "c1", "seq": 0})
+        await c.save_contact("t", "tg", "888", {"visitor": "someone else", "conv": None, "seq": 0})
+        conv = await c.get_conversation("t", "c1")
+        conv.state = "closed"
+        await c.save_conversation(conv)
+        store.commit()
+        assert store.outbox_due("crm", 2**62, 10)
+        assert await c.erase_visitor("t", "v") == ["c1"]
+        assert store.outbox_due("crm", 2**62, 10) == [] and store.dead_letters("t") == []
+        assert await c.contact("t", "tg", "777") is None and await c.contact("t", "tg", "888") is not None
+    async with _coordinator(tmp_path / "data") as (again, _):  # and on disk
+        assert await again.contact("t", "tg", "777") is None

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import api_session
 from ..auth import Identity
+from ..coordinator import Unavailable
 from ..coordinator.redis.keys import q
 from ..protocol import Outgoing
 from ..session import ChannelSession
@@ -208,6 +209,12 @@ class Channel(ABC):
         return s
 
     async def receive(self, request: web.Request) -> web.Response:
+        try:
+            return await self._receive(request)
+        except (TimeoutError, Unavailable) as e:  # the platform sends it again; the same message id is stored once
+            return web.json_response({"error": f"unavailable: {type(e).__name__}: {e}"}, status=503)
+
+    async def _receive(self, request: web.Request) -> web.Response:
         got = await self.inbound(request)
         if isinstance(got, web.Response):
             return got

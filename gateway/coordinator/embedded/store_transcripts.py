@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import orjson
@@ -48,11 +49,25 @@ class StoreTranscripts:
         truncated, so nothing of them stays in the files.
         """
         return self._delete(tenant, "visitor = ?", (visitor,),
-                            [("DELETE FROM sticky WHERE tenant = ? AND visitor = ?", (tenant, visitor))])
+                            [("DELETE FROM sticky WHERE tenant = ? AND visitor = ?", (tenant, visitor)),
+                             # the channels' contacts that were this visitor (gateway/channels)
+                             ("DELETE FROM contacts WHERE tenant = ? AND json_extract(doc, '$.visitor') = ?",
+                              (tenant, visitor))])
 
     def expire(self, tenant: str, before_ms: int) -> list[str]:
         """Delete `tenant`'s closed conversations opened before `before_ms`, as `erase_visitor` does; the ids."""
         return self._delete(tenant, "state = 'closed' AND created_ms < ?", (before_ms,), [])
+
+    @staticmethod
+    def _truncate_wal(db: sqlite3.Connection) -> None:
+        """Copy the WAL into the database and empty it, so deleted rows leave no copy there. The store's
+        checkpoint thread may hold the checkpoint lock a moment: SQLite then answers busy, and this tries again."""
+        for _ in range(50):
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.01)
+        raise sqlite3.OperationalError("the WAL stayed busy: the erasure is done but its copy in the WAL is not cleared yet")
 
     def tenants(self) -> set[str]:
         db = self._db
@@ -71,10 +86,13 @@ class StoreTranscripts:
             db.execute("BEGIN")
             db.executemany("DELETE FROM entries WHERE conv = ?", [(k,) for k, _ in rows])
             db.executemany("DELETE FROM conversations WHERE key = ?", [(k,) for k, _ in rows])
+            # Webhook events of them not sent yet, or dead, go too (store_outbox.py).
+            db.executemany("DELETE FROM outbox WHERE tenant = ? AND conv = ?", [(tenant, c) for _, c in rows])
+            db.executemany("DELETE FROM dead WHERE tenant = ? AND conv = ?", [(tenant, c) for _, c in rows])
             for sql, p in also:
                 db.execute(sql, p)
             db.execute("COMMIT")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._truncate_wal(db)
         except sqlite3.Error as e:
             if db.in_transaction:
                 db.execute("ROLLBACK")

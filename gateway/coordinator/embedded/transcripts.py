@@ -23,6 +23,7 @@ class MemoryTranscripts(Transcripts):
     _closed: deque[tuple[float, tuple[str, str], int]]
     _closed_bytes: int
     _retention: Retention | None
+    _contacts: dict[tuple[str, str, str], dict[str, Any]]
 
     async def list_conversations(self, tenant: str, *, since_ms: int | None = None, until_ms: int | None = None,
                                  state: str | None = None, agent: str | None = None, limit: int = 100,
@@ -43,6 +44,8 @@ class MemoryTranscripts(Transcripts):
         if self._store is not None:
             erased = sorted(set(erased) | set(self._store.erase_visitor(tenant, visitor)))
         self._sticky.pop((tenant, visitor), None)
+        for key in [k for k, rec in self._contacts.items() if k[0] == tenant and rec.get("visitor") == visitor]:
+            del self._contacts[key]  # a channel's user who was this visitor (gateway/channels)
         self._forget(tenant, erased)
         return erased
 

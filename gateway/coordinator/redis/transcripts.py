@@ -14,6 +14,8 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
+
 from routing.model import Conversation
 
 from ..base import Unavailable
@@ -21,6 +23,7 @@ from ..ports import Transcripts
 from ..postgres import PostgresArchive
 from .archiver import LEASE_MS, lease_token, member
 from .errors import available_errors
+from .keys import q
 
 _WHY = "cluster mode lists conversations from its PostgreSQL archive, and none is configured (archive_url)"
 
@@ -47,9 +50,10 @@ class RedisTranscripts(Transcripts):
         conv_ids = sorted(ids)
         if self._archive is not None:
             await self._hold_leases(tenant, conv_ids)  # no archiver copies one back while it goes
-        # Each conversation's keys share a slot: one DEL each, all at once.
-        await asyncio.gather(*(self.r.delete(*(self._ck(tenant, c, part) for part in ("doc", "log", "ids", "meta")))
+        # Each conversation's keys share a slot: one DEL each, all at once (webhook cursors too).
+        await asyncio.gather(*(self.r.delete(*(self._ck(tenant, c, part) for part in ("doc", "log", "ids", "meta", "wh")))
                                for c in conv_ids))
+        await self._erase_around(tenant, visitor, set(conv_ids))
         for conv_id in conv_ids:
             self._forget(tenant, conv_id)
         if self._archive is not None and conv_ids:
@@ -60,6 +64,20 @@ class RedisTranscripts(Transcripts):
         await self.r.delete(*(self._vk(tenant, visitor, part) for part in ("convs", "sticky", "open")))
         await self.forget_everywhere(tenant, conv_ids)
         return conv_ids
+
+    async def _erase_around(self, tenant: str, visitor: str, conv_ids: set[str]) -> None:
+        """What else holds the visitor: webhook dead letters of the conversations (gateway/webhooks_cluster.py)
+        and the channels' contacts that were this visitor (gateway/channels)."""
+        dead_key = f"{self._p}:{{w:{q(tenant)}}}:dead"
+        dead = await self.r.hgetall(dead_key)
+        gone = [k for k, v in dead.items() if orjson.loads(v).get("conv") in conv_ids]
+        if gone:
+            await self.r.hdel(dead_key, *gone)
+        async for key in self.r.scan_iter(match=f"{self._p}:{{k:{q(tenant)}}}:contacts:*", count=1000):
+            records = await self.r.hgetall(key)
+            them = [k for k, v in records.items() if orjson.loads(v).get("visitor") == visitor]
+            if them:
+                await self.r.hdel(key, *them)
 
     async def _hold_leases(self, tenant: str, conv_ids: list[str]) -> None:
         """Take each conversation's archiving lease (archiver.py), waiting for a node that holds one
