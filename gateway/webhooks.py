@@ -164,7 +164,7 @@ class Sender:
         for row in self.store.outbox_due(sub.name, int(time.time() * 1000), BATCH):
             error = await self._post(sub, row)
             if error is None:
-                self.store.outbox_done(row["id"])
+                self.store.outbox_done(row)
                 self.stats["delivered"] += 1
                 continue
             self.stats["failed_attempts"] += 1
@@ -176,7 +176,7 @@ class Sender:
                             error)
                 continue  # out of the way: the next event may go
             delay = min(BACKOFF_CAP_S, sub.backoff_s * 2 ** row["attempts"]) * random.uniform(0.5, 1.5)
-            self.store.outbox_retry(row["id"], now + int(delay * 1000))
+            self.store.outbox_retry(row, now + int(delay * 1000))
             return  # in order: nothing after it goes before it
 
     async def _post(self, sub: Subscription, row: dict[str, Any]) -> str | None:

@@ -18,10 +18,10 @@ from typing import Any
 from ..base import Unavailable
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant TEXT NOT NULL, conv TEXT NOT NULL,
-    seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,
-    body BLOB NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sub, created_ms, seq);
+CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY, id TEXT NOT NULL, sub TEXT NOT NULL,
+    tenant TEXT NOT NULL, conv TEXT NOT NULL, seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sub, n);
 CREATE TABLE IF NOT EXISTS dead (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant TEXT NOT NULL, conv TEXT NOT NULL,
     seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,
     body BLOB NOT NULL) WITHOUT ROWID;
@@ -62,28 +62,29 @@ class StoreOutbox:
         return self._db
 
     def outbox_due(self, sub: str, now_ms: int, limit: int) -> list[dict[str, Any]]:
-        """The subscription's oldest rows, in order (the first one that is not due yet stops the list:
-        a receiver gets its events in order)."""
+        """The subscription's oldest rows, in the order they were committed (`n`, not the wall clock, which
+        may step back), up to the first one not due yet: a receiver gets its events in order."""
         rows = self._db_or_unavailable().execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE sub = ? ORDER BY created_ms, seq, id LIMIT ?", (sub, limit)).fetchall()
+            f"SELECT n, {_COLUMNS} FROM outbox WHERE sub = ? ORDER BY n LIMIT ?", (sub, limit)).fetchall()
         out = []
         for r in rows:
-            if r[6] > now_ms:
+            row = dict(zip(("n", *_COLUMNS.split(", ")), r, strict=True))
+            if row["next_ms"] > now_ms:
                 break
-            out.append(dict(zip(_COLUMNS.split(", "), r, strict=True)))
+            out.append(row)
         return out
 
-    def outbox_done(self, event_id: str) -> None:
-        self._write(("DELETE FROM outbox WHERE id = ?", (event_id,)))
+    def outbox_done(self, row: dict[str, Any]) -> None:
+        self._write(("DELETE FROM outbox WHERE n = ?", (row["n"],)))
 
-    def outbox_retry(self, event_id: str, next_ms: int) -> None:
-        self._write(("UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE id = ?", (next_ms, event_id)))
+    def outbox_retry(self, row: dict[str, Any], next_ms: int) -> None:
+        self._write(("UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE n = ?", (next_ms, row["n"])))
 
     def outbox_bury(self, row: dict[str, Any], error: str) -> None:
         """Past its age: to the dead letters, out of the way of the events after it."""
         self._write(("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (row["id"], row["sub"], row["tenant"], row["conv"], row["seq"], row["created_ms"], row["attempts"] + 1,
-                      error[:500], row["body"])), ("DELETE FROM outbox WHERE id = ?", (row["id"],)))
+                      error[:500], row["body"])), ("DELETE FROM outbox WHERE n = ?", (row["n"],)))
 
     def dead_letters(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         cols = ("id", "sub", "tenant", "conv", "seq", "created_ms", "attempts", "error")
@@ -99,7 +100,7 @@ class StoreOutbox:
         if row is None:
             return False
         now = int(time.time() * 1000)
-        self._write((f"INSERT OR REPLACE INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        self._write((f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
                      (*row[:5], now, now, row[5])), ("DELETE FROM dead WHERE id = ?", (event_id,)))
         return True
 
