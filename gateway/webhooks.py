@@ -35,7 +35,7 @@ log = logging.getLogger("gateway.webhooks")
 # `conversation.bot` (a bot answers first) or `conversation.queued` at seq 1 is the conversation's opening;
 # `conversation.handoff` is a bot handing the visitor to people.
 EVENTS = ("message.created", "conversation.bot", "conversation.queued", "conversation.assigned", "conversation.transferred",
-          "conversation.requeued", "conversation.handoff", "conversation.closed")
+          "conversation.requeued", "conversation.handoff", "conversation.closed", "agent.status")
 BACKOFF_CAP_S = 300.0
 POLL_S = 0.2
 BATCH = 50
@@ -90,7 +90,10 @@ def event_type(entry: dict[str, Any]) -> str | None:
     if entry.get("t") == "event":
         kind = f"conversation.{entry.get('ev')}"
         return kind if kind in EVENTS else None
+    if entry.get("t") == "agent":
+        return "agent.status"
     return None
+
 
 
 def signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str:

@@ -53,7 +53,7 @@ class _LeaseLost(Exception):
     pass
 
 
-def event_id(tenant: str, conv: str, seq: int, sub: str) -> str:
+def event_id(tenant: str, conv: str, seq: int | str, sub: str) -> str:
     return "evt_" + hashlib.sha256(f"{tenant}\\0{conv}\\0{seq}\\0{sub}".encode()).hexdigest()[:24]
 
 
@@ -102,7 +102,7 @@ class CursorSender:
                 if time.monotonic() - self._last_sweep > self.sweep_s:
                     self._last_sweep = time.monotonic()
                     await self.sweep()
-                busy = await self.pass_once()
+                busy = await self.pass_once() + await self.send_agent_events()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the loop outlives any one failure; the cursors stay
@@ -182,6 +182,54 @@ class CursorSender:
         if again is None and await self.coord.last_seq(tenant, conv) > last:
             return int(time.time() * 1000)  # entries came during the pass: again at once
         return again
+
+    async def send_agent_events(self) -> int:
+        """Each tenant's `agent.status` events (the stream `P:{a:T}:events`, written with the agent by
+        upsert_agent.lua), one node at a time per tenant, in stream order per subscription; how many sent."""
+        r = self.coord.r
+        sent = 0
+        for tenant, subs in self.by_tenant.items():
+            subs = [s for s in subs if "agent.status" in s.events]
+            if not subs:
+                continue
+            stream, wh = self.coord._ak(tenant, "events"), self.coord._ak(tenant, "events:wh")
+            lease, token = self.coord._ak(tenant, "events:lease"), f"{self.coord.node_id}/{secrets.token_hex(6)}"
+            if not await r.set(lease, token, nx=True, px=LEASE_MS):
+                continue
+            try:
+                state = {k.decode(): v.decode() for k, v in (await r.hgetall(wh)).items()}
+                now = int(time.time() * 1000)
+                for sub in subs:
+                    if int(state.get(f"due:{sub.name}", 0)) > now:
+                        continue  # in backoff
+                    cursor = state.get(f"wh:{sub.name}", "0-0")
+                    for sid, fields in await r.xrange(stream, f"({cursor}", "+", count=BATCH):
+                        if not await self._renew(keys=[lease], args=[token, LEASE_MS]):
+                            raise _LeaseLost(tenant)
+                        e = orjson.loads(fields[b"e"])
+                        eid = event_id(tenant, "", sid.decode(), sub.name)
+                        assert self._http is not None
+                        error = await deliver(self._http, sub, eid, tenant, "", e.get("ts", 0), e)
+                        if error is not None and now - e.get("ts", now) <= sub.max_age_s * 1000:
+                            attempts = int(state.get(f"n:{sub.name}", 0))
+                            delay = min(BACKOFF_CAP_S, sub.backoff_s * 2 ** attempts) * random.uniform(0.5, 1.5)
+                            await r.hset(wh, mapping={f"n:{sub.name}": attempts + 1, f"due:{sub.name}": now + int(delay * 1000)})
+                            self.stats["failed_attempts"] += 1
+                            break
+                        if error is not None:
+                            await r.hset(self._dead_key(tenant), eid, orjson.dumps(
+                                {"id": eid, "sub": sub.name, "tenant": tenant, "conv": "", "seq": 0,
+                                 "created_ms": e.get("ts", 0), "attempts": 1, "error": error, "entry": e}))
+                            self.stats["dead"] += 1
+                        else:
+                            self.stats["delivered"] += 1
+                            sent += 1
+                        await r.hset(wh, mapping={f"wh:{sub.name}": sid.decode(), f"n:{sub.name}": 0, f"due:{sub.name}": 0})
+            except _LeaseLost:
+                continue
+            finally:
+                await self._unlease(keys=[lease], args=[token])
+        return sent
 
     async def sweep(self) -> None:
         """One node at a time: queue every conversation of a subscribed tenant whose log is past a cursor."""

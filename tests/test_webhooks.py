@@ -87,7 +87,12 @@ async def _chat(gw, tenant: str, n: int) -> str:
 
 
 def _kinds(events: list[dict]) -> list[str]:
-    return [e["type"] for e in events]
+    """The conversation's events (agent.status events are the agents', checked apart)."""
+    return [e["type"] for e in events if e["type"] != "agent.status"]
+
+
+def _convs(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] != "agent.status"]
 
 
 async def test_events_arrive_signed_in_order_once_each(tmp_path):
@@ -99,13 +104,21 @@ async def test_events_arrive_signed_in_order_once_each(tmp_path):
         await wait_for(lambda: "conversation.closed" in _kinds(rx.events), what="the close's webhook")
         assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned", "message.created",
                                      "message.created", "message.created", "conversation.closed"]
-        assert {e["conversation"] for e in rx.events} == {conv} and {e["tenant"] for e in rx.events} == {tenant}
-        assert [e["data"]["seq"] for e in rx.events] == list(range(1, 7))
-        assert [e["data"]["text"] for e in rx.events if e["type"] == "message.created"] == [f"question {i}" for i in range(3)]
-        assert len(set(rx.ids)) == 6
+        convs = _convs(rx.events)
+        assert {e["conversation"] for e in convs} == {conv} and {e["tenant"] for e in rx.events} == {tenant}
+        assert [e["data"]["seq"] for e in convs] == list(range(1, 7))
+        assert [e["data"]["text"] for e in convs if e["type"] == "message.created"] == [f"question {i}" for i in range(3)]
+        assert len(set(rx.ids)) == len(rx.events)
+        # The agent's status changes: connected, online, and gone when it left.
+        await wait_for(lambda: [e["data"]["connected"] for e in rx.events if e["type"] == "agent.status"][-1:] == [False],
+                       what="the agent's leaving")
+        statuses = [(e["data"]["agent"], e["data"]["status"], e["data"]["connected"]) for e in rx.events
+                    if e["type"] == "agent.status"]
+        assert ("ann", "online", True) in statuses and statuses[-1] == ("ann", "online", False)
         # Another tenant's conversation sends nothing to this subscription.
+        before = len(rx.events)
         await _chat(gw, uid("other"), 1)
-        assert len(rx.events) == 6
+        assert len(rx.events) == before
     finally:
         gw.stop()
         await rx.stop()
@@ -129,10 +142,10 @@ async def test_a_receiver_down_for_a_while_and_a_node_restart_lose_nothing(tmp_p
         refused = rx.refused
         await wait_for(lambda: rx.refused > refused, what="the restarted node retrying")
         rx.down = False
-        await wait_for(lambda: len(rx.events) == 7, what="every event, once the receiver is back")
+        await wait_for(lambda: len(_convs(rx.events)) == 7, what="every event, once the receiver is back")
         assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned"] + ["message.created"] * 4 + \
             ["conversation.closed"]
-        assert [e["data"]["seq"] for e in rx.events] == list(range(1, 8))
+        assert [e["data"]["seq"] for e in _convs(rx.events)] == list(range(1, 8))
     finally:
         gw.stop()
         await rx.stop()
@@ -223,11 +236,14 @@ async def test_cluster_nodes_lose_no_event_when_the_appending_node_dies(request,
         await wait_for(lambda: "conversation.closed" in _kinds(rx.events), what="every event, from B", timeout=30)
         assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned", "message.created",
                                      "message.created", "message.created", "conversation.closed"]
-        assert [e["data"]["seq"] for e in rx.events] == list(range(1, 7))
-        assert {e["conversation"] for e in rx.events} == {conv}
+        convs = _convs(rx.events)
+        assert [e["data"]["seq"] for e in convs] == list(range(1, 7))
+        assert {e["conversation"] for e in convs} == {conv}
         from gateway.webhooks_cluster import event_id
 
-        assert rx.ids == [event_id(tenant, conv, seq, "crm") for seq in range(1, 7)]
+        assert [e["id"] for e in convs] == [event_id(tenant, conv, seq, "crm") for seq in range(1, 7)]
+        assert ("ann", "online", True) in [(e["data"]["agent"], e["data"]["status"], e["data"]["connected"])
+                                           for e in rx.events if e["type"] == "agent.status"]
     finally:
         r.close()
         a_node.stop()

@@ -39,6 +39,16 @@ __all__ = ["Agent", "AgentsAndQueue", "Conversation", "ConversationLog", "Conver
            "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "SyncLog", "Transcripts", "Unavailable", "idempotency_key"]
 
 
+def agent_event(agent: Agent) -> dict[str, Any]:
+    """The `agent.status` webhook event's data (gateway/webhooks.py) for an agent whose status or
+    connection changed: kept with the agent's own write, in the embedded store's outbox or in Redis's
+    `P:{a:T}:events` stream."""
+    import time
+
+    return {"t": "agent", "agent": agent.id, "status": agent.status, "connected": agent.connected,
+            "available": agent.available, "ts": int(time.time() * 1000)}
+
+
 def idempotency_key(sender: str, client_id: str) -> str:
     """Where the log remembers a client message id: per sender, since each client picks its own.
 

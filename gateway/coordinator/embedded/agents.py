@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
+import orjson
+
 from routing.load_index import make_load_index
 from routing.model import Agent
 
+from ..base import agent_event
 from ..ports import AgentsAndQueue
 from .store import Store
 
@@ -28,7 +31,8 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
         old = self._agents.get(key)
         agent = replace(agent, load=old.load if old else 0)
         if self._store is not None:
-            self._store.save_agent(agent)
+            changed = old is None or (old.status, old.connected) != (agent.status, agent.connected)
+            self._store.save_agent(agent, orjson.dumps(agent_event(agent)) if changed else None)
         self._agents[key] = agent
         self._index.upsert(
             self._ikey(agent.tenant, agent.id),

@@ -252,10 +252,17 @@ class Store(StoreTranscripts, StoreApiKeys, StoreOutbox):
     def save_sticky(self, tenant: str, visitor: str, agent: str) -> None:
         self._write_ahead("INSERT OR REPLACE INTO sticky VALUES (?, ?, ?)", (tenant, visitor, agent))
 
-    def save_agent(self, agent: Agent) -> None:
+    def save_agent(self, agent: Agent, event: bytes | None = None) -> None:
+        """The agent, and `event` (its `agent.status` webhook event, when its status changed) for the
+        subscriptions that want it, in one transaction (store_outbox.py)."""
         doc = asdict(agent)
         doc.pop("load", None)  # the load is the agent's assigned conversations, counted at start
-        self._write_ahead("INSERT OR REPLACE INTO agents VALUES (?, ?, ?)", (agent.tenant, agent.id, orjson.dumps(doc)))
+        save = ("INSERT OR REPLACE INTO agents VALUES (?, ?, ?)", (agent.tenant, agent.id, orjson.dumps(doc)))
+        rows = self._outbox_rows_for(agent.tenant, "", 0, event) if event is not None else []
+        if not rows:
+            self._write_ahead(*save)
+        else:
+            self._write(save, *rows)
 
     def enqueue(self, tenant: str, group: str, conv_id: str, front: bool) -> None:
         # Position: before the first or after the last of the queue.

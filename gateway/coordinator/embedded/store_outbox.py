@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS dead (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant 
 """
 
 _COLUMNS = "id, sub, tenant, conv, seq, created_ms, next_ms, attempts, body"
+_INSERT = f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class StoreOutbox:
@@ -40,17 +41,20 @@ class StoreOutbox:
 
     def _outbox_add(self, tenant: str, conv_id: str, seq: int, body: bytes) -> None:
         """Called for each entry added this turn: a row per subscription that wants it."""
+        for _, params in self._outbox_rows_for(tenant, conv_id, seq, body):
+            self._outbox_rows.append(params)
+
+    def _outbox_rows_for(self, tenant: str, conv_id: str, seq: int, body: bytes) -> list[tuple[str, tuple[Any, ...]]]:
+        """The INSERTs of `body`'s event for each subscription that wants it (none: no subscription)."""
         subs = self.subscribers(tenant, body) if self.subscribers is not None else ()
-        if subs:
-            now = int(time.time() * 1000)
-            for sub in subs:
-                self._outbox_rows.append((f"evt_{secrets.token_hex(12)}", sub, tenant, conv_id, seq, now, now, 0, body))
+        now = int(time.time() * 1000)
+        return [(_INSERT, (f"evt_{secrets.token_hex(12)}", sub, tenant, conv_id, seq, now, now, 0, body)) for sub in subs]
 
     def _outbox_write(self, db: sqlite3.Connection) -> None:
         """Inside the turn's transaction."""
         if self._outbox_rows:
             rows, self._outbox_rows = self._outbox_rows, []
-            db.executemany(f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(_INSERT, rows)
 
     def _outbox_drop(self) -> None:
         """The turn's commit failed: its entries were not stored, so neither are their events."""

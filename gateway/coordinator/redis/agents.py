@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import orjson
 
-from ..base import Agent
+from ..base import Agent, agent_event
 from .errors import available_errors
 from .keys import q
 
@@ -15,14 +15,17 @@ class RedisAgentsAndQueue:
     """The `AgentsAndQueue` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
     the registered scripts and the key builders (keys.py)."""
 
+    webhook_tenants: frozenset[str]  # tenants with webhook subscriptions (gateway/webhooks_cluster.py)
+
     def _agent_doc(self, a: Agent) -> bytes:
         return orjson.dumps({"groups": list(a.groups), "capacity": a.capacity, "status": a.status, "connected": a.connected})
 
     @available_errors
     async def upsert_agent(self, agent: Agent) -> Agent:
+        event = orjson.dumps(agent_event(agent)) if agent.tenant in self.webhook_tenants else b""
         load = await self._upsert_s(
-            keys=[self._ak(agent.tenant, "agents"), self._ak(agent.tenant, "load")],
-            args=[agent.id, self._agent_doc(agent), self._ak(agent.tenant, "avail:")],
+            keys=[self._ak(agent.tenant, "agents"), self._ak(agent.tenant, "load"), self._ak(agent.tenant, "events")],
+            args=[agent.id, self._agent_doc(agent), self._ak(agent.tenant, "avail:"), event],
         )
         return replace(agent, load=int(load))
 

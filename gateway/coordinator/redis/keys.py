@@ -4,6 +4,7 @@
                                  (one hash tag: a conversation stays in one slot, scripts stay atomic)
     P:{v:T:V}:open|sticky|convs  a visitor's open conversation, last agent, and every conversation of theirs
     P:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
+    P:{a:T}:events[:wh|:lease]   agent.status webhook events (a stream), the senders' cursors and lease
     P:{q:T}:q:G                  waiting queues
     P:{l:T:S}:lock|fence         segment lock S of tenant T, with its fencing counter
     P:{p:T:U}:nodes              which nodes hold user U (presence)
