@@ -32,10 +32,11 @@ from aiohttp import web
 
 log = logging.getLogger("gateway.webhooks")
 
-# `conversation.bot` (a bot answers first) or `conversation.queued` at seq 1 is the conversation's opening;
-# `conversation.handoff` is a bot handing the visitor to people.
-EVENTS = ("message.created", "conversation.bot", "conversation.queued", "conversation.assigned", "conversation.transferred",
-          "conversation.requeued", "conversation.handoff", "conversation.closed", "agent.status")
+# `conversation.opened` is sent for a conversation's first entry (seq 1: `bot` when a bot answers first,
+# else `queued`), before that entry's own event; `conversation.handoff` is a bot handing the visitor to people.
+EVENTS = ("message.created", "conversation.opened", "conversation.bot", "conversation.queued", "conversation.assigned",
+          "conversation.transferred", "conversation.requeued", "conversation.handoff", "conversation.closed",
+          "agent.status")
 BACKOFF_CAP_S = 300.0
 POLL_S = 0.2
 BATCH = 50
@@ -83,8 +84,16 @@ def subscriptions(raw: list[dict[str, Any]]) -> list[Subscription]:
     return out
 
 
+def event_types(entry: dict[str, Any]) -> list[str]:
+    """The webhook events an entry makes, in order: its own, with `conversation.opened` first for seq 1."""
+    kind = event_type(entry)
+    if kind is None:
+        return []
+    return ["conversation.opened", kind] if entry.get("t") == "event" and entry.get("seq") == 1 else [kind]
+
+
 def event_type(entry: dict[str, Any]) -> str | None:
-    """The webhook event an entry is, if any."""
+    """The webhook event an entry is (its own kind), if any."""
     if entry.get("t") == "msg":
         return "message.created"
     if entry.get("t") == "event":
@@ -130,13 +139,14 @@ class Sender:
         self._http: aiohttp.ClientSession | None = None
         store.subscribers = self.subscribers
 
-    def subscribers(self, tenant: str, body: bytes) -> list[str]:
-        """The subscriptions that want this entry of `tenant` (store_outbox.py asks, per entry)."""
+    def subscribers(self, tenant: str, body: bytes) -> list[tuple[str, str]]:
+        """(subscription, event type) for each event of this entry of `tenant` a subscription wants
+        (store_outbox.py asks, per entry), in order."""
         subs = self._by_tenant.get(tenant)
         if not subs:
             return []
-        kind = event_type(orjson.loads(body))
-        return [s.name for s in subs if kind in s.events]
+        kinds = event_types(orjson.loads(body))
+        return [(s.name, kind) for kind in kinds for s in subs if kind in s.events]
 
     def start(self) -> None:
         self._http = aiohttp.ClientSession()
@@ -185,7 +195,7 @@ class Sender:
     async def _post(self, sub: Subscription, row: dict[str, Any]) -> str | None:
         assert self._http is not None
         return await deliver(self._http, sub, row["id"], row["tenant"], row["conv"], row["created_ms"],
-                             orjson.loads(row["body"]))
+                             orjson.loads(row["body"]), row["kind"])
 
     def dead_letters(self, tenant: str) -> list[dict[str, Any]]:
         return self.store.dead_letters(tenant)
@@ -196,9 +206,10 @@ class Sender:
 
 
 async def deliver(http: aiohttp.ClientSession, sub: Subscription, event_id: str, tenant: str, conv: str, created_ms: int,
-                  entry: dict[str, Any]) -> str | None:
-    """POST one event, signed; None when the receiver took it (2xx), else why not."""
-    body = orjson.dumps({"id": event_id, "type": event_type(entry), "created_ms": created_ms, "tenant": tenant,
+                  entry: dict[str, Any], kind: str | None = None) -> str | None:
+    """POST one event (of type `kind`; default: the entry's own), signed; None when the receiver took it (2xx),
+    else why not."""
+    body = orjson.dumps({"id": event_id, "type": kind or event_type(entry), "created_ms": created_ms, "tenant": tenant,
                          "conversation": conv, "data": entry})
     ts = int(time.time())
     headers = {"Content-Type": "application/json", "Chatgw-Event-Id": event_id, "Chatgw-Timestamp": str(ts),

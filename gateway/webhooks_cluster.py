@@ -29,7 +29,7 @@ import orjson
 
 from .coordinator.redis.archiver import member
 from .coordinator.redis.keys import q
-from .webhooks import BACKOFF_CAP_S, POLL_S, Subscription, deliver, event_type
+from .webhooks import BACKOFF_CAP_S, POLL_S, Subscription, deliver, event_types
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -53,8 +53,9 @@ class _LeaseLost(Exception):
     pass
 
 
-def event_id(tenant: str, conv: str, seq: int | str, sub: str) -> str:
-    return "evt_" + hashlib.sha256(f"{tenant}\\0{conv}\\0{seq}\\0{sub}".encode()).hexdigest()[:24]
+def event_id(tenant: str, conv: str, seq: int | str, sub: str, kind: str = "") -> str:
+    """The id of an event: derived from where it is, so whoever sends it again sends the same id."""
+    return "evt_" + hashlib.sha256("\0".join((tenant, conv, str(seq), sub, kind)).encode()).hexdigest()[:24]
 
 
 class CursorSender:
@@ -149,12 +150,12 @@ class CursorSender:
                     break
                 stop = False
                 for e in entries:
-                    if event_type(e) in sub.events:
+                    for kind in (k for k in event_types(e) if k in sub.events):
                         assert self._http is not None
                         if lease is not None and not await self._renew(keys=[lease], args=[token, LEASE_MS]):
                             raise _LeaseLost(conv)
-                        eid = event_id(tenant, conv, e["seq"], sub.name)
-                        error = await deliver(self._http, sub, eid, tenant, conv, e.get("ts", 0), e)
+                        eid = event_id(tenant, conv, e["seq"], sub.name, kind)
+                        error = await deliver(self._http, sub, eid, tenant, conv, e.get("ts", 0), e, kind)
                         if error is not None:
                             self.stats["failed_attempts"] += 1
                             attempts = state.get(f"n:{sub.name}", 0)
@@ -168,10 +169,13 @@ class CursorSender:
                                 break
                             await r.hset(self._dead_key(tenant), eid, orjson.dumps(
                                 {"id": eid, "sub": sub.name, "tenant": tenant, "conv": conv, "seq": e["seq"],
-                                 "created_ms": e.get("ts", 0), "attempts": attempts + 1, "error": error, "entry": e}))
+                                 "created_ms": e.get("ts", 0), "attempts": attempts + 1, "error": error, "entry": e,
+                                 "kind": kind}))
                             self.stats["dead"] += 1
                         else:
                             self.stats["delivered"] += 1
+                    if stop:
+                        break  # the cursor stays before this entry: its events go again, the same ids
                     cursor = e["seq"]
                     async with r.pipeline(transaction=False) as p:  # one slot: the conversation's
                         p.hset(wh, mapping={f"wh:{sub.name}": cursor, f"n:{sub.name}": 0})
@@ -264,7 +268,7 @@ class CursorSender:
         sub = next((s for s in self.by_tenant.get(tenant, []) if s.name == d["sub"]), None)
         if sub is None or self._http is None:
             return False
-        error = await deliver(self._http, sub, d["id"], tenant, d["conv"], d["created_ms"], d["entry"])
+        error = await deliver(self._http, sub, d["id"], tenant, d["conv"], d["created_ms"], d["entry"], d.get("kind"))
         if error is not None:
             raise aiohttp.ClientError(f"the receiver refused it again: {error}")
         await self.coord.r.hdel(self._dead_key(tenant), event_id_)

@@ -368,7 +368,7 @@ async def test_closed_conversations_kept_for_retries_stay_within_a_quarter_of_th
 
 async def test_erasing_a_visitor_takes_their_contacts_and_unsent_webhook_events_too(tmp_path):
     async with _coordinator(tmp_path / "data") as (c, store):
-        store.subscribers = lambda tenant, body: ["crm"]  # a webhook subscription wants every entry
+        store.subscribers = lambda tenant, body: [("crm", "message.created")]  # a subscription wants every entry
         await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
         await c.append("t", "c1", {"t": "msg", "from": "v", "text": "my address"}, "m1")
         await c.save_contact("t", "tg", "777", {"visitor": "v", "conv": "c1", "seq": 0})

@@ -102,11 +102,11 @@ async def test_events_arrive_signed_in_order_once_each(tmp_path):
     try:
         conv = await _chat(gw, tenant, 3)
         await wait_for(lambda: "conversation.closed" in _kinds(rx.events), what="the close's webhook")
-        assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned", "message.created",
-                                     "message.created", "message.created", "conversation.closed"]
+        assert _kinds(rx.events) == ["conversation.opened", "conversation.queued", "conversation.assigned",
+                                     "message.created", "message.created", "message.created", "conversation.closed"]
         convs = _convs(rx.events)
         assert {e["conversation"] for e in convs} == {conv} and {e["tenant"] for e in rx.events} == {tenant}
-        assert [e["data"]["seq"] for e in convs] == list(range(1, 7))
+        assert [e["data"]["seq"] for e in convs] == [1, 1, 2, 3, 4, 5, 6]
         assert [e["data"]["text"] for e in convs if e["type"] == "message.created"] == [f"question {i}" for i in range(3)]
         assert len(set(rx.ids)) == len(rx.events)
         # The agent's status changes: connected, online, and gone when it left.
@@ -142,10 +142,10 @@ async def test_a_receiver_down_for_a_while_and_a_node_restart_lose_nothing(tmp_p
         refused = rx.refused
         await wait_for(lambda: rx.refused > refused, what="the restarted node retrying")
         rx.down = False
-        await wait_for(lambda: len(_convs(rx.events)) == 7, what="every event, once the receiver is back")
-        assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned"] + ["message.created"] * 4 + \
-            ["conversation.closed"]
-        assert [e["data"]["seq"] for e in _convs(rx.events)] == list(range(1, 8))
+        await wait_for(lambda: len(_convs(rx.events)) == 8, what="every event, once the receiver is back")
+        assert _kinds(rx.events) == ["conversation.opened", "conversation.queued", "conversation.assigned"] + \
+            ["message.created"] * 4 + ["conversation.closed"]
+        assert [e["data"]["seq"] for e in _convs(rx.events)] == [1] + list(range(1, 8))
     finally:
         gw.stop()
         await rx.stop()
@@ -234,14 +234,14 @@ async def test_cluster_nodes_lose_no_event_when_the_appending_node_dies(request,
         r.delete("cg:whq")  # what A queued is gone too: only the sweep can find the conversation now
         rx.down = False
         await wait_for(lambda: "conversation.closed" in _kinds(rx.events), what="every event, from B", timeout=30)
-        assert _kinds(rx.events) == ["conversation.queued", "conversation.assigned", "message.created",
-                                     "message.created", "message.created", "conversation.closed"]
+        assert _kinds(rx.events) == ["conversation.opened", "conversation.queued", "conversation.assigned",
+                                     "message.created", "message.created", "message.created", "conversation.closed"]
         convs = _convs(rx.events)
-        assert [e["data"]["seq"] for e in convs] == list(range(1, 7))
+        assert [e["data"]["seq"] for e in convs] == [1, 1, 2, 3, 4, 5, 6]
         assert {e["conversation"] for e in convs} == {conv}
         from gateway.webhooks_cluster import event_id
 
-        assert [e["id"] for e in convs] == [event_id(tenant, conv, seq, "crm") for seq in range(1, 7)]
+        assert [e["id"] for e in convs] == [event_id(tenant, conv, e["data"]["seq"], "crm", e["type"]) for e in convs]
         assert ("ann", "online", True) in [(e["data"]["agent"], e["data"]["status"], e["data"]["connected"])
                                            for e in rx.events if e["type"] == "agent.status"]
     finally:

@@ -20,21 +20,21 @@ from ..base import Unavailable
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY, id TEXT NOT NULL, sub TEXT NOT NULL,
     tenant TEXT NOT NULL, conv TEXT NOT NULL, seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL, body BLOB NOT NULL);
+    attempts INTEGER NOT NULL, body BLOB NOT NULL, kind TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sub, n);
 CREATE TABLE IF NOT EXISTS dead (id TEXT PRIMARY KEY, sub TEXT NOT NULL, tenant TEXT NOT NULL, conv TEXT NOT NULL,
     seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,
-    body BLOB NOT NULL) WITHOUT ROWID;
+    body BLOB NOT NULL, kind TEXT NOT NULL) WITHOUT ROWID;
 """
 
-_COLUMNS = "id, sub, tenant, conv, seq, created_ms, next_ms, attempts, body"
-_INSERT = f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS = "id, sub, tenant, conv, seq, created_ms, next_ms, attempts, body, kind"
+_INSERT = f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class StoreOutbox:
     _db: sqlite3.Connection | None
-    # (tenant, entry's JSON) -> the names of the subscriptions that want it; set by webhooks.py, None: none
-    subscribers: Callable[[str, bytes], list[str]] | None = None
+    # (tenant, entry's JSON) -> (subscription, event type) for each event of it wanted; set by webhooks.py
+    subscribers: Callable[[str, bytes], list[tuple[str, str]]] | None = None
 
     def _init_outbox(self) -> None:
         self._outbox_rows: list[tuple[Any, ...]] = []
@@ -48,7 +48,8 @@ class StoreOutbox:
         """The INSERTs of `body`'s event for each subscription that wants it (none: no subscription)."""
         subs = self.subscribers(tenant, body) if self.subscribers is not None else ()
         now = int(time.time() * 1000)
-        return [(_INSERT, (f"evt_{secrets.token_hex(12)}", sub, tenant, conv_id, seq, now, now, 0, body)) for sub in subs]
+        return [(_INSERT, (f"evt_{secrets.token_hex(12)}", sub, tenant, conv_id, seq, now, now, 0, body, kind))
+                for sub, kind in subs]
 
     def _outbox_write(self, db: sqlite3.Connection) -> None:
         """Inside the turn's transaction."""
@@ -86,9 +87,9 @@ class StoreOutbox:
 
     def outbox_bury(self, row: dict[str, Any], error: str) -> None:
         """Past its age: to the dead letters, out of the way of the events after it."""
-        self._write(("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._write(("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (row["id"], row["sub"], row["tenant"], row["conv"], row["seq"], row["created_ms"], row["attempts"] + 1,
-                      error[:500], row["body"])), ("DELETE FROM outbox WHERE n = ?", (row["n"],)))
+                      error[:500], row["body"], row["kind"])), ("DELETE FROM outbox WHERE n = ?", (row["n"],)))
 
     def dead_letters(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         cols = ("id", "sub", "tenant", "conv", "seq", "created_ms", "attempts", "error")
@@ -99,13 +100,12 @@ class StoreOutbox:
     def replay_dead(self, tenant: str, event_id: str) -> bool:
         """A dead letter goes back to the outbox (tried again at once, its age counted from now)."""
         db = self._db_or_unavailable()
-        row = db.execute("SELECT id, sub, tenant, conv, seq, body FROM dead WHERE id = ? AND tenant = ?",
+        row = db.execute("SELECT id, sub, tenant, conv, seq, body, kind FROM dead WHERE id = ? AND tenant = ?",
                          (event_id, tenant)).fetchone()
         if row is None:
             return False
         now = int(time.time() * 1000)
-        self._write((f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                     (*row[:5], now, now, row[5])), ("DELETE FROM dead WHERE id = ?", (event_id,)))
+        self._write((_INSERT, (*row[:5], now, now, 0, row[5], row[6])), ("DELETE FROM dead WHERE id = ?", (event_id,)))
         return True
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
