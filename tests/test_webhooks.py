@@ -7,6 +7,7 @@ stands for the site's own endpoint; nothing outside this machine is called.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 import sys
@@ -248,4 +249,34 @@ async def test_cluster_nodes_lose_no_event_when_the_appending_node_dies(request,
         r.close()
         a_node.stop()
         b_node.stop()
+        await rx.stop()
+
+
+async def test_cluster_mode_dead_letters_are_listed_and_replayed(redis_server, tmp_path):
+    import urllib.request
+
+    rx = await Receiver().start()
+    rx.down = True
+    tenant = uid("t")
+    gw = start_gateway(coordinator="redis", redis_url=redis_server.url,
+                       config=_config(tmp_path, tenant, rx.url, max_age_s=0.3, events='["conversation.closed"]'))
+
+    def admin(method: str, path: str) -> dict:
+        req = urllib.request.Request(f"{gw.http_url}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {gw.admin_token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return orjson.loads(r.read())
+
+    try:
+        conv = await _chat(gw, tenant, 1)
+        await wait_for(lambda: admin("GET", f"/admin/tenants/{tenant}/webhooks/dead")["dead"], what="a dead letter")
+        dead = admin("GET", f"/admin/tenants/{tenant}/webhooks/dead")["dead"]
+        assert len(dead) == 1 and dead[0]["conv"] == conv and dead[0]["error"] == "HTTP 503"
+        rx.down = False
+        # The node sends it while the call waits: the receiver (in this loop) must keep answering.
+        await asyncio.to_thread(admin, "POST", f"/admin/tenants/{tenant}/webhooks/dead/{dead[0]['id']}/replay")
+        assert _kinds(rx.events) == ["conversation.closed"] and rx.ids == [dead[0]["id"]]
+        assert admin("GET", f"/admin/tenants/{tenant}/webhooks/dead")["dead"] == []
+    finally:
+        gw.stop()
         await rx.stop()
