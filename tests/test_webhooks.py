@@ -280,3 +280,46 @@ async def test_cluster_mode_dead_letters_are_listed_and_replayed(redis_server, t
     finally:
         gw.stop()
         await rx.stop()
+
+
+async def test_a_receiver_down_for_ten_minutes_loses_nothing(tmp_path, monkeypatch):
+    """Ten minutes of outage on a simulated clock: the node's own sender and store (in this process, a
+    real SQLite file, a real receiver over HTTP) are driven pass by pass while the clock moves 15 s a
+    pass. Nothing is dropped or dead-lettered; once the receiver is back every event arrives, in order."""
+    import aiohttp
+
+    from gateway.coordinator import Conversation
+    from gateway.coordinator.embedded import EmbeddedCoordinator, Store
+
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    rx = Receiver()
+    rx_verify = webhooks.verify
+    monkeypatch.setattr(webhooks, "verify", lambda secret, headers, body: rx_verify(secret, headers, body, now=clock[0]))
+    await rx.start()
+    rx.down = True
+    store = Store(tmp_path / "data")
+    c = EmbeddedCoordinator("n1", store=store)
+    await c.start()
+    sub = webhooks.Subscription(name="crm", tenant="t", url=rx.url, secret=SECRET, backoff_s=1.0)
+    sender = webhooks.Sender(store, [sub])
+    sender._http = aiohttp.ClientSession()
+    try:
+        await c.create_conversation(Conversation(id="c1", tenant="t", visitor="v", group="g"))
+        for i in range(5):
+            await c.append("t", "c1", {"t": "msg", "from": "v", "text": f"message {i}"}, f"m{i}")
+        start = clock[0]
+        while clock[0] - start < 600:  # the receiver is down for ten minutes
+            await sender._drain(sub)
+            clock[0] += 15
+        assert rx.refused >= 8 and rx.events == [] and store.dead_letters("t") == []
+        assert len(store.outbox_due("crm", 2**62, 100)) == 5  # all still there
+        rx.down = False
+        clock[0] += webhooks.BACKOFF_CAP_S * 1.5  # past any backoff
+        await sender._drain(sub)
+        assert [e["data"]["text"] for e in rx.events] == [f"message {i}" for i in range(5)]
+        assert store.outbox_due("crm", 2**62, 100) == []
+    finally:
+        await sender._http.close()
+        await c.close()
+        await rx.stop()
