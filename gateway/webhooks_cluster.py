@@ -47,6 +47,11 @@ return 1
 """
 _UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 
 
 class _LeaseLost(Exception):
@@ -73,6 +78,7 @@ class CursorSender:
         self._finish = coord.r.register_script(_FINISH)
         self._unlease = coord.r.register_script(_UNLEASE)
         self._renew = coord.r.register_script(_RENEW)
+        self._take_over = coord.r.register_script(_TAKE_OVER)
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
@@ -119,7 +125,7 @@ class CursorSender:
         for m, score in await r.zrangebyscore(self._queue(), "-inf", now, start=0, num=BATCH, withscores=True):
             tenant, conv = _split(m)
             lease, token = self.coord._ck(tenant, conv, "whlease"), f"{self.coord.node_id}/{secrets.token_hex(6)}"
-            if not await r.set(lease, token, nx=True, px=LEASE_MS):
+            if not await self._lease(lease, token):
                 continue
             try:
                 later = await self.send_conversation(tenant, conv, lease, token)
@@ -130,6 +136,17 @@ class CursorSender:
             await self._finish(keys=[self._queue()], args=[m, int(score), "" if later is None else later])
             worked += 1
         return worked
+
+    async def _lease(self, key: str, token: str) -> bool:
+        """Take a lease: free, or held by a node seen dead (so a node SIGKILLed while sending holds nothing
+        up for LEASE_MS; as the archiver's)."""
+        r = self.coord.r
+        if await r.set(key, token, nx=True, px=LEASE_MS):
+            return True
+        holder = await r.get(key)
+        if holder is None or holder.decode().rsplit("/", 1)[0] not in self.coord._dead_nodes:
+            return False
+        return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
     async def send_conversation(self, tenant: str, conv: str, lease: str | None = None, token: str = "") -> int | None:
         """Every subscription of `tenant` brought up to the conversation's last seq; when to try again (ms), or
@@ -198,7 +215,7 @@ class CursorSender:
                 continue
             stream, wh = self.coord._ak(tenant, "events"), self.coord._ak(tenant, "events:wh")
             lease, token = self.coord._ak(tenant, "events:lease"), f"{self.coord.node_id}/{secrets.token_hex(6)}"
-            if not await r.set(lease, token, nx=True, px=LEASE_MS):
+            if not await self._lease(lease, token):
                 continue
             try:
                 state = {k.decode(): v.decode() for k, v in (await r.hgetall(wh)).items()}

@@ -243,8 +243,11 @@ async def test_cluster_nodes_lose_no_event_when_the_appending_node_dies(request,
         from gateway.webhooks_cluster import event_id
 
         assert [e["id"] for e in convs] == [event_id(tenant, conv, e["data"]["seq"], "crm", e["type"]) for e in convs]
-        assert ("ann", "online", True) in [(e["data"]["agent"], e["data"]["status"], e["data"]["connected"])
-                                           for e in rx.events if e["type"] == "agent.status"]
+        # The agent's events come from their own stream (a lease A may have held when it died: B takes it
+        # over once it has seen A dead).
+        await wait_for(lambda: ("ann", "online", True) in [(e["data"]["agent"], e["data"]["status"], e["data"]["connected"])
+                                                           for e in rx.events if e["type"] == "agent.status"],
+                       what="the agent's status events", timeout=30)
     finally:
         r.close()
         a_node.stop()
