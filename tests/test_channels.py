@@ -81,6 +81,16 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
         return e.code, orjson.loads(e.read() or b"{}")
 
 
+async def _telegram(tg: FakeTelegram, tmp_path) -> tuple[web.AppRunner, str, object]:
+    """`tg` served locally, a tenant, and a config file with a Telegram channel `tg` for it pointed there."""
+    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
+    tenant = uid("t")
+    cfg = tmp_path / "chatgw.toml"
+    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
+                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    return tg_runner, tenant, cfg
+
+
 def _update(update_id: int, chat_id: int, message_id: int, text: str) -> bytes:
     """A Telegram Update with a private text message."""
     return orjson.dumps({"update_id": update_id, "message": {
@@ -170,11 +180,7 @@ async def test_one_conversation_through_telegram_the_http_channel_the_widget_and
 
 async def test_telegram_down_delays_the_answers_and_a_restart_loses_none(tmp_path):
     tg = FakeTelegram()
-    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
-    tenant = uid("t")
-    cfg = tmp_path / "chatgw.toml"
-    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
-                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    tg_runner, tenant, cfg = await _telegram(tg, tmp_path)
     data = str(tmp_path / "data")
     gw = start_gateway(data_dir=data, config=str(cfg))
     secret = gw.secret
@@ -207,11 +213,7 @@ async def test_in_cluster_mode_another_node_takes_a_dead_nodes_contacts_over(tmp
     """Two nodes over Redis; the node that relays a Telegram contact is SIGKILLed; the other takes the
     contact over (its lease lapsed) and the agent's answers reach Telegram once each, in order."""
     tg = FakeTelegram()
-    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
-    tenant = uid("t")
-    cfg = tmp_path / "chatgw.toml"
-    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
-                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    tg_runner, tenant, cfg = await _telegram(tg, tmp_path)
     settings = dict(coordinator="redis", redis_url=redis_server.url, jwt_secret=secrets.token_urlsafe(32), config=str(cfg),
                     channel_owner_s=1)
     a_node, b_node = start_gateway(**settings), start_gateway(**settings)
@@ -239,11 +241,7 @@ async def test_in_cluster_mode_another_node_takes_a_dead_nodes_contacts_over(tmp
 async def test_a_message_telegram_refuses_for_good_is_skipped_and_the_rest_goes_on(tmp_path):
     tg = FakeTelegram()
     tg.blocked_text = "refused one"
-    tg_runner, tg_url = await _serve([("POST", "/bot{token}/sendMessage", tg.send_message)])
-    tenant = uid("t")
-    cfg = tmp_path / "chatgw.toml"
-    cfg.write_text(f'[[channels]]\nkind = "telegram"\nname = "tg"\ntenant = "{tenant}"\nsecret = "{TG_SECRET}"\n'
-                   f'token = "{TG_TOKEN}"\napi_base = "{tg_url}"\n')
+    tg_runner, tenant, cfg = await _telegram(tg, tmp_path)
     gw = start_gateway(data_dir=str(tmp_path / "data"), config=str(cfg))
     try:
         agent = await Client.connect(gw, "agent", "ann", tenant)
