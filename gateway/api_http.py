@@ -132,14 +132,24 @@ def _decode(request_body: bytes, cls: type) -> Any:
     try:
         return msgspec.json.decode(request_body or b"{}", type=cls)
     except msgspec.ValidationError as e:
+        missing = _MISSING.search(str(e))
+        if missing:  # the protocol's code for it, naming the field
+            raise ApiError("missing_field", f"body: {e}", missing[1].split(".")[-1]) from None
         raise ApiError("bad_field", f"body: {e}", _field_of(str(e))) from None
     except msgspec.DecodeError as e:
         raise ApiError("bad_envelope", f"body is not a JSON object: {e}") from None
 
 
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
 def _field_of(message: str) -> str | None:
-    at = message.rpartition("`$.")[2]
-    return at.split("`")[0].split(".")[0].split("[")[0] or None if "`$." in message else None
+    """The top-level field a msgspec error names (`$.text`, or an unknown field's name)."""
+    if "`$." in message:
+        return message.rpartition("`$.")[2].split("`")[0].split(".")[0].split("[")[0] or None
+    unknown = _UNKNOWN.search(message)
+    return unknown[1] if unknown else None
 
 
 def _int(request: web.Request, name: str, lo: int = 0, hi: int = 2**62) -> int | None:
@@ -202,7 +212,9 @@ def add_routes(app: web.Application, node_of: Callable[[web.Request], Any], open
         reply = await api_session.call(node.hub, Identity(key.tenant, user, role), node.cfg.max_text, env,
                                        wait_reply=wait_reply, channel="api")
         if reply is not None and reply.get("t") == "error":
-            raise ApiError(reply["code"], reply["message"], reply.get("field"))
+            # A conversation that is missing or not this key's tenant's: the REST API's one code for it.
+            code = "not_found" if reply["code"] == "not_participant" else reply["code"]
+            raise ApiError(code, reply["message"], reply.get("field"))
         return reply
 
     def service_user(key: api_keys.ApiKey) -> str:

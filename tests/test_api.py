@@ -102,7 +102,7 @@ async def test_a_conversation_through_the_api_and_the_websocket_is_one_ordered_l
     # Another agent can't speak as ann's colleague in this conversation.
     status, err, _ = _http(gateway, "POST", f"/api/v1/conversations/{conv}/messages",
                            {"id": "x", "text": "hi", "as": "agent", "agent": "bob"}, key=key)
-    assert status == 404 and err["error"]["code"] == "not_participant"
+    assert status == 404 and err["error"]["code"] == "not_found"
     # Close; the state and the listing say so.
     assert _http(gateway, "POST", f"/api/v1/conversations/{conv}/close", {}, key=key)[0] == 200
     await v.next("event", lambda e: e["conv"] == conv and e["ev"] == "closed")
@@ -122,12 +122,16 @@ async def test_another_tenants_conversation_is_not_found_and_bad_bodies_name_the
                                ("POST", f"/api/v1/conversations/{conv}/messages", {"id": "m", "text": "x"}),
                                ("POST", f"/api/v1/conversations/{conv}/close", {})):
         status, err, _ = _http(gateway, method, path, body, key=other)
-        assert status == 404, (method, path, err)
+        assert status == 404 and err["error"]["code"] == "not_found", (method, path, err)
     status, err, _ = _http(gateway, "POST", f"/api/v1/conversations/{conv}/messages", {"id": "m", "text": ""}, key=key)
     assert status == 400 and err["error"]["field"] == "text"
     status, err, _ = _http(gateway, "POST", f"/api/v1/conversations/{conv}/messages", {"id": "m", "text": "x", "x": 1},
                            key=key)
-    assert status == 400 and err["error"]["code"] == "bad_field"
+    assert status == 400 and err["error"]["code"] == "bad_field" and err["error"]["field"] == "x"
+    status, err, _ = _http(gateway, "POST", f"/api/v1/conversations/{conv}/messages", {"id": "m"}, key=key)
+    assert status == 400 and err["error"] == {**err["error"], "code": "missing_field", "field": "text"}
+    status, err, _ = _http(gateway, "POST", "/api/v1/conversations", {}, key=key)
+    assert status == 400 and err["error"]["code"] == "missing_field" and err["error"]["field"] == "visitor"
     status, err, _ = _http(gateway, "GET", "/api/v1/conversations?limit=1_0", key=key)
     assert status == 400 and err["error"]["field"] == "limit"
 
