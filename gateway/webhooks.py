@@ -125,28 +125,11 @@ def verify(secret: str, headers: Any, body: bytes, now: float | None = None, win
     return event_id
 
 
-class Sender:
-    """Posts each subscription's outbox rows, in order, until `stop()`."""
+class Worker:
+    """A node's webhook sender: its HTTP client and its loop (`_run`), from `start()` to `stop()`."""
 
-    def __init__(self, store: Any, subs: list[Subscription]):
-        self.store = store
-        self.subs = subs
-        self._by_tenant: dict[str, list[Subscription]] = {}
-        for s in subs:
-            self._by_tenant.setdefault(s.tenant, []).append(s)
-        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0}
-        self._task: asyncio.Task[None] | None = None
-        self._http: aiohttp.ClientSession | None = None
-        store.subscribers = self.subscribers
-
-    def subscribers(self, tenant: str, body: bytes) -> list[tuple[str, str]]:
-        """(subscription, event type) for each event of this entry of `tenant` a subscription wants
-        (store_outbox.py asks, per entry), in order."""
-        subs = self._by_tenant.get(tenant)
-        if not subs:
-            return []
-        kinds = event_types(orjson.loads(body))
-        return [(s.name, kind) for kind in kinds for s in subs if kind in s.events]
+    _http: aiohttp.ClientSession | None = None
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._http = aiohttp.ClientSession()
@@ -161,6 +144,31 @@ class Sender:
                 pass
         if self._http is not None:
             await self._http.close()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Sender(Worker):
+    """Embedded mode: posts each subscription's outbox rows, in order, until `stop()`."""
+
+    def __init__(self, store: Any, subs: list[Subscription]):
+        self.store = store
+        self.subs = subs
+        self._by_tenant: dict[str, list[Subscription]] = {}
+        for s in subs:
+            self._by_tenant.setdefault(s.tenant, []).append(s)
+        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0}
+        store.subscribers = self.subscribers
+
+    def subscribers(self, tenant: str, body: bytes) -> list[tuple[str, str]]:
+        """(subscription, event type) for each event of this entry of `tenant` a subscription wants
+        (store_outbox.py asks, per entry), in order."""
+        subs = self._by_tenant.get(tenant)
+        if not subs:
+            return []
+        kinds = event_types(orjson.loads(body))
+        return [(s.name, kind) for kind in kinds for s in subs if kind in s.events]
 
     async def _run(self) -> None:
         while True:

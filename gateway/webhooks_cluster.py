@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import secrets
 import time
 from typing import Any
 
@@ -29,41 +28,21 @@ import orjson
 
 from .coordinator.redis.archiver import member
 from .coordinator.redis.keys import q
-from .webhooks import BACKOFF_CAP_S, POLL_S, Subscription, deliver, event_types
+from .coordinator.redis.leases import LeaseLost, Leases
+from .webhooks import BACKOFF_CAP_S, POLL_S, Subscription, Worker, deliver, event_types
 
 log = logging.getLogger("gateway.webhooks")
 
 SWEEP_S = 30.0
-LEASE_MS = 60_000
 BATCH = 50
 CURSOR_TTL_S = 30 * 86400  # a conversation's cursors outlive its keys by this much (closed, archived, dropped)
-
-_FINISH = """
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) == tonumber(ARGV[2]) then
-  if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-end
-return 1
-"""
-_UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-
-class _LeaseLost(Exception):
-    pass
-
 
 def event_id(tenant: str, conv: str, seq: int | str, sub: str, kind: str = "") -> str:
     """The id of an event: derived from where it is, so whoever sends it again sends the same id."""
     return "evt_" + hashlib.sha256("\0".join((tenant, conv, str(seq), sub, kind)).encode()).hexdigest()[:24]
 
 
-class CursorSender:
+class CursorSender(Worker):
     """One node's webhook sender over a RedisCoordinator (`coord`)."""
 
     def __init__(self, coord: Any, subs: list[Subscription], sweep_s: float = SWEEP_S):
@@ -75,12 +54,7 @@ class CursorSender:
             self.by_tenant.setdefault(s.tenant, []).append(s)
         coord.webhook_tenants = frozenset(self.by_tenant)  # log.py queues their conversations after appends
         self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "swept": 0}
-        self._finish = coord.r.register_script(_FINISH)
-        self._unlease = coord.r.register_script(_UNLEASE)
-        self._renew = coord.r.register_script(_RENEW)
-        self._take_over = coord.r.register_script(_TAKE_OVER)
-        self._http: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.leases = Leases(coord)
         self._last_sweep = 0.0
 
     def _queue(self) -> str:
@@ -88,20 +62,6 @@ class CursorSender:
 
     def _dead_key(self, tenant: str) -> str:
         return f"{self.coord._p}:{{w:{q(tenant)}}}:dead"
-
-    def start(self) -> None:
-        self._http = aiohttp.ClientSession()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._http is not None:
-            await self._http.close()
 
     async def _run(self) -> None:
         while True:
@@ -124,34 +84,23 @@ class CursorSender:
         worked = 0
         for m, score in await r.zrangebyscore(self._queue(), "-inf", now, start=0, num=BATCH, withscores=True):
             tenant, conv = _split(m)
-            lease, token = self.coord._ck(tenant, conv, "whlease"), f"{self.coord.node_id}/{secrets.token_hex(6)}"
-            if not await self._lease(lease, token):
+            lease, token = self.coord._ck(tenant, conv, "whlease"), self.leases.token()
+            if not await self.leases.take(lease, token):
                 continue
             try:
                 later = await self.send_conversation(tenant, conv, lease, token)
-            except _LeaseLost:
+            except LeaseLost:
                 continue  # the node that took it over goes on from the cursor
             finally:
-                await self._unlease(keys=[lease], args=[token])
-            await self._finish(keys=[self._queue()], args=[m, int(score), "" if later is None else later])
+                await self.leases.release(lease, token)
+            await self.leases.finish(self._queue(), m, score, later)
             worked += 1
         return worked
-
-    async def _lease(self, key: str, token: str) -> bool:
-        """Take a lease: free, or held by a node seen dead (so a node SIGKILLed while sending holds nothing
-        up for LEASE_MS; as the archiver's)."""
-        r = self.coord.r
-        if await r.set(key, token, nx=True, px=LEASE_MS):
-            return True
-        holder = await r.get(key)
-        if holder is None or holder.decode().rsplit("/", 1)[0] not in self.coord._dead_nodes:
-            return False
-        return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
     async def send_conversation(self, tenant: str, conv: str, lease: str | None = None, token: str = "") -> int | None:
         """Every subscription of `tenant` brought up to the conversation's last seq; when to try again (ms), or
         None. `lease` is renewed before each delivery: a pass slower than LEASE_MS (a slow receiver) keeps
-        it, and one that lost it stops (_LeaseLost) before sending anything out of order or twice."""
+        it, and one that lost it stops (LeaseLost) before sending anything out of order or twice."""
         r = self.coord.r
         subs = self.by_tenant.get(tenant, [])
         wh = self.coord._ck(tenant, conv, "wh")
@@ -169,8 +118,8 @@ class CursorSender:
                 for e in entries:
                     for kind in (k for k in event_types(e) if k in sub.events):
                         assert self._http is not None
-                        if lease is not None and not await self._renew(keys=[lease], args=[token, LEASE_MS]):
-                            raise _LeaseLost(conv)
+                        if lease is not None:
+                            await self.leases.renew(lease, token)
                         eid = event_id(tenant, conv, e["seq"], sub.name, kind)
                         error = await deliver(self._http, sub, eid, tenant, conv, e.get("ts", 0), e, kind)
                         if error is not None:
@@ -214,8 +163,8 @@ class CursorSender:
             if not subs:
                 continue
             stream, wh = self.coord._ak(tenant, "events"), self.coord._ak(tenant, "events:wh")
-            lease, token = self.coord._ak(tenant, "events:lease"), f"{self.coord.node_id}/{secrets.token_hex(6)}"
-            if not await self._lease(lease, token):
+            lease, token = self.coord._ak(tenant, "events:lease"), self.leases.token()
+            if not await self.leases.take(lease, token):
                 continue
             try:
                 state = {k.decode(): v.decode() for k, v in (await r.hgetall(wh)).items()}
@@ -225,8 +174,7 @@ class CursorSender:
                         continue  # in backoff
                     cursor = state.get(f"wh:{sub.name}", "0-0")
                     for sid, fields in await r.xrange(stream, f"({cursor}", "+", count=BATCH):
-                        if not await self._renew(keys=[lease], args=[token, LEASE_MS]):
-                            raise _LeaseLost(tenant)
+                        await self.leases.renew(lease, token)
                         e = orjson.loads(fields[b"e"])
                         eid = event_id(tenant, "", sid.decode(), sub.name)
                         assert self._http is not None
@@ -246,10 +194,10 @@ class CursorSender:
                             self.stats["delivered"] += 1
                             sent += 1
                         await r.hset(wh, mapping={f"wh:{sub.name}": sid.decode(), f"n:{sub.name}": 0, f"due:{sub.name}": 0})
-            except _LeaseLost:
+            except LeaseLost:
                 continue
             finally:
-                await self._unlease(keys=[lease], args=[token])
+                await self.leases.release(lease, token)
         return sent
 
     async def sweep(self) -> None:

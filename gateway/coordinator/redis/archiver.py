@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -37,48 +36,20 @@ from ..postgres import ArchivedEntry, PostgresArchive
 from ..retention import Retention
 from .errors import UNREACHABLE
 from .keys import q
+from .leases import LeaseLost, Leases
 
 log = logging.getLogger("chatgw.archiver")
 
-LEASE_MS = 60_000  # a node archiving one conversation takes at most this long, or another takes over
 PAGE = 1000  # entries per transaction
 BATCH = 100  # conversations per pass
 EXPIRE_EVERY_S = 60.0  # retention in the archive
 RETRY_BAD_S = 60  # a conversation whose archiving failed for another reason than an outage
 
-# The member leaves only if its score is still the one the pass took (nobody queued it again), or
-# is moved to `next` (a closed conversation's drop, later).
-_FINISH = """
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) == tonumber(ARGV[2]) then
-  if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-  return 1
-end
-return 0
-"""
-_UNLEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# Still ours? Then it lasts another LEASE_MS (a long copy renews it page by page).
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-
-
-class LeaseLost(Exception):
-    """Another node took the conversation (this one stalled past LEASE_MS): stop before writing more."""
-# Take over a dead node's lease: only if it still holds it.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
 # Drop a closed conversation's keys, unless an entry came after the copy.
 _DROP = """
 if tonumber(redis.call('HGET', KEYS[4], 'seq') or '0') ~= tonumber(ARGV[1]) then return 0 end
 return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 """
-
-
-def lease_token(node_id: str, what: str = "") -> str:
-    """`node/nonce`: which node holds a conversation's lease, so others can tell when it died."""
-    return f"{node_id}/{what or secrets.token_hex(8)}"
 
 
 def member(tenant: str, conv_id: str) -> str:
@@ -105,10 +76,7 @@ class Archiver:
         self.retention = retention
         self.stats = {"archived_conversations": 0, "archived_entries": 0, "dropped": 0, "failures": 0}
         self._last_expire = 0.0
-        self._finish = coord.r.register_script(_FINISH)
-        self._unlease = coord.r.register_script(_UNLEASE)
-        self._take_over = coord.r.register_script(_TAKE_OVER)
-        self._renew = coord.r.register_script(_RENEW)
+        self.leases = Leases(coord)
         self._drop = coord.r.register_script(_DROP)
         self._wake = asyncio.Event()
 
@@ -151,8 +119,8 @@ class Archiver:
         for m, score in due:
             tenant, conv_id = _split(m)
             lease = self.coord._ck(tenant, conv_id, "archiving")
-            token = lease_token(self.coord.node_id)
-            if not await self._lease(lease, token):
+            token = self.leases.token()
+            if not await self.leases.take(lease, token):
                 continue  # another node has it
             try:
                 later = await self.archive_one(tenant, conv_id, lease, token)
@@ -164,23 +132,12 @@ class Archiver:
                 log.exception("archiving %s/%s failed; tried again in %d s", tenant, conv_id, RETRY_BAD_S)
                 later = int(time.time() * 1000) + RETRY_BAD_S * 1000
             finally:
-                await self._unlease(keys=[lease], args=[token])
-            await self._finish(keys=[self.key], args=[m, int(score), "" if later is None else later])
+                await self.leases.release(lease, token)
+            await self.leases.finish(self.key, m, score, later)
             worked += 1
         if self.retention is not None and self.retention.any() and time.monotonic() - self._last_expire > EXPIRE_EVERY_S:
             await self.expire(now)
         return worked
-
-    async def _lease(self, key: str, token: str) -> bool:
-        """Take the conversation's lease: free, or held by a node seen dead (its heartbeat lapsed: it
-        died archiving), so the work doesn't wait out LEASE_MS. Not merely one this node hasn't seen
-        live yet: a node that started after our last look at the nodes is alive."""
-        if await self.coord.r.set(key, token, nx=True, px=LEASE_MS):
-            return True
-        holder = await self.coord.r.get(key)
-        if holder is None or holder.decode().rsplit("/", 1)[0] not in self.coord._dead_nodes:
-            return False
-        return bool(await self._take_over(keys=[key], args=[holder, token, LEASE_MS]))
 
     async def archive_one(self, tenant: str, conv_id: str, lease: str | None = None, token: str = "") -> int | None:
         """Steps 1-4 above for one conversation, holding `lease` (renewed before each write; LeaseLost
@@ -203,8 +160,8 @@ class Archiver:
             start = max(have, copied)
             items = await self.coord.r.xrange(log_k, f"({start}-1", f"{upto}-1", count=PAGE) if start < upto else []
             entries = [ArchivedEntry(int(i.split(b"-", 1)[0]), f.get(b"c", b"").decode(), f[b"e"]) for i, f in items]
-            if lease is not None and not await self._renew(keys=[lease], args=[token, LEASE_MS]):
-                raise LeaseLost(conv_id)
+            if lease is not None:
+                await self.leases.renew(lease, token)
             await self.archive.write(conv, int(ver or 0), entries)  # the state, even with no entry to copy
             if not entries:
                 break

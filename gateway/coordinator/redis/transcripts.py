@@ -21,9 +21,10 @@ from routing.model import Conversation
 from ..base import Unavailable
 from ..ports import Transcripts
 from ..postgres import PostgresArchive
-from .archiver import LEASE_MS, lease_token, member
+from .archiver import member
 from .errors import available_errors
 from .keys import q
+from .leases import LEASE_MS, lease_token
 
 _WHY = "cluster mode lists conversations from its PostgreSQL archive, and none is configured (archive_url)"
 
