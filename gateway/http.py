@@ -15,6 +15,7 @@ from .api_http import add_routes as add_api_routes
 from .api_openapi import document as openapi_document
 from .metrics import METRICS
 from .protocol import VERSION
+from .supervisor_http import add_routes as add_supervisor_routes
 from .transcripts_http import add_routes as add_transcript_routes
 from .webhooks import add_routes as add_webhook_routes
 
@@ -175,6 +176,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/admin/tenants/{tenant}/agents/{agent}", admin_agent)
     app.router.add_get("/admin/tenants/{tenant}/queues/{group}", admin_queue)
     add_transcript_routes(app, _tenant, lambda request: _node(request).coord)
+    add_supervisor_routes(app, _admin_scope, _node)
     add_api_routes(app, _node, openapi_document)
     add_api_admin_routes(app, _tenant, lambda request: _node(request).coord)
     add_webhook_routes(app, _tenant, lambda request: getattr(_node(request), "webhooks", None))
