@@ -51,7 +51,7 @@ def _launch(out_dir: str, target: str) -> tuple[subprocess.Popen[str], int, str]
                GATEWAY_HTTP_PORT="0", GATEWAY_WS_PORT="0", GATEWAY_HOST="127.0.0.1", GATEWAY_LOG_LEVEL="warning",
                PYTHONUNBUFFERED="1", GATEWAY_BOTS_ENABLED="false", GATEWAY_RATE_PER_S="1e9",
                GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600", GATEWAY_ECHO_ENDPOINT="true",
-               GATEWAY_DATA_DIR="none")  # memory only, as every figure before the store; SQLite's own cost: bench.store_schema
+               GATEWAY_DRAIN_TIMEOUT_S="0", GATEWAY_DATA_DIR="none")  # memory only, as every figure before the store; SQLite's own cost: bench.store_schema
     cmd = [sys.executable, "-m", "bench.peers.picows_echo", "--port", "0"] if target == "picows" else \
         [sys.executable, "-m", "gateway", "serve"]
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p", *cmd],

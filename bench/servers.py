@@ -54,6 +54,7 @@ def _gateway_env(o: dict[str, Any]) -> dict[str, str]:
         "GATEWAY_HTTP_PORT": "0",
         "GATEWAY_WS_PORT": "0",
         "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_DRAIN_TIMEOUT_S": "0",  # the bench stops a node whose load has ended: no drain to wait for
         "GATEWAY_HEARTBEAT_S": str(hb),
         "GATEWAY_HEARTBEAT_TIMEOUT_S": str(max(hb, 10.0)),
         # The bench drives each connection far above a person's typing speed: no throttling.

@@ -18,6 +18,7 @@ The wire is a Unix socket pair carrying msgpack arrays, each
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -121,6 +122,7 @@ class WorkerBridge:
         self._restarter: asyncio.Task[None] | None = None
         self._closed = False
         self._up = False
+        self._idle: asyncio.Event | None = None  # set when the last call in flight ends (`retire`)
         self.pid: int | None = None
         self.restarts = 0
         self.lost_calls = 0
@@ -263,6 +265,8 @@ class WorkerBridge:
             del self._calls[cid]
             if not finished and self._chan is chan:
                 chan.send("cancel", cid)  # the caller was cancelled or on_chunk raised
+            if not self._calls and self._idle is not None:
+                self._idle.set()
 
     async def snapshot(self) -> dict[str, Any]:
         """Breaker states and counters from the worker, plus the worker's own state."""
@@ -282,6 +286,15 @@ class WorkerBridge:
             self._stats.pop(self._next, None)
             return {"worker": own, "breakers": {}, "stats": {}}
         return {"worker": own, **got}
+
+    async def retire(self) -> None:
+        """Stop once the calls already asked have their answers (a reload's old bridge: nobody asks it
+        anything new), or after the longest a call may take."""
+        if self._calls:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self._watchdog_s)
+        await self.close()
 
     async def close(self) -> None:
         """Stop the worker: it cancels its calls (telling backends), closes its clients and exits."""

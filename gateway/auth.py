@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -32,8 +33,56 @@ def _ident(value: object, name: str) -> str:
     return value
 
 
-def verify(token: str, secret: str, *, issuer: str = "", tenant: str | None = None) -> Identity:
-    """The identity a signed token carries.
+def key_id(secret: str) -> str:
+    """The `kid` a token signed with `secret` carries in its header (RFC 7515 4.1.4): a digest, so
+    the id names the key without revealing it."""
+    return "k" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+class KeyRing:
+    """The secrets a token may be signed with: the current one, and those a reload replaced, each
+    accepted until its grace period ends (a key rotation without refusing live tokens).
+
+    A token's header `kid` picks its key; a token without one (minted elsewhere) is tried against
+    the current key, then the others still in their grace period.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.current = secret
+        self._retired: dict[str, tuple[str, float]] = {}  # kid -> (secret, accepted until, Unix s)
+
+    def rotate(self, secret: str, grace_s: float, now: float | None = None) -> bool:
+        """Sign with `secret` from now on; the current key stays valid for `grace_s` seconds.
+        Returns False (nothing changes) when `secret` is already the current key."""
+        if secret == self.current:
+            return False
+        now = time.time() if now is None else now
+        self._retired[key_id(self.current)] = (self.current, now + grace_s)
+        self._retired.pop(key_id(secret), None)
+        self.current = secret
+        self._retired = {k: v for k, v in self._retired.items() if v[1] > now}
+        return True
+
+    def candidates(self, token: str) -> list[str]:
+        """The secrets to try for `token`, by its header's `kid`. Raises AuthError for an unknown
+        or retired kid, or a header that is not a JWT's."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as e:
+            raise AuthError(f"invalid token: {e}") from None
+        now = time.time()
+        if kid is None:
+            return [self.current] + [sec for sec, until in self._retired.values() if until > now]
+        if kid == key_id(self.current):
+            return [self.current]
+        retired = self._retired.get(kid)
+        if retired is not None and retired[1] > now:
+            return [retired[0]]
+        raise AuthError("invalid token: signed with a key this node does not accept (unknown or retired kid)")
+
+
+def verify(token: str, secret: str | KeyRing, *, issuer: str = "", tenant: str | None = None) -> Identity:
+    """The identity a signed token carries; `secret` is the key, or a KeyRing that picks it.
 
     Raises AuthError (its text says why, for the 401 body or the `unauthorized` error) for a
     missing, badly signed or expired token, a missing `exp` or `sub`, bad claims, or a tenant
@@ -41,18 +90,24 @@ def verify(token: str, secret: str, *, issuer: str = "", tenant: str | None = No
     """
     if not token:
         raise AuthError("missing token")
-    try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=ALGORITHMS,
-            options={"require": ["exp", "sub"]},
-            issuer=issuer or None,
-        )
-    except jwt.ExpiredSignatureError:
-        raise AuthError("token expired") from None
-    except jwt.PyJWTError as e:
-        raise AuthError(f"invalid token: {e}") from None
+    secrets = secret.candidates(token) if isinstance(secret, KeyRing) else [secret]
+    for i, key in enumerate(secrets):
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                options={"require": ["exp", "sub"]},
+                issuer=issuer or None,
+            )
+            break
+        except jwt.InvalidSignatureError as e:
+            if i + 1 == len(secrets):
+                raise AuthError(f"invalid token: {e}") from None
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.PyJWTError as e:
+            raise AuthError(f"invalid token: {e}") from None
     ident = Identity(
         tenant=_ident(claims.get("tenant"), "tenant"),
         user=_ident(claims.get("sub"), "sub"),
@@ -83,7 +138,7 @@ def mint(
     capacity: int | None = None,
     issuer: str = "",
 ) -> str:
-    """Sign a token; used by development nodes, tests and the bench."""
+    """Sign a token (its header names the key: `kid`); used by development nodes, tests and the bench."""
     now = int(time.time())
     claims: dict[str, object] = {"tenant": tenant, "sub": user, "role": role, "iat": now, "exp": now + int(ttl_s)}
     if groups:
@@ -92,4 +147,4 @@ def mint(
         claims["capacity"] = capacity
     if issuer:
         claims["iss"] = issuer
-    return jwt.encode(claims, secret, algorithm=ALGORITHMS[0])
+    return jwt.encode(claims, secret, algorithm=ALGORITHMS[0], headers={"kid": key_id(secret)})

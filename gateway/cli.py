@@ -1,4 +1,5 @@
-"""Command line: `python -m gateway serve` runs a node; `token` mints a token with the configured secret."""
+"""Command line: `python -m gateway serve` runs a node; `token` mints a token with the configured secret;
+`doctor` checks this machine's limits against a connection count."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from .config import ConfigError, load
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
+    from .doctor import raise_open_files
     from .server import serve
 
+    raise_open_files()  # one descriptor per connection: the hard limit, not a shell's soft default, should cap a node
     try:
         cfg = load(
             args.config,
@@ -78,8 +81,8 @@ def _workers(args: argparse.Namespace, cfg) -> int:
             if p.poll() is None:
                 p.send_signal(sig)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # drain, stop, reload: each worker
+        signal.signal(sig, forward)
     codes = [p.wait() for p in procs]
     return max(codes)
 
@@ -96,6 +99,13 @@ def _token(args: argparse.Namespace) -> int:
     groups = args.groups.split(",") if args.groups else None
     print(auth.mint(cfg.jwt_secret, tenant=args.tenant, user=args.sub, role=args.role, ttl_s=args.ttl, groups=groups, capacity=args.capacity))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    return doctor.main(args.connections, args.processes, do_apply=args.apply, json_out=args.json,
+                       proc_root=args.proc_root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--capacity", type=int)
     t.add_argument("--ttl", type=float, default=3600)
     t.set_defaults(fn=_token)
+    d = sub.add_parser("doctor", help="check this machine's limits against a target connection count")
+    d.add_argument("--connections", type=int, default=10_000, help="connections this machine should hold (default 10000)")
+    d.add_argument("--processes", type=int, default=1,
+                   help="nodes on this machine (default 1); each process has its own open-file limit")
+    d.add_argument("--apply", action="store_true",
+                   help="as root: write the sysctls below target and raise this process's soft open-file limit")
+    d.add_argument("--json", action="store_true", help="print the verdict and readings as JSON")
+    d.add_argument("--proc-root", default="/proc", help=argparse.SUPPRESS)  # tests point it at a copy
+    d.set_defaults(fn=_doctor)
     args = p.parse_args(argv)
     return args.fn(args)
 

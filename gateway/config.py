@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .auth import KeyRing
+
 # A secret that looks configured but is a well-known placeholder is as bad as none.
 _PLACEHOLDER_SECRETS = {"", "secret", "changeme", "change-me", "dev", "development", "test"}
 MIN_SECRET_LEN = 32
@@ -104,8 +106,25 @@ class Config:
     echo_endpoint: bool = False  # /echo: same listener path, for RFC 6455 conformance suites
     demo: bool = True  # serve the demo pages and /api/dev/token (never in production)
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line, with tenant, conv, cid... where known)
+    log_connections: bool = False  # one line per connection opened and closed (picows' own; off: DEBUG)
+
+    # Operations (docs/operations.md). Memory guard lines, MiB of RSS (0: off): at the soft one new
+    # upgrades are refused and caches shed, at the hard one the idlest connections are closed (1013).
+    memory_soft_mb: int = 0
+    memory_hard_mb: int = 0
+    # Drain (SIGTERM, POST /admin/drain): clients are told to reconnect within drain_spread_s;
+    # whoever is still connected after drain_timeout_s is closed with 1001.
+    drain_spread_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    # A reload that changes jwt_secret keeps accepting tokens signed with the old one this long.
+    jwt_rotation_grace_s: float = 3600.0
 
     generated: list[str] = field(default_factory=list, repr=False)
+    # The keys tokens are checked against: jwt_secret, and keys a reload replaced (auth.KeyRing).
+    keys: Any = field(default=None, repr=False, compare=False)
+    # Where `load` read it (file path or None, and the overrides given): what a reload reads again.
+    origin: tuple[str | None, dict[str, Any]] = field(default=(None, {}), repr=False, compare=False)
 
     @property
     def production(self) -> bool:
@@ -140,6 +159,8 @@ class Config:
             if not self.admin_token:
                 self.admin_token = secrets.token_urlsafe(24)
                 self.generated.append("admin_token")
+        if self.keys is None:
+            self.keys = KeyRing(self.jwt_secret)
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
         if self.memory_budget_mb < 0:
@@ -167,6 +188,15 @@ class Config:
             raise ConfigError("archive_after_s must be 0 or more and archive_poll_s positive")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s <= 0:
             raise ConfigError("heartbeat_s and heartbeat_timeout_s must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level must be debug, info, warning, error or critical, not {self.log_level!r}")
+        if self.memory_soft_mb < 0 or self.memory_hard_mb < 0 or (
+                self.memory_soft_mb and self.memory_hard_mb and self.memory_hard_mb < self.memory_soft_mb):
+            raise ConfigError("memory_soft_mb and memory_hard_mb must be 0 (off) or more, the hard line at or above the soft")
+        if self.drain_spread_s < 0 or self.drain_timeout_s < 0 or self.jwt_rotation_grace_s < 0:
+            raise ConfigError("drain_spread_s, drain_timeout_s and jwt_rotation_grace_s must be 0 or more")
 
     def _check_channels(self) -> None:
         names: set[str] = set()
@@ -191,7 +221,7 @@ class Config:
         """Settings safe to print or serve: secrets masked."""
         out = {}
         for f in fields(self):
-            if f.name == "generated":
+            if f.name in _NOT_SETTINGS:
                 continue
             v = getattr(self, f.name)
             if f.name in ("jwt_secret", "admin_token") and v:
@@ -204,6 +234,7 @@ class Config:
         return out
 
 
+_NOT_SETTINGS = ("generated", "keys", "origin")  # Config fields the node fills in, never read from a file
 _SECRET_KEY = re.compile(r"(key|secret|token|password)", re.I)
 
 
@@ -232,7 +263,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     path = path or env.get("GATEWAY_CONFIG")
-    known = {f.name: f for f in fields(Config) if f.name != "generated"}
+    known = {f.name: f for f in fields(Config) if f.name not in _NOT_SETTINGS}
     if path:
         data = tomllib.loads(Path(path).read_text())
         data = data.get("gateway", data)
@@ -255,6 +286,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         values[k] = v
     cfg = Config(**values)
     cfg.check()
+    cfg.origin = (str(path) if path else None, {k: v for k, v in overrides.items() if v is not None})
     return cfg
 
 

@@ -80,6 +80,12 @@ class Handlers:
         self.dedup = None if self.eager else make_dedup(
             cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
 
+    def shed_memory(self) -> None:
+        """Start the dedup cache empty (memory guard): a retry it no longer knows asks the log."""
+        if self.dedup is not None:
+            self.dedup = make_dedup(self.cfg.dedup_capacity, int(self.cfg.dedup_window_s * 1000),
+                                    seed=secrets.randbits(64))
+
     def table(self) -> dict[str, Handler]:
         """Kind -> handler, for every kind a client may send (envelopes.KINDS)."""
         return {"open": self.h_open, "msg": self.h_msg, "typing": self.h_typing, "read": self.h_read,
@@ -300,7 +306,7 @@ class Handlers:
         """A fresh token for the same identity moves the connection's expiry (docs/protocol.md, Tokens)."""
         rid = env.rid
         try:
-            ident = auth.verify(env.token, self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer)
+            ident = auth.verify(env.token, self.cfg.keys, issuer=self.cfg.jwt_issuer)
         except auth.AuthError as e:
             METRICS.auth_failures.inc()
             raise ProtocolError("unauthorized", str(e), "token", rid) from None

@@ -28,6 +28,11 @@ class Node(Protocol):
     coord: Any
     hub: Any
     ws_port: int
+    guard: Any  # memory_guard.MemoryGuard
+    draining: bool
+    last_reload: dict[str, Any]
+
+    def spawn_drain(self) -> None: ...
 
 
 STATIC = Path(__file__).parent / "static"
@@ -43,10 +48,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 when the node takes new connections: shared state reachable, not draining, memory under
+    the guard's soft line; else 503, saying which (a load balancer stops sending it clients)."""
     node = _node(request)
     health = await node.coord.health()
-    ok = bool(health.get("ok")) and node.hub is not None
-    return web.json_response({"ok": ok, "coordinator": health}, status=200 if ok else 503)
+    memory = node.guard.describe() if node.guard is not None else {"state": "ok"}
+    ok = bool(health.get("ok")) and node.hub is not None and not node.draining and memory["state"] == "ok"
+    return web.json_response({"ok": ok, "coordinator": health, "draining": node.draining, "memory": memory},
+                             status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -89,7 +98,7 @@ def _admin_scope(request: web.Request) -> str | None:
     if token and hmac.compare_digest(token.encode(), cfg.admin_token.encode()):
         return None
     try:
-        ident = auth.verify(token, cfg.jwt_secret, issuer=cfg.jwt_issuer)
+        ident = auth.verify(token, cfg.keys, issuer=cfg.jwt_issuer)
     except auth.AuthError as e:
         raise web.HTTPUnauthorized(text=str(e), headers={"WWW-Authenticate": 'Bearer realm="chatgw-admin"'}) from None
     if ident.role != "service":
@@ -109,7 +118,22 @@ async def admin_stats(request: web.Request) -> web.Response:
     if _admin_scope(request) is not None:
         raise web.HTTPForbidden(text="node statistics need the admin token")
     node = _node(request)
-    return web.json_response({"node": node.cfg.node_id, "hub": node.hub.stats(), "config": node.cfg.describe()})
+    return web.json_response({"node": node.cfg.node_id, "hub": node.hub.stats(), "config": node.cfg.describe(),
+                              "memory": node.guard.describe() if node.guard is not None else None,
+                              "draining": node.draining, "last_reload": node.last_reload})
+
+
+async def admin_drain(request: web.Request) -> web.Response:
+    """POST /admin/drain (admin token): as SIGTERM, without the exit. Answers at once (202) with
+    the connections being told; `/readyz` and `/admin/stats` show the drain's progress."""
+    if _admin_scope(request) is not None:
+        raise web.HTTPForbidden(text="draining a node needs the admin token")
+    node = _node(request)
+    started = not node.draining
+    if started:
+        node.spawn_drain()
+    return web.json_response({"draining": True, "started": started, "connections": len(node.hub.conns)},
+                             status=202)
 
 
 async def admin_bots(request: web.Request) -> web.Response:
@@ -172,6 +196,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/api/dev/token", dev_token)
     app.router.add_get("/admin/stats", admin_stats)
     app.router.add_get("/admin/bots", admin_bots)
+    app.router.add_post("/admin/drain", admin_drain)
     app.router.add_get("/admin/tenants/{tenant}/conversations/{conv}", admin_conversation)
     app.router.add_get("/admin/tenants/{tenant}/agents/{agent}", admin_agent)
     app.router.add_get("/admin/tenants/{tenant}/queues/{group}", admin_queue)

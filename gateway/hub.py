@@ -82,6 +82,33 @@ class Hub:
         self.lifecycle.stop()
         self.tasks.cancel_all()
 
+    async def reload_bots(self, table: dict[str, Any]) -> None:
+        """Bots on a new `[bots]` table (a reload): a new worker reads it and the FAQ files again;
+        once it is ready new bot turns go to it, while turns already asked finish on the old one,
+        which then stops. So a question asked during a reload gets the old or the new answer.
+
+        Raises (and changes nothing) when the table or a file it names is refused.
+        """
+        from bot_bridge.worker import WorkerBridge
+
+        new = WorkerBridge.from_mapping(table)
+        await new.start()
+        old, self.bots = self.bots, new
+        self.handlers.bots = new
+        if self.bot_turns is not None:
+            self.bot_turns.bridge = new
+        if old is not None:
+            self.tasks.spawn(old.retire())
+
+    def shed_memory(self) -> None:
+        """The memory guard's soft line: drop what can be rebuilt. The dedup cache starts empty (the
+        log's client-id record stays exact behind it); the coordinator drops what its store or
+        Redis answers for (closed conversations, committed entries held in memory)."""
+        self.handlers.shed_memory()
+        shed = getattr(self.coord, "shed_memory", None)
+        if shed is not None:
+            shed()
+
     def stats(self) -> dict[str, Any]:
         dedup = self.handlers.dedup
         return {"connections": len(self.conns), "users": len(self.users), "dedup": len(dedup) if dedup is not None else 0,

@@ -9,7 +9,9 @@ advanced every TICK_S, so an idle connection holds no task and no timer.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import random
 import time
 from typing import Any
 
@@ -21,7 +23,7 @@ from .coordinator import Agent, Coordinator
 from .delivery import Delivery
 from .metrics import METRICS
 from .protocol import VERSION
-from .replies import Welcome
+from .replies import Closing, Welcome
 from .session import Session
 from .subscriptions import subscribed
 from .tasks import TaskSet
@@ -54,17 +56,23 @@ class Lifecycle:
         self.conns: dict[int, Session] = {}
         self.users = delivery.users  # this node's connections by (tenant, user)
         self._next_id = 0
-        # What a client must respect, told once in `welcome` (docs/protocol.md); one dict for all.
-        self._limits = {"max_text": cfg.max_text, "max_frame": cfg.max_frame, "rate_per_s": cfg.rate_per_s,
-                        "rate_burst": cfg.rate_burst, "flood_strikes": cfg.flood_strikes,
-                        "heartbeat_timeout_s": cfg.heartbeat_timeout_s}
+        self.limits_changed()
         self._wheel = make_timing_wheel(tick_ms=int(TICK_S * 1000))
         self._grace: dict[int, tuple[str, str]] = {}
         self._grace_of: dict[tuple[str, str], int] = {}
         self._ticker: asyncio.TimerHandle | None = None
+        self.emptied: asyncio.Event | None = None  # set when the last connection leaves (a drain waits on it)
         self._t0 = time.monotonic()
         coord.on_node_lost(self._node_lost)
         coord.on_rejoin(self._rejoin)
+
+    def limits_changed(self) -> None:
+        """What a client must respect, told once in `welcome` (docs/protocol.md); one dict for all,
+        built again when a reload changes them."""
+        cfg = self.cfg
+        self._limits = {"max_text": cfg.max_text, "max_frame": cfg.max_frame, "rate_per_s": cfg.rate_per_s,
+                        "rate_burst": cfg.rate_burst, "flood_strikes": cfg.flood_strikes,
+                        "heartbeat_timeout_s": cfg.heartbeat_timeout_s}
 
     def start(self) -> None:
         self._ticker = self._loop.call_later(TICK_S, self._tick)
@@ -81,6 +89,33 @@ class Lifecycle:
         for conn in list(self.conns.values()):
             conn.close_going_away("node shutting down")
             conn.hang_up()  # the ticker is gone: flush the close frame and close now
+
+    def drain(self, spread_s: float) -> int:
+        """Tell every chat connection to leave: `closing` {1001, drain, retry_ms} with retry_ms drawn
+        uniformly from [0, spread_s * 1000), so they reconnect elsewhere spread over that window.
+
+        The connections stay open and served until their clients leave (or `stop` closes them).
+        Returns how many were told.
+        """
+        told = 0
+        for conn in list(self.conns.values()):
+            if conn.echo or conn.closed:
+                continue
+            retry_ms = int(random.random() * spread_s * 1000)
+            conn.send_env(Closing(1001, "drain", "node draining: reconnect after retry_ms", retry_ms))
+            told += 1
+        return told
+
+    def close_idlest(self, n: int, spread_s: float = 10.0) -> int:
+        """Close the `n` connections silent the longest with 1013 (try again later), each told a
+        jittered `retry_ms` in [0, spread_s * 1000). Returns how many were closed."""
+        live = [c for c in self.conns.values() if not c.closed]
+        closed = 0
+        for conn in heapq.nsmallest(n, live, key=lambda c: c.last_rx):
+            retry_ms = int(random.random() * spread_s * 1000)
+            conn.fail(1013, "node overloaded: try again later", "overload", retry_ms)
+            closed += 1
+        return closed
 
     def timers(self) -> int:
         return len(self._wheel)
@@ -108,6 +143,8 @@ class Lifecycle:
     def disconnected(self, conn: Session) -> None:
         if self.conns.pop(conn.cid, None) is None:
             return
+        if not self.conns and self.emptied is not None:
+            self.emptied.set()
         self.delivery.wake(conn, False)
         METRICS.connections.labels(conn.role or "echo").dec()
         if conn.echo:

@@ -48,7 +48,7 @@ cdef class Connection(WSListener):
     cdef _on_close(self, WSFrame frame)
     cdef _message(self, WSMsgType msg_type, bytes payload)
     cdef bint _take_token(self, rid)
-    cpdef fail(self, int code, str reason, str why=*)
+    cpdef fail(self, int code, str reason, str why=*, object retry_ms=*)
     cpdef send_env(self, object env)
     cpdef push(self, out)
     cpdef flush(self)

@@ -25,6 +25,7 @@ from asyncio import _get_running_loop
 
 from gateway.envelopes import decode as _decode
 from gateway.protocol import Outgoing, ProtocolError, msgpack_array_header
+from gateway.logs import client_fault as _client_fault
 from gateway.replies import Closing, Error
 
 cdef object _monotonic = time.monotonic
@@ -32,6 +33,8 @@ cdef object _log = logging.getLogger("gateway.listener")
 
 # Close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); others are a protocol error.
 cdef frozenset _VALID_CLOSE = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014])
+# Closes for the client's fault (RFC 6455 7.4.1: protocol error, bad UTF-8, too big): logged as such.
+cdef frozenset _CLIENT_FAULT_CODES = frozenset([1002, 1007, 1009])
 
 
 # picows writes a frame header (at most 14 bytes) in front of a payload given this much room.
@@ -306,14 +309,17 @@ cdef class Connection(WSListener):
 
     # sending
 
-    cpdef fail(self, int code, str reason, str why=None):
+    cpdef fail(self, int code, str reason, str why=None, object retry_ms=None):
         """Close this connection on purpose, telling the peer why (RFC 6455 close frame).
 
-        With `why` (a word: flood, slow_reader, token_expired, heartbeat, shutdown) a chat
-        connection first gets a `closing` envelope {code, reason: why, message} (docs/protocol.md).
+        With `why` (a word: flood, slow_reader, token_expired, heartbeat, shutdown, overload) a chat
+        connection first gets a `closing` envelope {code, reason: why, message, retry_ms}
+        (docs/protocol.md). A close for the client's fault (a protocol error, a flood) is logged as one.
         """
         if self.closed:
             return
+        if code in _CLIENT_FAULT_CODES or why == "flood":
+            self._log_fault(code, reason, why)
         if self.outbox is not None:
             self.flush()  # errors queued this iteration (e.g. rate_limited) explain the close
             if self.closed:
@@ -321,9 +327,16 @@ cdef class Connection(WSListener):
         self.closed = True
         self.outbox = None
         if why is not None and not self.echo:
-            self._write([Outgoing(Closing(code, why, reason))])
+            self._write([Outgoing(Closing(code, why, reason, retry_ms))])
         self.transport.send_close(<WSCloseCode>code, reason.encode())
         self.core.closing(self)
+
+    def _log_fault(self, int code, str reason, str why):
+        try:
+            peer = "%s:%s" % self.transport.underlying_transport.get_extra_info("peername")[:2]
+        except Exception:  # a transport already gone, a Unix socket
+            peer = "?"
+        _client_fault(why or "protocol", code, reason, self.tenant, self.user, self.cid, peer)
 
     cpdef send_env(self, object env):
         self.push(Outgoing(env))

@@ -47,6 +47,14 @@ class _Metrics:
         self.auth_failures = Counter("chatgw_auth_failures_total", "Upgrades refused with 401 and token refreshes refused", registry=r)
         self.retried_steps = Counter("chatgw_retried_steps_total", "Steps after an answer or an append tried again because shared state was away", ["step"], registry=r)
         self.tokens_expired = Counter("chatgw_tokens_expired_total", "Connections closed because their token expired unrefreshed", registry=r)
+        # Operations (docs/operations.md).
+        self.client_faults = Counter("chatgw_client_faults_total", "Connections a client's fault ended or refused (protocol error, flood, handshake timeout, oversize request)", ["kind"], registry=r)
+        self.upgrades_refused = Counter("chatgw_upgrades_refused_total", "WebSocket upgrades answered with an HTTP error, by status", ["status"], registry=r)
+        self.memory_rss = Gauge("chatgw_memory_rss_bytes", "Resident set size at the memory guard's last check", registry=r)
+        self.memory_guard_state = Gauge("chatgw_memory_guard_state", "Memory guard: 0 ok, 1 soft (upgrades refused), 2 hard (idlest connections closed)", registry=r)
+        self.memory_guard_closed = Counter("chatgw_memory_guard_closed_total", "Connections the memory guard closed with 1013", registry=r)
+        self.config_reloads = Counter("chatgw_config_reloads_total", "Configuration reloads (SIGHUP), by outcome", ["outcome"], registry=r)
+        self.draining = Gauge("chatgw_draining", "1 while the node drains (readiness false, upgrades refused)", registry=r)
 
 
 METRICS = _Metrics()

@@ -159,8 +159,11 @@ class Error(Reply, tag="error", kw_only=True):
 class Closing(Reply, tag="closing"):
     t: ClassVar[str] = "closing"
     code: int  # the WebSocket close code that follows
-    reason: str  # flood | slow_reader | token_expired | heartbeat | shutdown
+    reason: str  # flood | slow_reader | token_expired | heartbeat | shutdown | drain | overload
     message: str
+    # drain, overload: reconnect after this many ms (jittered per connection, so a node's clients
+    # don't all land on the others at once). For `drain` the client leaves then, itself.
+    retry_ms: int | None = None
 
 
 # Kinds that may be handed to another node (gateway/delivery.py send_to): read back by `routed`.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import random
 import re
 import signal
 from typing import Any
 from urllib.parse import parse_qs
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+from picows import WSAutoPingStrategy, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.picows import WSProtocol
 
 from . import auth
 from .config import Config
@@ -18,18 +21,35 @@ from .coordinator import make_coordinator
 from .handshake import HandshakeError, check_upgrade
 from .hub import Hub
 from .listener import Connection, Limits
+from .logs import PicowsLog, refused_upgrade
+from .logs import configure as configure_logs
+from .memory_guard import MemoryGuard
 from .metrics import METRICS
 from .protocol import SUPPORTED_VERSIONS
+from .reload import reload
 
 log = logging.getLogger("gateway")
 
 
-def _refuse(status: int, message: str, extra: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
+def _refuse(status: int, message: str, peer: str, extra: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
+    """An upgrade answered with `status`: logged (one line), counted, and told why in the body."""
+    refused_upgrade(status, message, peer)
     body = message.encode()
     headers = {"Content-Type": "text/plain; charset=utf-8", **(extra or {})}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="chatgw"'
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body, headers), None)
+
+
+def _peer(proto: Any, request: WSUpgradeRequest) -> str:
+    """Where an upgrade came from: the socket's peer, and X-Forwarded-For when a proxy set it."""
+    try:
+        host, port = proto.transport.underlying_transport.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
+    except Exception:  # noqa: BLE001 - a Unix socket, a transport gone: the line still gets written
+        peer = "?"
+    forwarded = request.headers.get("X-Forwarded-For")
+    return f"{peer} (for {forwarded})" if forwarded else peer
 
 
 class Node:
@@ -45,32 +65,64 @@ class Node:
         self.ws_port = 0
         self.http_port = 0
         self.stopped = asyncio.Event()
+        self.guard: MemoryGuard | None = None
+        self.draining = False
+        self.drained = asyncio.Event()  # set when a drain has finished (clients gone or deadline passed)
+        self.last_reload: dict[str, Any] = {}  # what the last SIGHUP did (gateway/reload.py)
 
-    def listener_factory(self, request: WSUpgradeRequest) -> Any:
-        """Answer an upgrade request: handshake (400/426), path (404), protocol version (400), token (401)."""
+    def listener_factory(self, request: WSUpgradeRequest, proto: Any = None) -> Any:
+        """Answer an upgrade request: handshake (400/426), path (404), draining or memory (503),
+        protocol version (400), token (401). Every refusal is logged with the peer's address."""
         try:
             check_upgrade(request.headers)
         except HandshakeError as e:
-            return _refuse(e.status, str(e), e.headers)
+            return _refuse(e.status, str(e), _peer(proto, request), e.headers)
         path, _, query = request.path.decode("latin-1").partition("?")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         if path == "/echo" and self.cfg.echo_endpoint:
             return Connection(self.hub, self.limits, None, True)
         if path != "/ws":
+            refused_upgrade(404, f"no endpoint {path[:200]!r}", _peer(proto, request))
             return None  # picows answers 404
+        if self.draining or (self.guard is not None and self.guard.refusing):
+            why = "node draining" if self.draining else "node low on memory"
+            retry = str(1 + int(random.random() * max(1.0, self.cfg.drain_spread_s)))
+            return _refuse(503, f"{why}: try again later (another node may take you)", _peer(proto, request),
+                           {"Retry-After": retry})
         version = params.get("v", "1")
         if not version.isdigit() or int(version) not in SUPPORTED_VERSIONS:
-            return _refuse(400, f"unsupported protocol version {version!r}; this node speaks {list(SUPPORTED_VERSIONS)}")
+            return _refuse(400, f"unsupported protocol version {version!r}; this node speaks {list(SUPPORTED_VERSIONS)}",
+                           _peer(proto, request))
         token = params.get("token", "")
         header = request.headers.get("Authorization", "")
         if not token and header.lower().startswith("bearer "):
             token = header[7:].strip()
         try:
-            ident = auth.verify(token, self.cfg.jwt_secret, issuer=self.cfg.jwt_issuer, tenant=params.get("tenant"))
+            ident = auth.verify(token, self.cfg.keys, issuer=self.cfg.jwt_issuer, tenant=params.get("tenant"))
         except auth.AuthError as e:
             METRICS.auth_failures.inc()
-            return _refuse(401, str(e))
+            return _refuse(401, str(e), _peer(proto, request))
         return Connection(self.hub, self.limits, ident, False)
+
+    def _protocol(self) -> Any:
+        """picows' protocol for one accepted socket, as `ws_create_server` builds it (picows 2.3.1,
+        pinned), but with a listener factory that also gets the protocol: a refused upgrade's log
+        line names the peer's address, which picows does not hand the factory."""
+        cfg = self.cfg
+        proto: Any = None
+
+        def factory(request: WSUpgradeRequest) -> Any:
+            return self.listener_factory(request, proto)
+
+        proto = WSProtocol(
+            None, None, False, factory, self.picows_log,
+            True,  # disconnect_on_exception
+            5,  # websocket_handshake_timeout, s
+            False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto ping: heartbeats run on the hub's wheel
+            False,  # no auto pong: the listener answers pings, and none after a close (RFC 6455 5.5.1)
+            cfg.max_frame, None, cfg.read_buffer,
+        )
+        return proto
 
     async def start(self) -> None:
         from .http import start_http  # aiohttp import is slow; keep it off the module import path
@@ -94,31 +146,51 @@ class Node:
             else:
                 self.webhooks = Sender(self.coord._store, subs)
             self.webhooks.start()
-        self.ws_server = await ws_create_server(
-            self.listener_factory,
-            self.cfg.host,
-            self.cfg.ws_port,
-            max_frame_size=self.cfg.max_frame,
-            read_buffer_init_size=self.cfg.read_buffer,
-            websocket_handshake_timeout=5,
-            enable_auto_ping=False,  # heartbeats run on the hub's timing wheel: no task per connection
-            enable_auto_pong=False,  # the listener answers pings, and none after a close (RFC 6455 5.5.1)
-            disconnect_on_exception=True,
+        self.picows_log = PicowsLog(self.cfg.log_connections)
+        # uvloop's own transport (not aiofastnet's, which picows prefers when installed: ~5 KB more per
+        # idle connection, bench/README.md idle scenario; chat is not bulk throughput).
+        self.ws_server = await asyncio.get_running_loop().create_server(
+            self._protocol, self.cfg.host, self.cfg.ws_port,
             # Shared ports only where nodes share state (workers over Redis): two embedded nodes on
             # one port would each serve part of the visitors from separate states.
             reuse_port=self.cfg.coordinator == "redis",
             backlog=4096,
-            # uvloop's own transport: aiofastnet's (picows' default when installed) costs ~5 KB more
-            # per idle connection (bench/README.md, idle scenario), and chat is not bulk throughput.
-            use_aiofastnet=False,
-            # A LoggerAdapter, not a Logger: for a Logger picows builds a child Logger per
-            # connection (about 500 bytes, idle connections included); an adapter is shared.
-            logger_name=logging.LoggerAdapter(logging.getLogger("picows.server"), {}),
         )
         self.ws_port = self.ws_server.sockets[0].getsockname()[1]
         self.http_runner, self.http_port = await start_http(self)
 
+        hub = self.hub
+        self.guard = MemoryGuard(self.cfg, hub.shed_memory, hub.lifecycle.close_idlest, lambda: len(hub.conns),
+                                 asyncio.get_running_loop())
+        self.guard.start()
+
+    async def drain(self) -> None:
+        """Leave without dropping anyone (docs/operations.md, "Drain"): readiness goes false and new
+        upgrades get 503; every client is told to reconnect within `drain_spread_s` (a jittered
+        `retry_ms` each); the node waits until they have gone or `drain_timeout_s` has passed.
+        `stop` then closes whoever is left with 1001. Calling it again waits for the same drain."""
+        if self.draining:
+            await self.drained.wait()
+            return
+        self.draining = True
+        METRICS.draining.set(1)
+        told = self.hub.lifecycle.drain(self.cfg.drain_spread_s) if self.hub else 0
+        log.warning("draining: %d connections told to reconnect within %.0f s; closing the rest after %.0f s",
+                    told, self.cfg.drain_spread_s, self.cfg.drain_timeout_s)
+        if self.hub and self.hub.conns:
+            self.hub.lifecycle.emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hub.lifecycle.emptied.wait(), self.cfg.drain_timeout_s)
+        log.warning("drained: %d connections left", len(self.hub.conns) if self.hub else 0)
+        self.drained.set()
+
+    def spawn_drain(self) -> None:
+        """Start `drain` in the background (the admin call answers at once)."""
+        spawn(self.drain())
+
     async def stop(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
         if self.channels is not None:
@@ -161,6 +233,7 @@ class Node:
 
 
 async def serve(cfg: Config, ready: Any = None) -> None:
+    configure_logs(cfg.log_level, cfg.log_format)
     node = Node(cfg)
     await node.start()
     # Everything built so far (modules, FAQ index, config) lives as long as the process: move it out
@@ -172,10 +245,39 @@ async def serve(cfg: Config, ready: Any = None) -> None:
         ready(node)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    terms = 0
+
+    def on_term() -> None:  # drain first; a second SIGTERM stops at once
+        nonlocal terms
+        terms += 1
+        if terms > 1:
+            stop.set()
+        else:
+            spawn(node.drain(), then=stop.set)
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(node)))
     await stop.wait()
     await node.stop()
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Any, then: Any = None) -> None:
+    """Run a signal's work as a task kept alive until done; `then()` after it, even if it failed."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+
+    def done(t: asyncio.Task[Any]) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s failed", coro.__qualname__, exc_info=t.exception())
+        if then is not None:
+            then()
+
+    task.add_done_callback(done)
 
 
 _BANNER_PORT = re.compile(r"^\s+(websocket|http)\s+\w+://[^:/]+:(\d+)/")

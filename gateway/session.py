@@ -87,8 +87,9 @@ class Session(Protocol):
     def flush(self) -> None:
         """Write what is queued now; a transport over its write limit closes as a slow reader."""
 
-    def fail(self, code: int, reason: str, why: str | None = None) -> None:
-        """Close on purpose with `code` (RFC 6455 numbering), after a `closing` envelope when `why` is given."""
+    def fail(self, code: int, reason: str, why: str | None = None, retry_ms: int | None = None) -> None:
+        """Close on purpose with `code` (RFC 6455 numbering), after a `closing` envelope when `why` is
+        given (with `retry_ms`, when to reconnect)."""
 
     def slow_reader(self) -> None:
         """Close for not reading (1008), behind what is already queued."""
@@ -185,12 +186,12 @@ class ChannelSession:
         if out and not self.closed:
             self.write(out)
 
-    def fail(self, code: int, reason: str, why: str | None = None) -> None:
+    def fail(self, code: int, reason: str, why: str | None = None, retry_ms: int | None = None) -> None:
         if self.closed:
             return
         self.flush()
         if why is not None:
-            self.write([Outgoing(Closing(code, why, reason))])
+            self.write([Outgoing(Closing(code, why, reason, retry_ms))])
         self.closed = True
         self.outbox = None
         self.close_transport(code, reason)

@@ -84,6 +84,9 @@ def start_gateway(**settings: Any) -> Gateway:
         GATEWAY_HTTP_PORT="0",
         GATEWAY_WS_PORT="0",
         GATEWAY_LOG_LEVEL="warning",
+        # A test's node stops (SIGTERM) with its clients still connected: closed at once, not after
+        # a drain's deadline. The drain's own tests set it (tests/test_operations.py).
+        GATEWAY_DRAIN_TIMEOUT_S="0",
         PYTHONUNBUFFERED="1",
     )
     # Bots answer first by default; most tests are about people, so they opt in (bots_enabled=true).

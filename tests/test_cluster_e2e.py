@@ -212,6 +212,7 @@ async def test_workers_share_ports_and_chat_across_workers(redis_server, tmp_pat
     env = dict(__import__("os").environ, GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="warning",
                GATEWAY_COORDINATOR="redis", GATEWAY_REDIS_URL=redis_server.url, GATEWAY_NODE_TTL_S="1",
                GATEWAY_NODE_HEARTBEAT_S="0.2", GATEWAY_BOTS_ENABLED="false")
+    env["GATEWAY_DRAIN_TIMEOUT_S"] = "0"  # stopped with its clients connected: no drain to wait for
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "2", "--ws-port", str(ws_port),
                              "--http-port", str(http_port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:

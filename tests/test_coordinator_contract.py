@@ -7,6 +7,7 @@ The node bus and node loss need several nodes: tests/test_cluster_coordination.p
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from gateway.coordinator import Agent, Conversation, ports
 from gateway.coordinator.embedded import EmbeddedCoordinator, Store
 from gateway.coordinator.redis import RedisCoordinator
+
+from .support import wait_for
 
 IMPLEMENTATIONS = ["embedded", "embedded-store", "redis", "redis-cluster"]
 
@@ -40,7 +43,7 @@ def conv(i: str = "c1", tenant: str = "t", visitor: str = "v1", group: str = "g"
 
 def test_every_implementation_provides_every_port(coord):
     for port in (ports.Locks, ports.ConversationState, ports.ConversationLog, ports.AgentsAndQueue,
-                 ports.NodeBus, ports.Presence):
+                 ports.NodeBus, ports.Presence, ports.Supervision):
         assert isinstance(coord, port), port
     # The synchronous fast path is declared, and offered only by a log in this process.
     assert isinstance(coord, ports.SyncLog) == isinstance(coord, EmbeddedCoordinator)
@@ -194,6 +197,72 @@ async def test_queue_is_fifo_with_front_insert(coord):
     assert await coord.queue_remove("t", "g", "c1") is True
     assert await coord.queue_remove("t", "g", "c1") is False
     assert await coord.queue_head("t", "g") == "c0"
+
+
+# Supervision
+
+
+async def _set_state(coord, c: Conversation, state: str, agent: str | None = None) -> None:
+    c.state, c.agent = state, agent
+    async with coord.lock(c.tenant, c.id):
+        await coord.save_conversation(c)
+
+
+async def test_live_view_shows_queues_with_waits_agents_states_and_nodes(coord):
+    started = time.monotonic()
+    await coord.upsert_agent(Agent("t", "a1", ("g",), capacity=2, status="online", connected=True))
+    await coord.upsert_agent(Agent("t", "a2", ("g", "h"), capacity=1, status="away", connected=True))
+    await coord.upsert_agent(Agent("u", "a9", ("g",), capacity=3, status="online", connected=True))  # another tenant
+    await coord.create_conversation(Conversation("c1", "t", "v1", "g", state="bot", created_ms=1))
+    for i, group in ((2, "g"), (3, "g"), (4, "h")):
+        await coord.create_conversation(Conversation(f"c{i}", "t", f"v{i}", group, created_ms=1))
+        await coord.enqueue("t", group, f"c{i}")
+    c5 = await coord.create_conversation(Conversation("c5", "t", "v5", "g", created_ms=1))
+    assert await coord.reserve_agent("t", "g") == "a1"
+    await _set_state(coord, c5, "assigned", "a1")
+    c6 = await coord.create_conversation(Conversation("c6", "t", "v6", "g", created_ms=1))
+    await _set_state(coord, c6, "closed")  # closed: counted nowhere
+
+    async def waited_a_while():
+        view = await coord.live_view("t")
+        return view if view.queues and view.queues[0].waiting[0].waited_ms >= 20 else None
+
+    view = await wait_for(waited_a_while, what="the head's wait to grow")  # waits are time, not a snapshot
+    elapsed_ms = (time.monotonic() - started) * 1000 + 5  # clocks: wall (theirs) and monotonic (ours)
+    assert [(q.group, q.length, [(w.conv, w.visitor) for w in q.waiting]) for q in view.queues] == [
+        ("g", 2, [("c2", "v2"), ("c3", "v3")]), ("h", 1, [("c4", "v4")])]
+    g_waits = [w.waited_ms for w in view.queues[0].waiting]
+    assert 20 <= g_waits[0] <= elapsed_ms and 0 <= g_waits[1] <= g_waits[0]  # the head has waited longest
+    assert view.agents == [Agent("t", "a1", ("g",), 2, "online", True, 1), Agent("t", "a2", ("g", "h"), 1, "away", True, 0)]
+    assert view.states == {"bot": 1, "queued": 3, "assigned": 1}
+    assert [n.id for n in view.nodes] == [coord.node_id] and 0 <= view.nodes[0].heartbeat_age_ms < 5000
+    assert not view.truncated
+
+    # Requeued in front: its wait starts again, below the entries behind it.
+    await coord.enqueue("t", "g", "c0", front=True)
+    assert await coord.queue_remove("t", "g", "c3") is True
+    await _set_state(coord, c5, "closed")
+    view = await coord.live_view("t")
+    g = view.queues[0]
+    assert [w.conv for w in g.waiting] == ["c0", "c2"] and g.waiting[0].waited_ms < g.waiting[1].waited_ms
+    assert g.waiting[0].visitor == ""  # c0 has no conversation doc: still listed
+    assert view.states == {"bot": 1, "queued": 3, "assigned": 0}  # states are the docs', not the queues'
+
+    other = await coord.live_view("u")  # tenants are isolated
+    assert other.queues == [] and [a.id for a in other.agents] == ["a9"]
+    assert other.states == {"bot": 0, "queued": 0, "assigned": 0}
+
+
+async def test_live_view_is_bounded(coord):
+    n = ports.LIVE_QUEUED_MAX + 5
+    for i in range(n - 10):
+        await coord.enqueue("t", "g", f"c{i:04d}")
+    for i in range(10):
+        await coord.enqueue("t", "h", f"d{i:04d}")
+    view = await coord.live_view("t")
+    assert view.truncated
+    assert [(q.group, q.length, len(q.waiting)) for q in view.queues] == [("g", n - 10, n - 10), ("h", 10, 5)]
+    assert [w.conv for w in view.queues[1].waiting] == [f"d{i:04d}" for i in range(5)]
 
 
 # ConversationState

@@ -31,12 +31,13 @@ from .ports import (
     Locks,
     NodeBus,
     Presence,
+    Supervision,
     SyncLog,
     Transcripts,
 )
 
 __all__ = ["Agent", "AgentsAndQueue", "Conversation", "ConversationLog", "ConversationState", "Coordinator",
-           "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "SyncLog", "Transcripts", "Unavailable", "idempotency_key"]
+           "DeliveryHandler", "Locks", "NodeBus", "Presence", "StaleState", "Supervision", "SyncLog", "Transcripts", "Unavailable", "idempotency_key"]
 
 
 def agent_event(agent: Agent) -> dict[str, Any]:
@@ -65,7 +66,8 @@ class StaleState(Exception):
     """A conditional append (`if_version`) found the conversation changed since it was read."""
 
 
-class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts, ApiKeys, Contacts):
+class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, NodeBus, Presence, Transcripts, ApiKeys, Contacts,
+                  Supervision):
     """Every port at once, as each implementation provides them today (ports.py)."""
 
     node_id: str

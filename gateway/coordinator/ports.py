@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from routing.model import Conversation
+from routing.model import Agent, Conversation
 from routing.ports import AgentsAndQueue, ConversationState, Locks
 
 __all__ = ["AgentsAndQueue", "ApiKeys", "Contacts", "ConversationLog", "ConversationState", "DeliveryHandler", "Locks", "NodeBus",
-           "Presence", "SyncLog", "Transcripts"]
+           "LiveView", "NodeSeen", "Presence", "QueueView", "Supervision", "SyncLog", "Transcripts", "Waiting"]
 
 # A remote delivery handed to the node holding the users: (tenant, users, envelope, encoded). For a
 # log entry sent encoded, `envelope` is only its routing head {t, conv, seq} and `encoded` the JSON
@@ -188,3 +189,67 @@ class Contacts(ABC):
     @abstractmethod
     async def contacts(self, tenant: str, channel: str) -> dict[str, dict[str, Any]]:
         """Every record of the channel: external id -> record."""
+
+
+# Supervision: a tenant's live picture, for the supervisor page (gateway/supervisor_http.py).
+
+LIVE_QUEUED_MAX = 500  # queue entries listed in one view, all groups together (head first per group)
+LIVE_AGENTS_MAX = 1000  # agents listed in one view (by id)
+LIVE_GROUPS_MAX = 200  # queues (groups) looked at in one view
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One conversation in a queue: its id, its visitor, and how long it has waited: ms since it
+    last joined the queue (a requeue or a transfer to a group starts the count again)."""
+
+    conv: str
+    visitor: str
+    waited_ms: int
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """One group's queue: its full `length`, and `waiting`, its first entries, head first."""
+
+    group: str
+    length: int
+    waiting: list[Waiting]
+
+
+@dataclass(frozen=True)
+class NodeSeen:
+    """A live node: its id and ms since its last heartbeat (the embedded node: itself, 0)."""
+
+    id: str
+    heartbeat_age_ms: int
+
+
+@dataclass
+class LiveView:
+    """One tenant's live picture.
+
+    `queues`: non-empty queues by group name, each cut so that at most LIVE_QUEUED_MAX entries are
+    listed in all; `agents`: at most LIVE_AGENTS_MAX, by id, with their load; `states`: open
+    conversations by state, {"bot": n, "queued": n, "assigned": n} (closed ones are not counted);
+    `nodes`: the cluster's live nodes by id; `truncated`: some bound above cut something.
+    """
+
+    queues: list[QueueView] = field(default_factory=list)
+    agents: list[Agent] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+    nodes: list[NodeSeen] = field(default_factory=list)
+    truncated: bool = False
+
+
+OPEN_STATES = ("bot", "queued", "assigned")
+
+
+class Supervision(ABC):
+    """What a supervisor watches: queues with waits, agents with load, conversations by state, nodes."""
+
+    @abstractmethod
+    async def live_view(self, tenant: str) -> LiveView:
+        """`tenant`'s live picture (`LiveView`), bounded: at most LIVE_QUEUED_MAX queue entries over at
+        most LIVE_GROUPS_MAX groups and LIVE_AGENTS_MAX agents, whatever the tenant's size. Reads only;
+        the parts are read one after another, not as one snapshot."""

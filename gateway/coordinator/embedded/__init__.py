@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 
 from ..base import Coordinator, Unavailable
 from ..retention import Retention
@@ -23,6 +22,7 @@ from .locks import MemoryLocks
 from .log import MemoryLog
 from .presence import MemoryPresence
 from .store import Store, StoreError
+from .supervision import MemorySupervision
 from .transcripts import MemoryTranscripts
 
 __all__ = ["EmbeddedCoordinator", "Retention", "Store", "StoreError"]
@@ -36,7 +36,7 @@ SWEEP_S = 30.0
 
 
 class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAgentsAndQueue, MemoryPresence,
-                          MemoryTranscripts, MemoryApiKeys, MemoryContacts, Coordinator):
+                          MemoryTranscripts, MemoryApiKeys, MemoryContacts, MemorySupervision, Coordinator):
     # No asyncio.timeout inside: the hub may start handlers inline, and run `msg` through the
     # synchronous peek_now / append_now / seq_of_now (docs/hub.md, steps 4-6a).
     eager_safe = True
@@ -81,8 +81,8 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         for agent in snap.agents:
             self._restore_agent(agent, len(self._agent_convs.get((agent.tenant, agent.id), ())))
         self._sticky.update(snap.sticky)
-        for key, convs in snap.queues.items():
-            self._queues[key] = deque(convs)
+        for (tenant, group), convs in snap.queues.items():
+            self._restore_queue(tenant, group, convs)
         self._restore_api_keys()
         self._restore_contacts()
         self._sweep()

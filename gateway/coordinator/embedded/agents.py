@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import replace
 
@@ -22,6 +23,12 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
         self._agents: dict[tuple[str, str], Agent] = {}
         self._index = make_load_index()
         self._queues: dict[tuple[str, str], deque[str]] = {}
+        # For the supervisor's view (supervision.py): a tenant's agent ids and queue groups, and when
+        # each waiting conversation joined its queue ((tenant, conv) -> wall clock ms; memory only:
+        # after a restart the view falls back to the conversation's creation time).
+        self._agents_of: dict[str, set[str]] = {}
+        self._groups_of: dict[str, set[str]] = {}
+        self._queued_ms: dict[tuple[str, str], int] = {}
 
     def _ikey(self, tenant: str, agent_id: str) -> str:
         return f"{tenant}\0{agent_id}"
@@ -34,6 +41,7 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
             changed = old is None or (old.status, old.connected) != (agent.status, agent.connected)
             self._store.save_agent(agent, orjson.dumps(agent_event(agent)) if changed else None)
         self._agents[key] = agent
+        self._agents_of.setdefault(agent.tenant, set()).add(agent.id)
         self._index.upsert(
             self._ikey(agent.tenant, agent.id),
             [f"{agent.tenant}\0{g}" for g in agent.groups],
@@ -71,6 +79,7 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
     def _restore_agent(self, agent: Agent, load: int) -> None:
         """An agent as the store had it, charged with the `load` conversations it holds."""
         self._agents[(agent.tenant, agent.id)] = agent = replace(agent, load=0, connected=False)
+        self._agents_of.setdefault(agent.tenant, set()).add(agent.id)
         self._index.upsert(self._ikey(agent.tenant, agent.id), [f"{agent.tenant}\0{g}" for g in agent.groups],
                            agent.capacity, agent.available)
         for _ in range(load):
@@ -78,6 +87,11 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
             self._index.force_acquire(self._ikey(agent.tenant, agent.id))
 
     # queues
+    def _restore_queue(self, tenant: str, group: str, convs: list[str]) -> None:
+        """A queue as the store had it, head first."""
+        self._queues[(tenant, group)] = deque(convs)
+        self._groups_of.setdefault(tenant, set()).add(group)
+
     async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None:
         q = self._queues.setdefault((tenant, group), deque())
         if conv_id in q:
@@ -85,6 +99,8 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
         if self._store is not None:
             self._store.enqueue(tenant, group, conv_id, front)
         q.appendleft(conv_id) if front else q.append(conv_id)
+        self._groups_of.setdefault(tenant, set()).add(group)
+        self._queued_ms[(tenant, conv_id)] = int(time.time() * 1000)
 
     async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool:
         q = self._queues.get((tenant, group))
@@ -92,6 +108,7 @@ class MemoryAgentsAndQueue(AgentsAndQueue):
             if self._store is not None:
                 self._store.dequeue(tenant, group, conv_id)
             q.remove(conv_id)
+            self._queued_ms.pop((tenant, conv_id), None)
             return True
         return False
 

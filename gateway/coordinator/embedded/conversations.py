@@ -41,6 +41,9 @@ class MemoryConversations(ConversationState):
         self._open_of: dict[tuple[str, str], str] = {}
         self._sticky: dict[tuple[str, str], str] = {}
         self._agent_convs: dict[tuple[str, str], set[str]] = {}
+        # Open conversations by (tenant, state), for the supervisor's view (supervision.py); closed
+        # ones are not counted (with a store most of them are not in memory).
+        self._state_counts: dict[tuple[str, str], int] = {}
         # (when, key, estimated bytes) of conversations closed and still in memory, oldest first
         self._closed: deque[tuple[float, tuple[str, str], int]] = deque()
         self._closed_bytes = 0
@@ -129,6 +132,11 @@ class MemoryConversations(ConversationState):
         self._track(None, conv)
 
     def _track(self, old: Conversation | None, new: Conversation) -> None:
+        counts = self._state_counts
+        if old is not None and old.state != "closed":
+            counts[(old.tenant, old.state)] = counts.get((old.tenant, old.state), 1) - 1
+        if new.state != "closed":
+            counts[(new.tenant, new.state)] = counts.get((new.tenant, new.state), 0) + 1
         if old and old.agent:
             self._agent_convs.get((old.tenant, old.agent), set()).discard(old.id)
         if new.agent and new.state == "assigned":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import orjson
@@ -53,11 +54,15 @@ class RedisAgentsAndQueue:
 
     @available_errors
     async def enqueue(self, tenant: str, group: str, conv_id: str, front: bool = False) -> None:
-        await self._enqueue_s(keys=[self._qk(tenant, "q:" + q(group))], args=[conv_id, "1" if front else "0"])
+        """With the time it joined and its group's name kept beside the list (enqueue.lua), for supervision.py."""
+        await self._enqueue_s(keys=[self._qk(tenant, "q:" + q(group)), self._qk(tenant, "since:" + q(group)),
+                                    self._qk(tenant, "groups")],
+                              args=[conv_id, "1" if front else "0", int(time.time() * 1000), group])
 
     @available_errors
     async def queue_remove(self, tenant: str, group: str, conv_id: str) -> bool:
-        return bool(await self.r.lrem(self._qk(tenant, "q:" + q(group)), 0, conv_id))
+        return bool(await self._dequeue_s(keys=[self._qk(tenant, "q:" + q(group)), self._qk(tenant, "since:" + q(group))],
+                                          args=[conv_id]))
 
     @available_errors
     async def queue_head(self, tenant: str, group: str) -> str | None:

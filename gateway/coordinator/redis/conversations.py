@@ -9,6 +9,7 @@ import orjson
 from cachetools import LRUCache
 
 from ..base import Conversation, Unavailable
+from ..ports import OPEN_STATES
 from ..postgres import PostgresArchive
 from ..retention import Retention
 from .archiver import member
@@ -50,8 +51,15 @@ class RedisConversations:
             await p.execute()
         conv.version = 0
         self._cache[(conv.tenant, conv.id)] = conv.copy()
+        await self._index_state(conv)
         await self._archive_soon(conv.tenant, conv.id)
         return conv
+
+    async def _index_state(self, conv: Conversation) -> None:
+        """Put `conv` in its tenant's set of open conversations in its state, and out of the others
+        (state_index.lua; the counts supervision.py reads). After the doc's write, in another slot:
+        a node lost in between leaves the old state counted until the conversation's next save."""
+        await self._state_index_s(keys=[self._sk(conv.tenant, s) for s in OPEN_STATES], args=[conv.id, conv.state])
 
     @available_errors
     async def get_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
@@ -91,6 +99,7 @@ class RedisConversations:
             raise Unavailable("lost the conversation lock to another node (stale fencing token)")
         conv.version = int(version)
         self._cache[(conv.tenant, conv.id)] = conv.copy()
+        await self._index_state(conv)
         if old and old.agent and (old.agent != conv.agent or conv.state != "assigned"):
             await self.r.srem(self._ak(conv.tenant, "convs:" + q(old.agent)), conv.id)
         if conv.agent and conv.state == "assigned":

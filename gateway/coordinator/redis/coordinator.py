@@ -33,6 +33,7 @@ from .pipe import Pipes, Script, Sent, counted
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
+from .supervision import RedisSupervision
 from .transcripts import RedisTranscripts
 
 HEARTBEAT_S = 1.0
@@ -42,7 +43,7 @@ NODE_TTL_S = 5.0
 
 
 class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgentsAndQueue, RedisPresence,
-                       RedisNodeBus, RedisTranscripts, RedisApiKeys, RedisContacts,
+                       RedisNodeBus, RedisTranscripts, RedisApiKeys, RedisContacts, RedisSupervision,
                        Coordinator):
     """The Redis ports over one client (standalone or cluster), with this node's background loops:
     the delivery subscriber and flusher, the node heartbeat and the delivery probe."""
@@ -138,6 +139,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self._reserve_s = s(lua("reserve"))
         self._release_s = s(lua("release"))
         self._enqueue_s = s(lua("enqueue"))
+        self._dequeue_s = s(lua("dequeue"))
+        self._state_index_s = s(lua("state_index"))
         self._beat_client = self._sync_client()
         try:
             await asyncio.to_thread(self._beat)

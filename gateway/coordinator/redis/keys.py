@@ -5,7 +5,8 @@
     P:{v:T:V}:open|sticky|convs  a visitor's open conversation, last agent, and every conversation of theirs
     P:{a:T}:agents|load|avail:G|convs:A   a tenant's agents, loads, eligible set per group, holdings
     P:{a:T}:events[:wh|:lease]   agent.status webhook events (a stream), the senders' cursors and lease
-    P:{q:T}:q:G                  waiting queues
+    P:{q:T}:q:G|since:G|groups   waiting queues, when each entry joined (conv -> ms), the groups with a queue
+    P:{s:T}:bot|queued|assigned  the tenant's open conversations by state (sets of ids; the supervisor's counts)
     P:{l:T:S}:lock|fence         segment lock S of tenant T, with its fencing counter
     P:{p:T:U}:nodes              which nodes hold user U (presence)
     P:{n:N}:users                who node N holds (for cleaning up after it dies)
@@ -48,6 +49,9 @@ class Keys:
 
     def _qk(self, tenant: str, part: str) -> str:
         return f"{self._p}:{{q:{q(tenant)}}}:{part}"
+
+    def _sk(self, tenant: str, state: str) -> str:
+        return f"{self._p}:{{s:{q(tenant)}}}:{state}"
 
     def _pk(self, tenant: str, user: str) -> str:
         return f"{self._p}:{{p:{q(tenant)}:{q(user)}}}:nodes"

@@ -1,0 +1,82 @@
+"""SIGHUP: read the configuration again and apply what can change while the node runs.
+
+1. The file is read and checked as at start (`config.load`, with the command line's settings on
+   top). A file that can't be read or is refused changes nothing: the node keeps its settings and
+   says why (an ERROR line and `chatgw_config_reloads_total{outcome="refused"}`).
+2. A new `[bots]` table (or the same one: its FAQ files may have changed) is started in a new bot
+   worker; if that fails, nothing changes either (step 1's outcome).
+3. Then the settings in RELOADABLE are copied onto the running configuration, which every part of
+   the node reads: limits (the listener's shared `Limits` and the `welcome`'s copy), heartbeats,
+   memory guard lines, drain times, log level, the admin token, and the JWT secret, which
+   rotates: tokens signed with the old one stay accepted for `jwt_rotation_grace_s` (auth.KeyRing,
+   by the `kid` in their header).
+4. Any other setting that changed is named in a WARNING line: it needs a restart (ports, the
+   coordinator, the data directory...).
+
+A secret the node generated at start (development) stays: a reload would otherwise generate a new
+one and refuse every token handed out so far. Tested by tests/test_operations.py::test_reload_*.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from typing import Any
+
+from . import logs
+from .config import ConfigError, load
+from .metrics import METRICS
+
+log = logging.getLogger("gateway.reload")
+
+LIMITS = {"max_frame": "max_frame", "max_text": "max_text", "rate_per_s": "rate", "rate_burst": "burst",
+          "flood_strikes": "strikes", "max_write_buffer": "max_write_buffer"}
+RELOADABLE = (*LIMITS, "heartbeat_s", "heartbeat_timeout_s", "agent_capacity", "agent_grace_s", "log_level",
+              "log_connections", "memory_soft_mb", "memory_hard_mb", "drain_spread_s", "drain_timeout_s",
+              "jwt_rotation_grace_s", "jwt_secret", "jwt_issuer", "admin_token", "bots", "api_rate_per_s",
+              "api_rate_burst")
+_SKIP = ("generated", "keys", "origin", "node_id")  # filled in by the node itself
+
+
+async def reload(node: Any) -> dict[str, Any]:
+    """Reload `node`'s configuration (steps above); returns what `GET /admin/stats` shows as
+    `last_reload`: {outcome: applied | refused, changed: [...], restart_needed: [...], error}."""
+    running = node.cfg
+    try:
+        path, overrides = running.origin
+        new = load(path, **overrides)
+        for name in ("jwt_secret", "admin_token"):
+            if name in new.generated:
+                setattr(new, name, getattr(running, name))
+        if running.bots_enabled and node.hub is not None and node.hub.bot_turns is not None:
+            await node.hub.reload_bots(new.bots)
+    except (ConfigError, OSError, ValueError, RuntimeError, TimeoutError) as e:
+        # ValueError: TOML syntax and the bot table's own ConfigError; RuntimeError: a bot worker
+        # that could not start on the new files.
+        METRICS.config_reloads.labels("refused").inc()
+        log.error("configuration reload refused, running settings kept: %s: %s", type(e).__name__, e)
+        node.last_reload = {"outcome": "refused", "error": f"{type(e).__name__}: {e}", "changed": [],
+                            "restart_needed": []}
+        return node.last_reload
+    changed, restart = [], []
+    for f in fields(running):
+        if f.name in _SKIP or getattr(new, f.name) == getattr(running, f.name):
+            continue
+        (changed if f.name in RELOADABLE else restart).append(f.name)
+    if "jwt_secret" in changed:
+        running.keys.rotate(new.jwt_secret, new.jwt_rotation_grace_s)
+    for name in changed:
+        setattr(running, name, getattr(new, name))
+    for name, attr in LIMITS.items():
+        setattr(node.limits, attr, getattr(running, name))
+    if node.hub is not None:
+        node.hub.lifecycle.limits_changed()
+    logs.configure(running.log_level)
+    node.picows_log.log_connections = running.log_connections
+    METRICS.config_reloads.labels("applied").inc()
+    shown = [n if n not in ("jwt_secret", "admin_token") else f"{n} (rotated)" for n in changed]
+    log.warning("configuration reloaded: %s", ", ".join(shown) or "nothing changed")
+    if restart:
+        log.warning("these settings changed in the file but need a restart to take effect: %s", ", ".join(restart))
+    node.last_reload = {"outcome": "applied", "changed": changed, "restart_needed": restart, "error": None}
+    return node.last_reload
