@@ -135,6 +135,11 @@ class ChatClient:
         await self._send_msg(cid)
         return await fut
 
+    async def set_status(self, status: str) -> dict[str, Any]:
+        """An agent's availability: `online` (assigned conversations), `away` or `offline`; the reply
+        carries `status`, `capacity`, `load`. It outlives the connection: a reconnect keeps it."""
+        return await self._request({"t": "status", "status": status})
+
     async def events(self) -> AsyncIterator[Message | StateChange | Gap]:
         """Entries of this client's conversations, in seq order, each once (and gaps, if any)."""
         while True:
@@ -181,6 +186,11 @@ class ChatClient:
         self._up.set()
         for env in first[1:]:
             self._handle(env)
+
+    def _leave(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Close `ws` (still the connection a drain notice came on): the read loop connects again."""
+        if ws is self._ws and not ws.closed:
+            asyncio.ensure_future(ws.close(code=1001, message=b"reconnecting: node draining"))
 
     async def _frames(self) -> list[dict[str, Any]]:
         assert self._ws is not None
@@ -249,6 +259,12 @@ class ChatClient:
                     fut.set_exception(err)
             elif rid in self._requests and not self._requests[rid].done():
                 self._requests[rid].set_exception(err)
+        elif t == "closing" and env.get("reason") == "drain":
+            # The node is draining: it keeps serving this connection until we leave, which we do
+            # after the jittered retry_ms it gave (so its clients don't all reconnect at once).
+            ws = self._ws
+            if ws is not None:
+                asyncio.get_running_loop().call_later(env.get("retry_ms", 0) / 1000, self._leave, ws)
         elif env.get("rid") in self._requests:
             fut = self._requests[env["rid"]]
             if not fut.done():

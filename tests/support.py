@@ -78,8 +78,9 @@ def start_gateway(**settings: Any) -> Gateway:
     secret = str(settings.pop("jwt_secret", None) or secrets.token_urlsafe(32))
     admin = secrets.token_urlsafe(32)
     env = dict(os.environ)
+    if settings.pop("secret_in_env", True):  # False: the config file gives it (and a reload may rotate it)
+        env["GATEWAY_JWT_SECRET"] = secret
     env.update(
-        GATEWAY_JWT_SECRET=secret,
         GATEWAY_ADMIN_TOKEN=admin,
         GATEWAY_HTTP_PORT="0",
         GATEWAY_WS_PORT="0",

@@ -302,6 +302,7 @@
     if (this.state === 'stopped') return;
     var exp = Math.min(this.backoffMax, this.backoffBase * Math.pow(2, this.attempt));
     var delay = Math.round(exp / 2 + Math.random() * exp / 2); // "equal jitter"
+    if (this.retryAfterMs) { delay = Math.max(delay, this.retryAfterMs); this.retryAfterMs = 0; }
     this.attempt++;
     this._setState('waiting', { delay: delay });
     clearTimeout(this.reconnectTimer);
@@ -626,6 +627,15 @@
       case 'closing':
         this.log('server closing: ' + env.code + ' ' + (env.message || ''));
         if (env.reason === 'token_expired') this.failedBeforeWelcome = 2;  // mint before reconnecting
+        if (env.reason === 'drain') {
+          // The node is draining and still serves us: leave after the jittered delay it gave
+          // (its clients spread over the other nodes), then connect again at once.
+          var drained = this.ws;
+          var me = this;
+          setTimeout(function () { if (me.ws === drained) { me.attempt = 0; me.reconnect(); } }, env.retry_ms || 0);
+        } else if (typeof env.retry_ms === 'number') {
+          this.retryAfterMs = env.retry_ms;  // overload: the close follows; wait at least this long
+        }
         this.emit('closing', env);
         return;
       default:
