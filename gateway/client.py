@@ -243,6 +243,20 @@ class ChatClient:
                                                 env.get("text", ""), env.get("ts", 0), env))
             else:
                 self._events.put_nowait(StateChange(conv, seq, env.get("ev", ""), env))
+        elif t == "assigned":
+            # An agent given a conversation: its entries so far come in `history` (the last
+            # `assign_history` of them), live ones after `seq`. What the snapshot leaves out before
+            # itself is a gap (ask `history` for it); what it stops short of, a resume catches up.
+            conv, history = env["conv"], sorted(env.get("history") or (), key=lambda e: e.get("seq", 0))
+            last = self.last.get(conv, 0)
+            if history and history[0].get("seq", 0) > last + 1:
+                self.last[conv] = history[0]["seq"] - 1
+                self._events.put_nowait(Gap(conv, history[0]["seq"]))
+            for entry in history:
+                self._handle({**entry, "conv": conv, "t": entry.get("t") or ("event" if "ev" in entry else "msg")})
+            if env.get("seq", 0) > self.last.get(conv, 0) and self._ws is not None:
+                asyncio.ensure_future(self._ws.send_str(_json({"t": "resume", "conv": conv,
+                                                               "after": self.last.get(conv, 0)})))
         elif t == "ack":
             pending = self._pending.pop(env["id"], None)
             if pending is not None and not pending[2].done():

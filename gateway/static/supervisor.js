@@ -63,7 +63,7 @@
 
   function renderCounts(counts) {
     ['bot', 'queued', 'assigned'].forEach(function (k) {
-      $('count-' + k).textContent = String(counts[k] || 0);
+      $('count-' + k).textContent = k in counts ? String(counts[k]) : '\u2013'; // unknown: a dash
     });
   }
 
@@ -85,8 +85,8 @@
       });
       var more = q.length - q.waiting.length;
       var title = q.group + ': ' + q.length + ' waiting' + (more > 0 ? ' (first ' + q.waiting.length + ' shown)' : '');
-      var head = el('thead', {}, [el('tr', {}, ['#', 'Visitor', 'Conversation', 'Waiting for'].map(function (h) {
-        return el('th', { text: h });
+      var head = el('thead', {}, [el('tr', {}, ['#', 'Visitor', 'Conversation', 'Waiting for'].map(function (h, i) {
+        return el('th', { text: h, className: i === 0 || i === 3 ? 'num' : '' });
       }))]);
       box.appendChild(el('section', { className: 'queue', 'data-group': q.group }, [
         el('h3', { text: title }),
@@ -125,6 +125,11 @@
     $('agent-total').textContent = agents.length ? available + ' of ' + agents.length + ' available' : '';
   }
 
+  // {agent: 1, visitor: 3} -> "1 agent, 3 visitors"
+  function roles(counts) {
+    return Object.keys(counts).sort().map(function (r) { return counts[r] + ' ' + r + (counts[r] === 1 ? '' : 's'); }).join(', ');
+  }
+
   function renderNodes(nodes, thisNode) {
     var body = $('nodes');
     body.textContent = '';
@@ -137,11 +142,18 @@
     });
     $('node-total').textContent = nodes.length + (nodes.length === 1 ? ' node' : ' nodes');
     var line = '';
-    if (thisNode) {
-      var roles = Object.keys(thisNode.by_role).sort().map(function (r) { return thisNode.by_role[r] + ' ' + r; });
-      line = 'This node holds ' + thisNode.connections + ' connections' + (roles.length ? ': ' + roles.join(', ') : '') + '.';
+    if (thisNode) { // the admin token only: this node's connections, all tenants and this one's
+      line = 'This node holds ' + thisNode.connections + ' connections (' + (roles(thisNode.by_role) || 'none') +
+        '); of this tenant: ' + (roles(thisNode.tenant_by_role) || 'none') + '.';
     }
     $('this-node').textContent = line;
+  }
+
+  // A refused token: what it showed before is no longer known to be true.
+  function clear() {
+    render({ conversations: {}, queues: [], agents: [], nodes: [], tenant: '', now_ms: 0, node: '' });
+    $('updated').textContent = '';
+    $('node-total').textContent = '';
   }
 
   function render(data) {
@@ -188,7 +200,10 @@
         showError(why.text);
         setState('waiting', why.retry ? 'retrying' : 'refused');
         if (why.retry) timer = setTimeout(function () { poll(mine, token, tenant); }, POLL_MS);
-        else if (res.status === 401) store(TOKEN_KEY, null); // a refused token is not kept
+        else {
+          clear();
+          if (res.status === 401) store(TOKEN_KEY, null); // a refused token is not kept
+        }
         return null;
       })
       .catch(function () {
