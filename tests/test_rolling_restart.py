@@ -106,7 +106,7 @@ async def test_rolling_restart_of_three_nodes_under_traffic_loses_and_duplicates
             assert old.proc.returncode == 0, "".join(old.output[-30:])
             assert "draining:" in "".join(old.output)
             nodes[i] = start_gateway(**settings)
-            await wait_for(lambda: total() and all(len(a) >= 3 + len(acked_before[c]) for c, a in acked.items()),
+            await wait_for(lambda b=acked_before: total() and all(len(a) >= 3 + len(b[c]) for c, a in acked.items()),
                            timeout=30,
                            what=f"traffic going on after node {i}'s restart on every conversation: "
                                 f"{ {c: len(a) for c, a in acked.items()} }, connections "
