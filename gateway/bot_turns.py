@@ -84,18 +84,24 @@ class BotTurns:
         ctx = BotContext(conv.tenant, conv.id, conv.group, conv.visitor, question["text"], history, conv.meta,
                          seq=question["seq"])
         audience = conv.participants()
+        started, first = time.monotonic(), []
+        backend = self.bridge.backend_for(conv.tenant, conv.group) or "none"
 
         async def on_chunk(text: str) -> None:
+            if not first:
+                first.append(True)
+                METRICS.bot_first_chunk.labels(backend).observe(time.monotonic() - started)
             await delivery.send_to(conv.tenant, audience, BotChunk(conv.id, question["seq"], text))
 
         result = await self.bridge.answer(ctx, on_chunk)
+        METRICS.bot_answer.labels(result.backend or backend).observe(time.monotonic() - started)
         METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
         async with coord.lock(conv.tenant, conv.id):
             current = await coord.get_conversation(conv.tenant, conv.id)
             if current is None or current.state != "bot":
                 return  # an agent took over or the visitor closed meanwhile
             if result.handoff:
-                current.state = "queued"
+                current.state, current.queued_ms = "queued", int(time.time() * 1000)
                 current.meta["bot"] = {**last_bot_answer(result, earlier), "reason": result.reason}
                 await coord.save_conversation(current)
         if result.text:

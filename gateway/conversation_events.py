@@ -53,6 +53,8 @@ class ConversationEvents:
 
     async def on_assigned(self, conv: Conversation, ev: str, previous: str | None) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)
+        if ev == "assigned" and conv.queued_ms:
+            METRICS.queue_wait.observe(max(0.0, time.time() - conv.queued_ms / 1000))
         if self.bot_turns is not None:
             self.bot_turns.cancel(conv.tenant, conv.id, "agent took over")
         entry = await self.event(conv, ev, agent=conv.agent, by=previous)
@@ -62,6 +64,8 @@ class ConversationEvents:
                             meta={k: v for k, v in conv.meta.items() if k != "bot"}, bot=conv.meta.get("bot"),
                             history=history)
         await self.delivery.send_to(conv.tenant, [conv.agent], assigned)
+        if conv.assigned_us:  # set when the router charged the agent: the rest is this step's cost
+            METRICS.assignment_latency.observe(max(0.0, time.time() - conv.assigned_us / 1e6))
         METRICS.assignments.inc()
         await self.delivery.deliver(conv, entry)
 
@@ -70,7 +74,9 @@ class ConversationEvents:
 
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
-        for pos, conv_id in enumerate(await self.coord.queue_list(tenant, group), 1):
+        waiting = await self.coord.queue_list(tenant, group)
+        METRICS.queue_length.labels(tenant, group).set(len(waiting))
+        for pos, conv_id in enumerate(waiting, 1):
             known = self._queue_pos.get((tenant, conv_id))
             if known is not None and known[0] == pos:
                 continue

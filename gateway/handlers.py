@@ -46,6 +46,9 @@ from .retry import answered_then
 from .session import Session
 from .subscriptions import subscribe
 
+_monotonic = time.monotonic
+_ack_latency = METRICS.ack_latency.observe
+
 # How often a `msg` reads the conversation again when its copy was stale (each time another node
 # changed the conversation between the read and the append): past that, the client sends it again.
 STALE_RETRIES = 3
@@ -121,7 +124,8 @@ class Handlers:
             visitor=conn.user,
             group=group,
             state="bot" if with_bot else "queued",
-            created_ms=_now_ms(),
+            created_ms=(now := _now_ms()),
+            queued_ms=0 if with_bot else now,
             meta=env.meta or {},
         )
         await self.coord.create_conversation(conv)
@@ -225,6 +229,7 @@ class Handlers:
         Returns the participants this node does not hold (for the caller's node bus).
         """
         conn.send_env(Ack(conv.id, env.id, seq, dup, env.rid))  # 4
+        _ack_latency(_monotonic() - conn.last_rx)
         if dup:
             METRICS.hot.duplicates += 1
         else:

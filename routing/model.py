@@ -25,6 +25,8 @@ class Conversation:
     assigned_us: int = 0
     # The agent that transferred it to a group: not given it back while another agent can take it.
     avoid: str | None = None
+    # When it last joined a queue (wall clock, ms; 0: never queued): the queue wait metric's start.
+    queued_ms: int = 0
     # The state's version: 0 when created, another at each save (kept by the store, not in the doc).
     # An append can be made conditional on it (ConversationLog.append's `if_version`).
     version: int = field(default=0, compare=False)

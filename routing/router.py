@@ -188,6 +188,7 @@ class Router:
                 await self.coord.save_conversation(conv)
             else:
                 conv.state, conv.agent, conv.group, conv.avoid = "queued", None, group, by
+                conv.queued_ms = _now_us() // 1000
                 await self.coord.save_conversation(conv)
         await self.sink.on_unassigned(conv, by, rid)
         return conv
@@ -240,7 +241,7 @@ class Router:
                 conv = await self.coord.get_conversation(tenant, conv_id)
                 if conv is None or conv.state != "assigned" or conv.agent != agent_id:
                     continue
-                conv.state, conv.agent = "queued", None
+                conv.state, conv.agent, conv.queued_ms = "queued", None, _now_us() // 1000
                 await self.coord.save_conversation(conv)
             await self.coord.release_agent(tenant, agent_id)
             async with self.coord.lock(tenant, "queue:" + conv.group):

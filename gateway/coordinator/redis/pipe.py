@@ -47,6 +47,7 @@ class Sent:
     """
 
     commands = 0
+    writes = 0  # writes to a socket carrying one command or a batch of them: round trips
 
 
 def counted(connection_class: type) -> type:
@@ -59,6 +60,10 @@ def counted(connection_class: type) -> type:
         def pack_command(self, *args: Any) -> Any:
             Sent.commands += 1
             return super().pack_command(*args)
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> Any:
+            Sent.writes += 1  # a coroutine for redis-py's asyncio connections, a plain call for its blocking ones
+            return super().send_packed_command(command, check_health)
 
     Counted.__name__ = f"Counted{connection_class.__name__}"
     return Counted
@@ -133,6 +138,7 @@ class _Connection(asyncio.Protocol):
         self._scheduled = False
         if self._out and self._transport is not None and self.lost is None:
             self._transport.write(b"".join(self._out))
+            Sent.writes += 1
         self._out.clear()
 
     def waiting(self) -> int:
