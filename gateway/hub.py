@@ -105,9 +105,7 @@ class Hub:
         log's client-id record stays exact behind it); the coordinator drops what its store or
         Redis answers for (closed conversations, committed entries held in memory)."""
         self.handlers.shed_memory()
-        shed = getattr(self.coord, "shed_memory", None)
-        if shed is not None:
-            shed()
+        self.coord.shed_memory()
 
     def stats(self) -> dict[str, Any]:
         dedup = self.handlers.dedup

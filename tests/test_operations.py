@@ -298,3 +298,34 @@ async def test_drain_deadline_closes_whoever_stays_with_1001():
         await wait_for(lambda: not gw.alive(), timeout=20, what="the node to exit")
     finally:
         gw.stop()
+
+
+async def test_reload_reads_the_faq_again_and_a_broken_faq_keeps_the_old_bot(config_file, tmp_path):
+    faq = tmp_path / "faq.yaml"
+
+    def write_faq(answer: str) -> None:
+        faq.write_text("entries:\n  - id: hours\n    q:\n      en: [\"When are you open?\", \"opening hours\"]\n"
+                       f"    a:\n      en: \"{answer}\"\n")
+
+    write_faq("We are open 9 to 5.")
+    bots = f'[bots]\ndefault = "faq"\n[bots.backends.faq]\ntype = "faq"\npath = "{faq}"\n'
+    config_file.write_text(bots)
+    gw = start_gateway(config=config_file, bots_enabled="true")
+    try:
+        v = await Client.connect(gw, "visitor", uid("v"))
+        conv = (await v.request({"t": "open"}, "conv"))["conv"]
+
+        async def ask() -> str:
+            ack = await v.msg(conv, "When are you open?")
+            return (await v.next("msg", lambda e: e["role"] == "bot" and e.get("reply_to") == ack["seq"]))["text"]
+
+        assert await ask() == "We are open 9 to 5."
+        write_faq("We are open around the clock.")
+        assert (await _reload(gw, config_file, bots))["outcome"] == "applied"
+        assert await ask() == "We are open around the clock."
+        faq.write_text("entries: [this is not an entry]\n")  # refused: the running bot stays
+        done = await _reload(gw, config_file, bots, outcome="refused")
+        assert "bot worker" in done["error"] or "faq" in done["error"].lower(), done
+        assert await ask() == "We are open around the clock."
+    finally:
+        gw.stop()

@@ -81,6 +81,10 @@ class Coordinator(Locks, ConversationState, ConversationLog, AgentsAndQueue, Nod
     async def health(self) -> dict[str, Any]:
         return {"ok": True}
 
+    def shed_memory(self) -> None:  # noqa: B027 - optional hook; Redis holds nothing it could drop
+        """The memory guard's soft line (gateway/memory_guard.py): drop from memory what the store
+        answers for. Never anything not yet durable."""
+
     def counters(self) -> dict[str, int]:
         """What the coordinator has done so far (name -> count since start), for /admin/stats."""
         return dict(getattr(self, "stats", {}))

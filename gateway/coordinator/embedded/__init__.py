@@ -87,6 +87,14 @@ class EmbeddedCoordinator(MemoryLocks, MemoryConversations, MemoryLog, MemoryAge
         self._restore_contacts()
         self._sweep()
 
+    def shed_memory(self) -> None:
+        """The memory guard's soft line: closed conversations leave memory now, and every committed
+        log entry held in memory (the store answers for both). Memory only: nothing can go."""
+        if self._store is None:
+            return
+        self.evict_closed(0.0)
+        self._shed_over_budget(0)
+
     def _sweep(self) -> None:
         self.evict_closed(self._closed_keep_s)
         if self._retention is not None and self._retention.any():

@@ -132,11 +132,12 @@ class MemoryLog(ConversationLog):
         log.nbytes -= freed
         self._log_bytes -= freed
 
-    def _shed_over_budget(self) -> None:
+    def _shed_over_budget(self, target: int | None = None) -> None:
         """Over the budget: the committed entries of the oldest conversations (in the order they were
-        made or read back) leave memory until the logs are under 90% of it; reads of them go to the
-        store (read_after / read_before). Client ids stay (trimmed with `history_keep`)."""
-        target = self._budget * 9 // 10
+        made or read back) leave memory until the logs are under `target` bytes (90% of the budget);
+        reads of them go to the store (read_after / read_before). Client ids stay (trimmed with
+        `history_keep`)."""
+        target = self._budget * 9 // 10 if target is None else target
         for log in self._logs.values():
             if self._log_bytes <= target:
                 break
