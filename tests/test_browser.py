@@ -371,3 +371,66 @@ cache = false
         assert not page_errors, "\n".join(problems)
     finally:
         llm.stop()
+
+
+@pytest.mark.timeout(180)
+def test_demo_pages_reconnect_by_themselves_through_a_rolling_restart(redis_server, browser, tmp_path):
+    """Two nodes on one Redis share their ports (SO_REUSEPORT); each is restarted in turn (SIGTERM:
+    a drain). The open visitor and agent pages leave the draining node when told, reconnect by
+    themselves to a live one and carry on: a message sent afterwards reaches the agent once."""
+    import secrets as _secrets
+    import signal as _signal
+    import socket as _socket
+
+    from .support import start_gateway
+
+    def free_port() -> int:
+        with _socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    settings = dict(coordinator="redis", redis_url=redis_server.url, ws_port=free_port(), http_port=free_port(),
+                    jwt_secret=_secrets.token_urlsafe(32), drain_spread_s=1, drain_timeout_s=30)
+    nodes = [start_gateway(**settings) for _ in range(2)]
+    base = nodes[0].http_url.rstrip("/")
+    tenant = f"drain-{uuid.uuid4().hex[:8]}"
+    before, after = f"before the restarts {tenant}", f"after the restarts {tenant}"
+    problems = []
+    expect.set_options(timeout=TIMEOUT_MS)
+    agent_ctx = browser.new_context(viewport={"width": 1280, "height": 760})
+    visitor_ctx = browser.new_context(viewport={"width": 1100, "height": 760})
+    agent = agent_ctx.new_page()
+    visitor = visitor_ctx.new_page()
+    _watch(agent, "agent", problems)
+    _watch(visitor, "visitor", problems)
+    try:
+        _open_agent(agent, base, tenant)
+        _open_visitor(visitor, base, tenant)
+        _ask(visitor, before)
+        agent.locator(".conv-item").first.click()
+        expect(agent.locator("#thread .msg.them .bubble", has_text=before)).to_be_visible()
+        told = 0
+        for i in range(2):
+            nodes[i].proc.send_signal(_signal.SIGTERM)
+            nodes[i].proc.wait(60)  # it exits once its clients (if any were on it) have left
+            assert nodes[i].proc.returncode == 0
+            deadline = time.monotonic() + 10  # the output thread reads the exited node's last lines
+            while "drained:" not in "".join(nodes[i].output) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            told += sum(int(n) for n in re.findall(r"draining: (\d+) connections told", "".join(nodes[i].output)))
+            nodes[i] = start_gateway(**settings)
+        assert told >= 2  # both pages were on a node that drained, at least once each
+        expect(visitor.locator("body")).to_have_attribute("data-conn", "ready")
+        expect(agent.locator("#conn")).to_have_attribute("data-state", "ready")
+        _ask(visitor, after)
+        expect(agent.locator("#thread .msg.them .bubble", has_text=after)).to_be_visible()
+        expect(agent.locator("#thread .msg .bubble", has_text=before)).to_have_count(1)
+        expect(agent.locator("#thread .msg .bubble", has_text=after)).to_have_count(1)
+        expect(visitor.locator(".msg .bubble", has_text=after)).to_have_count(1)
+    finally:
+        _finish((("drain-agent", agent), ("drain-visitor", visitor)), tmp_path, problems)
+        agent_ctx.close()
+        visitor_ctx.close()
+        for gw in nodes:
+            gw.stop()
+    assert not [p for p in problems if "page error" in p], "\n".join(problems)
