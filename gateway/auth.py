@@ -40,15 +40,18 @@ def key_id(secret: str) -> str:
 
 
 class KeyRing:
-    """The secrets a token may be signed with: the current one, and those a reload replaced, each
-    accepted until its grace period ends (a key rotation without refusing live tokens).
+    """The secrets a token may be signed with: the current one; those a reload replaced, each until
+    its grace period ends (a key rotation without refusing live tokens); and `previous`, secrets the
+    configuration still lists (`jwt_previous_secrets`: a rotation's window that outlives a restart).
 
-    A token's header `kid` picks its key; a token without one (minted elsewhere) is tried against
-    the current key, then the others still in their grace period.
+    A token whose header `kid` names one of ours is checked against that key only; one without a
+    `kid`, or with one from another issuer's scheme, against each accepted key in turn.
     """
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, previous: list[str] | None = None) -> None:
         self.current = secret
+        self._kid = key_id(secret)
+        self.previous = list(previous or ())
         self._retired: dict[str, tuple[str, float]] = {}  # kid -> (secret, accepted until, Unix s)
 
     def rotate(self, secret: str, grace_s: float, now: float | None = None) -> bool:
@@ -57,28 +60,28 @@ class KeyRing:
         if secret == self.current:
             return False
         now = time.time() if now is None else now
-        self._retired[key_id(self.current)] = (self.current, now + grace_s)
+        self._retired[self._kid] = (self.current, now + grace_s)
         self._retired.pop(key_id(secret), None)
-        self.current = secret
+        self.current, self._kid = secret, key_id(secret)
         self._retired = {k: v for k, v in self._retired.items() if v[1] > now}
         return True
 
     def candidates(self, token: str) -> list[str]:
-        """The secrets to try for `token`, by its header's `kid`. Raises AuthError for an unknown
-        or retired kid, or a header that is not a JWT's."""
+        """The secrets to try for `token`, by its header's `kid`. Raises AuthError for one of our
+        kids whose grace period is over, or a header that is not a JWT's."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as e:
             raise AuthError(f"invalid token: {e}") from None
-        now = time.time()
-        if kid is None:
-            return [self.current] + [sec for sec, until in self._retired.values() if until > now]
-        if kid == key_id(self.current):
+        if kid == self._kid:
             return [self.current]
-        retired = self._retired.get(kid)
-        if retired is not None and retired[1] > now:
-            return [retired[0]]
-        raise AuthError("invalid token: signed with a key this node does not accept (unknown or retired kid)")
+        now = time.time()
+        retired = self._retired.get(kid) if isinstance(kid, str) else None
+        if retired is not None:
+            if retired[1] > now:
+                return [retired[0]]
+            raise AuthError("invalid token: signed with a key whose rotation grace period is over")
+        return [self.current, *self.previous, *(sec for sec, until in self._retired.values() if until > now)]
 
 
 def verify(token: str, secret: str | KeyRing, *, issuer: str = "", tenant: str | None = None) -> Identity:

@@ -67,7 +67,7 @@ class BotTurns:
         # A turn that hands off assigns the conversation itself, which lands here: a turn never
         # cancels itself (its handoff would stop half done at its next await).
         if task is not None and not task.done() and task is not asyncio.current_task():
-            log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why)
+            log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why, extra={"tenant": tenant, "conv": conv_id})
             METRICS.bot_cancelled.inc()
             task.cancel()
 

@@ -119,6 +119,9 @@ class Config:
     drain_timeout_s: float = 30.0
     # A reload that changes jwt_secret keeps accepting tokens signed with the old one this long.
     jwt_rotation_grace_s: float = 3600.0
+    # Secrets tokens may still be signed with (a rotation's window across restarts): remove each
+    # once the tokens it signed have expired. Tokens are signed with jwt_secret only.
+    jwt_previous_secrets: list[str] = field(default_factory=list)
 
     generated: list[str] = field(default_factory=list, repr=False)
     # The keys tokens are checked against: jwt_secret, and keys a reload replaced (auth.KeyRing).
@@ -159,8 +162,11 @@ class Config:
             if not self.admin_token:
                 self.admin_token = secrets.token_urlsafe(24)
                 self.generated.append("admin_token")
+        if any(not isinstance(s, str) or len(s) < (MIN_SECRET_LEN if self.production else 1)
+               for s in self.jwt_previous_secrets):
+            raise ConfigError(f"jwt_previous_secrets must be secrets (in production, of at least {MIN_SECRET_LEN} characters)")
         if self.keys is None:
-            self.keys = KeyRing(self.jwt_secret)
+            self.keys = KeyRing(self.jwt_secret, self.jwt_previous_secrets)
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
         if self.memory_budget_mb < 0:
@@ -197,6 +203,9 @@ class Config:
             raise ConfigError("memory_soft_mb and memory_hard_mb must be 0 (off) or more, the hard line at or above the soft")
         if self.drain_spread_s < 0 or self.drain_timeout_s < 0 or self.jwt_rotation_grace_s < 0:
             raise ConfigError("drain_spread_s, drain_timeout_s and jwt_rotation_grace_s must be 0 or more")
+        if self.drain_timeout_s and self.drain_spread_s > self.drain_timeout_s:
+            raise ConfigError("drain_spread_s must not be longer than drain_timeout_s (clients told to come back "
+                              "later than the node waits would be cut off)")
 
     def _check_channels(self) -> None:
         names: set[str] = set()
@@ -221,11 +230,13 @@ class Config:
         """Settings safe to print or serve: secrets masked."""
         out = {}
         for f in fields(self):
-            if f.name in _NOT_SETTINGS:
+            if f.name in NOT_SETTINGS:
                 continue
             v = getattr(self, f.name)
             if f.name in ("jwt_secret", "admin_token") and v:
                 v = "<generated>" if f.name in self.generated else "<set>"
+            elif f.name == "jwt_previous_secrets":
+                v = f"<{len(v)} set>"
             elif f.name in ("redis_url", "archive_url"):
                 v = re.sub(r"//[^@/]*@", "//***@", v)  # never print a password
             elif f.name in ("bots", "webhooks", "channels"):
@@ -234,7 +245,7 @@ class Config:
         return out
 
 
-_NOT_SETTINGS = ("generated", "keys", "origin")  # Config fields the node fills in, never read from a file
+NOT_SETTINGS = ("generated", "keys", "origin")  # Config fields the node fills in, never read from a file or reloaded
 _SECRET_KEY = re.compile(r"(key|secret|token|password)", re.I)
 
 
@@ -258,19 +269,36 @@ def _coerce(kind: type | str, raw: str) -> Any:
     return kind(raw)
 
 
+def _typed(kind: Any, value: Any, where: str) -> Any:
+    """A file's value checked against its setting's type (`kind`: the annotation, a string here);
+    an integer is a float's value too. Raises ConfigError naming the setting."""
+    kind = str(kind)
+    base = kind.split("[", 1)[0]
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str),
+          "dict": lambda v: isinstance(v, dict),
+          "list": lambda v: isinstance(v, list)}.get(base)
+    if ok is not None and not ok(value):
+        raise ConfigError(f"{where} must be {'a number' if base == 'float' else 'an integer' if base == 'int' else base}, "
+                          f"not {value!r}")
+    return float(value) if base == "float" else value
+
+
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Config:
     """Build a Config: defaults < file (TOML, [gateway] table or top level) < GATEWAY_* env < overrides."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     path = path or env.get("GATEWAY_CONFIG")
-    known = {f.name: f for f in fields(Config) if f.name not in _NOT_SETTINGS}
+    known = {f.name: f for f in fields(Config) if f.name not in NOT_SETTINGS}
     if path:
         data = tomllib.loads(Path(path).read_text())
         data = data.get("gateway", data)
         for k, v in data.items():
             if k not in known:
                 raise ConfigError(f"{path}: unknown setting {k!r}")
-            values[k] = v
+            values[k] = _typed(known[k].type, v, f"{path}: {k}")
     for name, f in known.items():
         raw = env.get(f"GATEWAY_{name.upper()}")
         if raw is not None and name not in ("bots", "tenant_retention_days", "webhooks", "channels"):  # file-only tables

@@ -40,6 +40,7 @@ class ConversationEvents:
         self._assign_history = assign_history
         self.bot_turns: RunningBots | None = None
         self._queue_pos: dict[tuple[str, str], tuple[int, str]] = {}  # (tenant, conv) -> (position told, visitor)
+        self._queue_lengths: dict[tuple[str, str], int] = {}  # (tenant, group) -> waiting, as last seen (non-zero)
 
     async def event(self, conv: Conversation, ev: str, **fields: Any) -> dict[str, Any]:
         """Append an `event` entry (state change) to the conversation's log; returns it with its seq."""
@@ -75,7 +76,7 @@ class ConversationEvents:
     async def on_queue_changed(self, tenant: str, group: str) -> None:
         """Tell every waiting visitor whose position changed (one lookup per newcomer, not per change)."""
         waiting = await self.coord.queue_list(tenant, group)
-        METRICS.queue_length.labels(tenant, group).set(len(waiting))
+        self._queue_length(tenant, group, len(waiting))
         for pos, conv_id in enumerate(waiting, 1):
             known = self._queue_pos.get((tenant, conv_id))
             if known is not None and known[0] == pos:
@@ -88,6 +89,16 @@ class ConversationEvents:
                 visitor = conv.visitor
             self._queue_pos[(tenant, conv_id)] = (pos, visitor)
             await self.delivery.send_to(tenant, [visitor], Queue(conv_id, pos))
+
+    def _queue_length(self, tenant: str, group: str, n: int) -> None:
+        """The metric is per group, all tenants together: one series per tenant would grow without bound."""
+        delta = n - self._queue_lengths.get((tenant, group), 0)
+        if n:
+            self._queue_lengths[(tenant, group)] = n
+        else:
+            self._queue_lengths.pop((tenant, group), None)
+        if delta:
+            METRICS.queue_length.labels(group).inc(delta)
 
     async def on_closed(self, conv: Conversation, by: str) -> None:
         self._queue_pos.pop((conv.tenant, conv.id), None)

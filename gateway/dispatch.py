@@ -111,7 +111,8 @@ def report(conn: Session, env: Envelope, e: Exception) -> None:
     elif isinstance(e, Unavailable):
         conn.send_env(ProtocolError("unavailable", str(e) or "shared state unreachable", rid=env.rid).envelope())
     else:
-        log.error("handling %s from %s/%s", env.t, conn.tenant, conn.user, exc_info=e)
+        log.error("handling %s from %s/%s", env.t, conn.tenant, conn.user, exc_info=e,
+                  extra={"tenant": conn.tenant, "user": conn.user, "cid": conn.cid, "conv": getattr(env, "conv", None)})
         conn.send_env(ProtocolError("internal", "internal error", rid=env.rid).envelope())
 
 

@@ -80,14 +80,15 @@ class Handlers:
         # exactly by itself (docs/hub.md, 6a). The cache is this node's alone (the log is the
         # shared record), so a random seed is right: client-chosen ids can't be crafted to
         # collide in a hash nobody outside knows.
-        self.dedup = None if self.eager else make_dedup(
-            cfg.dedup_capacity, int(cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
+        self.dedup = None if self.eager else self._new_dedup()
+
+    def _new_dedup(self) -> Any:
+        return make_dedup(self.cfg.dedup_capacity, int(self.cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
 
     def shed_memory(self) -> None:
         """Start the dedup cache empty (memory guard): a retry it no longer knows asks the log."""
         if self.dedup is not None:
-            self.dedup = make_dedup(self.cfg.dedup_capacity, int(self.cfg.dedup_window_s * 1000),
-                                    seed=secrets.randbits(64))
+            self.dedup = self._new_dedup()
 
     def table(self) -> dict[str, Handler]:
         """Kind -> handler, for every kind a client may send (envelopes.KINDS)."""
@@ -229,7 +230,7 @@ class Handlers:
         Returns the participants this node does not hold (for the caller's node bus).
         """
         conn.send_env(Ack(conv.id, env.id, seq, dup, env.rid))  # 4
-        _ack_latency(_monotonic() - conn.last_rx)
+        _ack_latency(_monotonic() - conn.last_msg)
         if dup:
             METRICS.hot.duplicates += 1
         else:

@@ -61,6 +61,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     bots = _node(request).hub.bots
     if bots is not None:  # the breakers live in the bot worker: asked now, not per bot call
+        METRICS.bot_breaker.clear()  # backends gone from the config, or a worker that is down, leave no stale series
         for backend, state in (await bots.snapshot()).get("breakers", {}).items():
             METRICS.bot_breaker.labels(backend).set({"closed": 0, "half_open": 1, "open": 2}.get(state, 2))
     return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -21,6 +21,7 @@ from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Coordinator
 from .delivery import Delivery
+from .listener import Connection
 from .metrics import METRICS
 from .protocol import VERSION
 from .replies import Closing, Welcome
@@ -34,6 +35,11 @@ log = logging.getLogger("gateway.lifecycle")
 TICK_S = 0.05
 CLOSE_WAIT_S = 2.0
 CLOSE_TOKEN_EXPIRED = 3000  # IANA-registered "Unauthorized" (docs/protocol.md, close codes)
+
+
+def _jitter_ms(spread_s: float) -> int:
+    """A reconnect delay drawn uniformly from [0, spread_s) in ms: a node's clients don't all come back at once."""
+    return int(random.random() * spread_s * 1000)
 
 
 class Lifecycle:
@@ -61,7 +67,8 @@ class Lifecycle:
         self._grace: dict[int, tuple[str, str]] = {}
         self._grace_of: dict[tuple[str, str], int] = {}
         self._ticker: asyncio.TimerHandle | None = None
-        self.emptied: asyncio.Event | None = None  # set when the last connection leaves (a drain waits on it)
+        self.sockets = 0  # chat WebSocket connections (not channels' or API sessions): what a drain waits for
+        self.emptied: asyncio.Event | None = None  # set when the last of them leaves (a drain waits on it)
         self._t0 = time.monotonic()
         coord.on_node_lost(self._node_lost)
         coord.on_rejoin(self._rejoin)
@@ -91,31 +98,31 @@ class Lifecycle:
             conn.hang_up()  # the ticker is gone: flush the close frame and close now
 
     def drain(self, spread_s: float) -> int:
-        """Tell every chat connection to leave: `closing` {1001, drain, retry_ms} with retry_ms drawn
+        """Tell every WebSocket client to leave: `closing` {1001, drain, retry_ms} with retry_ms drawn
         uniformly from [0, spread_s * 1000), so they reconnect elsewhere spread over that window.
 
-        The connections stay open and served until their clients leave (or `stop` closes them).
-        Returns how many were told.
+        They stay open and served until their clients leave (or `stop` closes them); `emptied` is
+        set when the last has gone. Sessions the node made itself (messaging channels' contacts,
+        API calls) are not told: they have no client to reconnect. Returns how many were told.
         """
         told = 0
-        for conn in list(self.conns.values()):
-            if conn.echo or conn.closed:
-                continue
-            retry_ms = int(random.random() * spread_s * 1000)
-            conn.send_env(Closing(1001, "drain", "node draining: reconnect after retry_ms", retry_ms))
+        for conn in self._sockets():
+            conn.send_env(Closing(1001, "drain", "node draining: reconnect after retry_ms", _jitter_ms(spread_s)))
             told += 1
         return told
 
-    def close_idlest(self, n: int, spread_s: float = 10.0) -> int:
-        """Close the `n` connections silent the longest with 1013 (try again later), each told a
-        jittered `retry_ms` in [0, spread_s * 1000). Returns how many were closed."""
-        live = [c for c in self.conns.values() if not c.closed]
+    def close_idlest(self, n: int) -> int:
+        """Close the `n` WebSocket connections whose last message is the oldest with 1013 (try again
+        later), each told a jittered `retry_ms` within `drain_spread_s`. Returns how many were closed."""
+        spread_s = self.cfg.drain_spread_s
         closed = 0
-        for conn in heapq.nsmallest(n, live, key=lambda c: c.last_rx):
-            retry_ms = int(random.random() * spread_s * 1000)
-            conn.fail(1013, "node overloaded: try again later", "overload", retry_ms)
+        for conn in heapq.nsmallest(n, self._sockets(), key=lambda c: c.last_msg):
+            conn.fail(1013, "node overloaded: try again later", "overload", _jitter_ms(spread_s))
             closed += 1
         return closed
+
+    def _sockets(self) -> list[Connection]:
+        return [c for c in self.conns.values() if type(c) is Connection and not c.echo and not c.closed]
 
     def timers(self) -> int:
         return len(self._wheel)
@@ -130,6 +137,8 @@ class Lifecycle:
         METRICS.connections.labels(conn.role or "echo").inc()
         if conn.echo:
             return
+        if type(conn) is Connection:
+            self.sockets += 1
         key = (conn.tenant, conn.user)
         peers = self.users.get(key, ())
         first = not peers
@@ -143,8 +152,10 @@ class Lifecycle:
     def disconnected(self, conn: Session) -> None:
         if self.conns.pop(conn.cid, None) is None:
             return
-        if not self.conns and self.emptied is not None:
-            self.emptied.set()
+        if type(conn) is Connection and not conn.echo:
+            self.sockets -= 1
+            if not self.sockets and self.emptied is not None:
+                self.emptied.set()
         self.delivery.wake(conn, False)
         METRICS.connections.labels(conn.role or "echo").dec()
         if conn.echo:
@@ -330,4 +341,5 @@ class Lifecycle:
 
     def slow_reader(self, conn: Session) -> None:
         METRICS.slow_readers.inc()
-        log.info("closing slow reader %s/%s (1008): it stopped reading what it was sent", conn.tenant, conn.user)
+        log.info("closing slow reader %s/%s (1008): it stopped reading what it was sent", conn.tenant, conn.user,
+                 extra={"tenant": conn.tenant, "user": conn.user, "cid": conn.cid})

@@ -33,6 +33,7 @@ cdef class Connection(WSListener):
     cdef object _frag                # bytearray while a fragmented message is being reassembled
     cdef WSMsgType _frag_type
     cdef public double last_rx
+    cdef public double last_msg          # when its last data frame arrived (pongs don't count): idleness
     cdef public bint awaiting_pong
     cdef public bint closed
     cdef public dict sent            # subscription cursors: gateway/subscriptions.py owns them

@@ -26,6 +26,7 @@ from asyncio import _get_running_loop
 from gateway.envelopes import decode as _decode
 from gateway.protocol import Outgoing, ProtocolError, msgpack_array_header
 from gateway.logs import client_fault as _client_fault
+from gateway.logs import peer_of as _peer_of
 from gateway.replies import Closing, Error
 
 cdef object _monotonic = time.monotonic
@@ -141,7 +142,7 @@ cdef class Connection(WSListener):
         self.echo = echo
         self._tokens = limits.burst
         self._refilled = _monotonic()
-        self.last_rx = self._refilled
+        self.last_rx = self.last_msg = self._refilled
 
     # picows callbacks
 
@@ -265,6 +266,7 @@ cdef class Connection(WSListener):
         self.core.closing(self)
 
     cdef _message(self, WSMsgType msg_type, bytes payload):
+        self.last_msg = self.last_rx
         if len(payload) > self.limits.max_frame:
             self.fail(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
             return
@@ -332,11 +334,7 @@ cdef class Connection(WSListener):
         self.core.closing(self)
 
     def _log_fault(self, int code, str reason, str why):
-        try:
-            peer = "%s:%s" % self.transport.underlying_transport.get_extra_info("peername")[:2]
-        except Exception:  # a transport already gone, a Unix socket
-            peer = "?"
-        _client_fault(why or "protocol", code, reason, self.tenant, self.user, self.cid, peer)
+        _client_fault(why or "protocol", code, reason, self.tenant, self.user, self.cid, _peer_of(self.transport))
 
     cpdef send_env(self, object env):
         self.push(Outgoing(env))

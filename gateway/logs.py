@@ -92,6 +92,15 @@ class PicowsLog(logging.LoggerAdapter):
         self.logger.log(level, msg, *args, **kwargs)
 
 
+def peer_of(transport: Any) -> str:
+    """`host:port` of a picows WSTransport's peer; "?" when there is none (gone, a Unix socket)."""
+    try:
+        host, port = transport.underlying_transport.get_extra_info("peername")[:2]
+    except Exception:  # noqa: BLE001 - the line still gets written
+        return "?"
+    return f"{host}:{port}"
+
+
 def refused_upgrade(status: int, reason: str, peer: str) -> None:
     """One line for an upgrade answered with `status` (4xx/5xx): why, and from where."""
     METRICS.upgrades_refused.labels(str(status)).inc()

@@ -6,12 +6,17 @@ Checked every CHECK_S against the process's resident set size (RSS, psutil):
 2. At or over the soft line: state `soft`. New upgrades are refused (HTTP 503 with Retry-After),
    `/readyz` answers 503, and the node sheds what it can rebuild (`shed`: caches, closed
    conversations, committed log entries kept in memory; the store and the log answer for them).
-3. At or over `memory_hard_mb`: state `hard`. On top of the above, the idlest connections (the
-   longest silent) are closed with 1013 "try again later" after a `closing` envelope with a
-   jittered `retry_ms`. How many: the RSS over the soft line divided by the RSS per connection,
-   at least one; then the guard waits COOLDOWN_S for the memory to show up as freed (the
+3. At or over `memory_hard_mb`: state `hard`. On top of the above, the idlest connections (whose
+   last message is the oldest) are closed with 1013 "try again later" after a `closing` envelope
+   with a jittered `retry_ms`. How many: the RSS over the soft line divided by the RSS per
+   connection (RSS less what the node took at start, over the connections), at least one and at
+   most a quarter of them; then the guard waits COOLDOWN_S for the memory to show as freed (the
    allocator returns it late: `malloc_trim` is asked to) before it closes more.
-4. Back under the soft line: state `ok`, upgrades accepted again.
+4. If a batch freed less than half of what it should have, the memory is not the connections'
+   (a leak, a cache): closing more would drop everyone for nothing. The guard says so (ERROR) and
+   closes no more until RSS grows another 5%.
+5. Back under 95% of the line crossed: state `ok`, upgrades accepted again (the margin keeps a
+   node hovering at the line from flipping its readiness every second).
 
 Nothing acked is lost: a closed client reconnects after `retry_ms` and resumes from its last seq.
 Both lines are 0 (off) by default; both can change on a reload (SIGHUP). docs/operations.md,
@@ -36,6 +41,10 @@ log = logging.getLogger("gateway.memory")
 
 CHECK_S = 1.0
 COOLDOWN_S = 5.0
+STEP = 0.25  # at most this share of the connections closed per step
+RECOVERED = 0.95  # back to ok only under this share of the line that was crossed
+STALL_GROWTH = 1.05  # after a batch freed nothing: close more only once RSS grew this much
+MIN_PER_CONNECTION = 4096  # bytes: the least a connection is taken to cost (bench: 5.7 KB idle)
 STATES = ("ok", "soft", "hard")
 MB = 1024 * 1024
 
@@ -65,8 +74,11 @@ class MemoryGuard:
         self._trim = _malloc_trim()
         self.state = "ok"
         self.rss = 0
+        self._base = self._process.memory_info().rss  # what the node costs with no connection: not theirs
         self.closed = 0  # connections closed by the guard since start
         self._quiet_until = 0.0
+        self._last_batch: tuple[int, int] | None = None  # (RSS when closed, bytes they should free)
+        self._stalled_at = 0  # RSS when a batch freed nothing; 0: closing helps
         self._timer: Any = None
 
     def start(self) -> None:
@@ -93,20 +105,22 @@ class MemoryGuard:
         soft = self.cfg.memory_soft_mb * MB
         hard = self.cfg.memory_hard_mb * MB
         self.rss = self._process.memory_info().rss
-        METRICS.memory_rss.set(self.rss)
         was = self.state
         if hard and self.rss >= hard:
             self.state = "hard"
         elif soft and self.rss >= soft:
             self.state = "soft"
-        else:
-            self.state = "ok"
+        elif self.rss < (soft or hard or 1) * RECOVERED or not (soft or hard):
+            self.state = "ok"  # a margin under the line: RSS hovering at it must not flip readiness
+        elif was == "hard":
+            self.state = "soft"
         METRICS.memory_guard_state.set(STATES.index(self.state))
         if self.state != was:
             log.warning("memory guard %s -> %s: RSS %.1f MiB (soft %s MiB, hard %s MiB)", was, self.state,
                         self.rss / MB, self.cfg.memory_soft_mb or "off", self.cfg.memory_hard_mb or "off",
                         extra={"rss": self.rss, "state": self.state})
         if self.state == "ok":
+            self._stalled_at = 0
             return self.state
         if was == "ok":
             self._release()
@@ -121,16 +135,27 @@ class MemoryGuard:
             self._trim(0)
 
     def _close_some(self, line: int) -> None:
+        if self._last_batch is not None:  # did the last batch free what it should have?
+            rss_then, expected = self._last_batch
+            self._last_batch = None
+            if rss_then - self.rss < expected / 2:
+                self._stalled_at = self.rss
+                log.error("memory guard: closing connections did not free memory (RSS %.1f MiB, %.1f expected "
+                          "freed); no more are closed until RSS grows 5%% past this: the memory is not theirs",
+                          self.rss / MB, expected / MB)
+        if self._stalled_at and self.rss < self._stalled_at * STALL_GROWTH:
+            return
         conns = self._connections()
         if not conns:
             return
-        per_conn = max(1, self.rss // conns)
-        n = max(1, math.ceil((self.rss - line) / per_conn))
+        per_conn = max(MIN_PER_CONNECTION, (self.rss - self._base) // conns)
+        n = min(max(1, math.ceil((self.rss - line) / per_conn)), max(1, int(conns * STEP)))
         closed = self._close_idlest(n)
         self.closed += closed
         METRICS.memory_guard_closed.inc(closed)
         log.warning("memory guard: closed %d idlest of %d connections with 1013 (RSS %.1f MiB)", closed, conns,
                     self.rss / MB, extra={"closed": closed})
+        self._last_batch = (self.rss, closed * per_conn)
         self._quiet_until = self._loop.time() + COOLDOWN_S
         self._release()
 

@@ -107,17 +107,16 @@ class _Metrics:
         # Operations (docs/operations.md).
         self.client_faults = Counter("chatgw_client_faults_total", "Connections a client's fault ended or refused (protocol error, flood, handshake timeout, oversize request)", ["kind"], registry=r)
         self.upgrades_refused = Counter("chatgw_upgrades_refused_total", "WebSocket upgrades answered with an HTTP error, by status", ["status"], registry=r)
-        self.memory_rss = Gauge("chatgw_memory_rss_bytes", "Resident set size at the memory guard's last check", registry=r)
         self.memory_guard_state = Gauge("chatgw_memory_guard_state", "Memory guard: 0 ok, 1 soft (upgrades refused), 2 hard (idlest connections closed)", registry=r)
         self.memory_guard_closed = Counter("chatgw_memory_guard_closed_total", "Connections the memory guard closed with 1013", registry=r)
         self.config_reloads = Counter("chatgw_config_reloads_total", "Configuration reloads (SIGHUP), by outcome", ["outcome"], registry=r)
-        self.ack_latency = HotHistogram("chatgw_ack_seconds", "From a message's frame (the sender's last one read) "
-                                        "to its ack being queued: the log's append, and with a store its commit",
+        self.ack_latency = HotHistogram("chatgw_ack_seconds", "From a message's frame (the sender's last data frame "
+                                        "read) to its ack being queued: the log's append, and with a store its commit",
                                         LATENCY_BUCKETS)
         r.register(self.ack_latency)
         r.register(Sampled(_redis_sent))
-        self.queue_length = Gauge("chatgw_queue_length", "Conversations waiting in a group's queue (as this node last saw it)",
-                                  ["tenant", "group"], registry=r)
+        self.queue_length = Gauge("chatgw_queue_length", "Conversations waiting in a group's queues, all tenants "
+                                  "(as this node last saw them)", ["group"], registry=r)
         self.queue_wait = Histogram("chatgw_queue_wait_seconds", "From joining a queue to being assigned an agent",
                                     buckets=WAIT_BUCKETS, registry=r)
         self.assignment_latency = Histogram("chatgw_assignment_seconds", "One assignment: from taking the queue's head "

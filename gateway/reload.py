@@ -19,12 +19,13 @@ one and refuse every token handed out so far. Tested by tests/test_operations.py
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import fields
 from typing import Any
 
 from . import logs
-from .config import ConfigError, load
+from .config import NOT_SETTINGS, Config, load
 from .metrics import METRICS
 
 log = logging.getLogger("gateway.reload")
@@ -33,50 +34,68 @@ LIMITS = {"max_frame": "max_frame", "max_text": "max_text", "rate_per_s": "rate"
           "flood_strikes": "strikes", "max_write_buffer": "max_write_buffer"}
 RELOADABLE = (*LIMITS, "heartbeat_s", "heartbeat_timeout_s", "agent_capacity", "agent_grace_s", "log_level",
               "log_connections", "memory_soft_mb", "memory_hard_mb", "drain_spread_s", "drain_timeout_s",
-              "jwt_rotation_grace_s", "jwt_secret", "jwt_issuer", "admin_token", "bots", "api_rate_per_s",
-              "api_rate_burst")
-_SKIP = ("generated", "keys", "origin", "node_id")  # filled in by the node itself
+              "jwt_rotation_grace_s", "jwt_secret", "jwt_previous_secrets", "jwt_issuer", "admin_token", "bots",
+              "api_rate_per_s", "api_rate_burst")
+_one_at_a_time = asyncio.Lock()  # two SIGHUPs close together: the later file wins, not the slower reload
 
 
 async def reload(node: Any) -> dict[str, Any]:
     """Reload `node`'s configuration (steps above); returns what `GET /admin/stats` shows as
     `last_reload`: {outcome: applied | refused, changed: [...], restart_needed: [...], error}."""
-    running = node.cfg
-    try:
-        path, overrides = running.origin
-        new = load(path, **overrides)
-        for name in ("jwt_secret", "admin_token"):
-            if name in new.generated:
-                setattr(new, name, getattr(running, name))
-        if running.bots_enabled and node.hub is not None and node.hub.bot_turns is not None:
-            await node.hub.reload_bots(new.bots)
-    except (ConfigError, OSError, ValueError, RuntimeError, TimeoutError) as e:
-        # ValueError: TOML syntax and the bot table's own ConfigError; RuntimeError: a bot worker
-        # that could not start on the new files.
-        METRICS.config_reloads.labels("refused").inc()
-        log.error("configuration reload refused, running settings kept: %s: %s", type(e).__name__, e)
-        node.last_reload = {"outcome": "refused", "error": f"{type(e).__name__}: {e}", "changed": [],
-                            "restart_needed": []}
-        return node.last_reload
+    async with _one_at_a_time:
+        try:
+            new, changed, restart = _read(node.cfg)
+            if "bots" in changed or node.cfg.bots_enabled:
+                await _bots(node, new)
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the node keeps running as it was
+            METRICS.config_reloads.labels("refused").inc()
+            log.error("configuration reload refused, running settings kept: %s: %s", type(e).__name__, e)
+            node.last_reload = {"outcome": "refused", "error": f"{type(e).__name__}: {e}", "changed": [],
+                                "restart_needed": []}
+            return node.last_reload
+        _apply(node, new, changed)
+    METRICS.config_reloads.labels("applied").inc()
+    shown = [n if n not in ("jwt_secret", "admin_token") else f"{n} (rotated)" for n in changed]  # names, never values
+    log.warning("configuration reloaded: %s", ", ".join(shown) or "nothing changed")
+    if restart:
+        log.warning("these settings changed in the file but need a restart to take effect: %s", ", ".join(restart))
+    node.last_reload = {"outcome": "applied", "changed": changed, "restart_needed": restart, "error": None}
+    return node.last_reload
+
+
+def _read(running: Config) -> tuple[Config, list[str], list[str]]:
+    """Step 1: the file read and checked again; what changed, reloadable or not. Changes nothing."""
+    path, overrides = running.origin
+    new = load(path, **overrides)
+    for name in ("jwt_secret", "admin_token"):
+        if name in new.generated:
+            setattr(new, name, getattr(running, name))
     changed, restart = [], []
     for f in fields(running):
-        if f.name in _SKIP or getattr(new, f.name) == getattr(running, f.name):
+        if f.name in NOT_SETTINGS or f.name == "node_id" or getattr(new, f.name) == getattr(running, f.name):
             continue
         (changed if f.name in RELOADABLE else restart).append(f.name)
+    return new, changed, restart
+
+
+async def _bots(node: Any, new: Config) -> None:
+    """Step 2: a bot worker on the new table (and FAQ files); raises, changing nothing, if it can't start."""
+    if node.hub is not None and node.hub.bot_turns is not None:
+        await node.hub.reload_bots(new.bots)
+
+
+def _apply(node: Any, new: Config, changed: list[str]) -> None:
+    """Steps 3-4: the checked values onto the running configuration. Nothing here can fail on a
+    value: `load` checked each one's type and range."""
+    running = node.cfg
     if "jwt_secret" in changed:
         running.keys.rotate(new.jwt_secret, new.jwt_rotation_grace_s)
     for name in changed:
         setattr(running, name, getattr(new, name))
+    running.keys.previous = list(running.jwt_previous_secrets)
     for name, attr in LIMITS.items():
         setattr(node.limits, attr, getattr(running, name))
     if node.hub is not None:
         node.hub.lifecycle.limits_changed()
     logs.configure(running.log_level)
     node.picows_log.log_connections = running.log_connections
-    METRICS.config_reloads.labels("applied").inc()
-    shown = [n if n not in ("jwt_secret", "admin_token") else f"{n} (rotated)" for n in changed]
-    log.warning("configuration reloaded: %s", ", ".join(shown) or "nothing changed")
-    if restart:
-        log.warning("these settings changed in the file but need a restart to take effect: %s", ", ".join(restart))
-    node.last_reload = {"outcome": "applied", "changed": changed, "restart_needed": restart, "error": None}
-    return node.last_reload

@@ -21,7 +21,7 @@ from .coordinator import make_coordinator
 from .handshake import HandshakeError, check_upgrade
 from .hub import Hub
 from .listener import Connection, Limits
-from .logs import PicowsLog, refused_upgrade
+from .logs import PicowsLog, peer_of, refused_upgrade
 from .logs import configure as configure_logs
 from .memory_guard import MemoryGuard
 from .metrics import METRICS
@@ -42,14 +42,11 @@ def _refuse(status: int, message: str, peer: str, extra: dict[str, str] | None =
 
 
 def _peer(proto: Any, request: WSUpgradeRequest) -> str:
-    """Where an upgrade came from: the socket's peer, and X-Forwarded-For when a proxy set it."""
-    try:
-        host, port = proto.transport.underlying_transport.get_extra_info("peername")[:2]
-        peer = f"{host}:{port}"
-    except Exception:  # noqa: BLE001 - a Unix socket, a transport gone: the line still gets written
-        peer = "?"
+    """Where an upgrade came from: the socket's peer, and X-Forwarded-For when a proxy set it (as
+    the client sent it, so cut short and quoted: a log line must not carry what a client invents)."""
+    peer = peer_of(proto.transport if proto is not None else None)
     forwarded = request.headers.get("X-Forwarded-For")
-    return f"{peer} (for {forwarded})" if forwarded else peer
+    return f"{peer} (forwarded for {forwarded[:100]!r})" if forwarded else peer
 
 
 class Node:
@@ -177,11 +174,16 @@ class Node:
         told = self.hub.lifecycle.drain(self.cfg.drain_spread_s) if self.hub else 0
         log.warning("draining: %d connections told to reconnect within %.0f s; closing the rest after %.0f s",
                     told, self.cfg.drain_spread_s, self.cfg.drain_timeout_s)
-        if self.hub and self.hub.conns:
-            self.hub.lifecycle.emptied = asyncio.Event()
+        if self.ws_server is not None and self.cfg.coordinator == "redis":
+            # Nodes share the port (SO_REUSEPORT): leave the group, so the kernel hands reconnects to
+            # the others instead of to us for a 503. Open connections stay.
+            self.ws_server.close()
+        lifecycle = self.hub.lifecycle if self.hub else None
+        if lifecycle is not None and lifecycle.sockets:
+            lifecycle.emptied = asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.hub.lifecycle.emptied.wait(), self.cfg.drain_timeout_s)
-        log.warning("drained: %d connections left", len(self.hub.conns) if self.hub else 0)
+                await asyncio.wait_for(lifecycle.emptied.wait(), self.cfg.drain_timeout_s)
+        log.warning("drained: %d connections left", lifecycle.sockets if lifecycle else 0)
         self.drained.set()
 
     def spawn_drain(self) -> None:

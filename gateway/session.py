@@ -14,7 +14,7 @@ Who owns which field (each is written by that module only):
 |---|---|
 | `tenant`, `user`, `role`, `ident`, `echo`, `channel` | the session's creator (from the verified token; `channel`: a messaging channel, gateway/channels) |
 | `expires` | creator; `handlers.h_refresh` moves it |
-| `cid`, `last_rx`, `awaiting_pong` | `lifecycle` (the wheel key, heartbeats); the transport stamps `last_rx` |
+| `cid`, `last_rx`, `last_msg`, `awaiting_pong` | `lifecycle` (the wheel key, heartbeats, the memory guard's idlest); the transport stamps `last_rx` (any frame) and `last_msg` (data frames) |
 | `inbox`, `worker` | `dispatch` (per-session order) |
 | `sent`, `syncing` | `subscriptions` (cursors) |
 | `closed`, `paused`, `binary`, `outbox` | the transport |
@@ -68,6 +68,7 @@ class Session(Protocol):
     expires: float
     cid: int
     last_rx: float
+    last_msg: float
     awaiting_pong: bool
     inbox: Any
     worker: Any
@@ -116,7 +117,7 @@ class ChannelSession:
     limits (rate, size) are its own: the listener's token bucket is the WebSocket's.
     """
 
-    __slots__ = ("core", "max_text", "ident", "tenant", "user", "role", "echo", "expires", "cid", "last_rx", "awaiting_pong",
+    __slots__ = ("core", "max_text", "ident", "tenant", "user", "role", "echo", "expires", "cid", "last_rx", "last_msg", "awaiting_pong",
                  "channel",
                  "inbox", "worker", "sent", "syncing", "closed", "paused", "binary", "outbox")
 
@@ -129,7 +130,7 @@ class ChannelSession:
         self.expires = ident.expires
         self.echo = self.awaiting_pong = self.closed = self.paused = self.binary = False
         self.cid = 0
-        self.last_rx = time.monotonic()
+        self.last_rx = self.last_msg = time.monotonic()
         self.inbox = self.worker = self.sent = self.syncing = None
         self.outbox: list[Outgoing] | None = None
         self.channel: str | None = None  # a messaging channel's name: its messages' entries carry it (`ch`)
@@ -153,7 +154,7 @@ class ChannelSession:
         """An envelope from the client, decoded (a dict); a bad one is answered with its `error`."""
         if self.closed:
             return
-        self.last_rx = time.monotonic()
+        self.last_rx = self.last_msg = time.monotonic()
         try:
             typed = from_dict(env, self.max_text)
         except ProtocolError as e:

@@ -417,6 +417,7 @@ def test_demo_pages_reconnect_by_themselves_through_a_rolling_restart(redis_serv
             deadline = time.monotonic() + 10  # the output thread reads the exited node's last lines
             while "drained:" not in "".join(nodes[i].output) and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert "drained: 0 connections left" in "".join(nodes[i].output)  # the pages left when told
             told += sum(int(n) for n in re.findall(r"draining: (\d+) connections told", "".join(nodes[i].output)))
             nodes[i] = start_gateway(**settings)
         assert told >= 2  # both pages were on a node that drained, at least once each
