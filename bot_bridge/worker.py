@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -106,12 +109,31 @@ def ctx_from_wire(wire: dict[str, Any]) -> BotContext:
 # ---- the node's side ----------------------------------------------------------------------
 
 
+def fingerprint(table: dict[str, Any]) -> str:
+    """What a bridge is built from: the ``[bots]`` table and the FAQ files it reads (the bundled one,
+    and each backend's `path` or `faq_context` file). Equal fingerprints: the same bridge."""
+    from .faq import DEFAULT_PATH
+
+    digest = hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode())
+    paths = {str(DEFAULT_PATH)} | {v for spec in (table.get("backends") or {}).values() if isinstance(spec, dict)
+                                   for k, v in spec.items() if k in ("path", "faq_context") and isinstance(v, str)}
+    for path in sorted(paths):
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"\x00missing")
+    return digest.hexdigest()
+
+
 class WorkerBridge:
     """The node's handle on the bridge process: same answers, none of its CPU on the relay's loop."""
 
-    def __init__(self, config: BridgeConfig, table: dict[str, Any]) -> None:
+    def __init__(self, config: BridgeConfig, table: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        """`env`: set in the worker's environment (the node's GATEWAY_LOG_LEVEL and GATEWAY_LOG_FORMAT)."""
         self.config = config
         self._table = table
+        self._env = dict(env or {})
+        self.fingerprint = ""  # of what the running worker was built from (`fingerprint`)
         self._chan: Channel | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -132,9 +154,9 @@ class WorkerBridge:
         self._watchdog_s = longest + queued + config.cancel_timeout_s + WATCHDOG_GRACE_S
 
     @classmethod
-    def from_mapping(cls, table: dict[str, Any] | None) -> WorkerBridge:
+    def from_mapping(cls, table: dict[str, Any] | None, env: dict[str, str] | None = None) -> WorkerBridge:
         """Validate the ``[bots]`` table here, so a bad one stops the node before any process starts."""
-        return cls(BridgeConfig.from_mapping(table), dict(table or {}))
+        return cls(BridgeConfig.from_mapping(table), dict(table or {}), env)
 
     def backend_for(self, tenant: str, group: str) -> str:
         return self.config.backend_for(tenant, group)
@@ -149,11 +171,12 @@ class WorkerBridge:
     async def start(self) -> None:
         """Start the worker and wait until its bridge is built; raises if it can't be (bad backend, FAQ file)."""
         loop = asyncio.get_running_loop()
+        self.fingerprint = fingerprint(self._table)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot_bridge.worker", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **self._env},
             )
         finally:
             theirs.close()
@@ -373,12 +396,30 @@ async def _main(fd: int) -> None:
     await _Serve().run(fd)
 
 
+def _configure_logging() -> None:
+    """As the node's (it sets GATEWAY_LOG_LEVEL and GATEWAY_LOG_FORMAT for its children): text or JSON
+    lines at its level. Libraries that log their own progress at DEBUG (bm25s) stay at WARNING."""
+    handler = logging.StreamHandler()
+    if os.environ.get("GATEWAY_LOG_FORMAT") == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"levelname": "level", "name": "logger"},
+                                           static_fields={"process": "bot-worker"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s bot-worker %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper())
+    for noisy in ("bm25s", "jieba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not args[0].isdigit():
         sys.exit("usage: python -m bot_bridge.worker FD  (started by the gateway, not by hand)")
-    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s bot-worker %(name)s: %(message)s")
+    _configure_logging()
     lower_priority()
     import uvloop
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -65,6 +66,13 @@ class KeyRing:
         self.current, self._kid = secret, key_id(secret)
         self._retired = {k: v for k, v in self._retired.items() if v[1] > now}
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """What /admin/stats shows (ids, never secrets): the current kid, retired kids with the end of
+        their grace (Unix s), how many previous secrets the configuration lists."""
+        now = time.time()
+        return {"current": self._kid, "previous": len(self.previous),
+                "retired": [{"kid": k, "until": int(u)} for k, (_, u) in self._retired.items() if u > now]}
 
     def candidates(self, token: str) -> list[str]:
         """The secrets to try for `token`, by its header's `kid`. Raises AuthError for one of our

@@ -67,7 +67,7 @@ class BotTurns:
         # A turn that hands off assigns the conversation itself, which lands here: a turn never
         # cancels itself (its handoff would stop half done at its next await).
         if task is not None and not task.done() and task is not asyncio.current_task():
-            log.info("cancelling bot call for %s/%s: %s", tenant, conv_id, why, extra={"tenant": tenant, "conv": conv_id})
+            log.debug("cancelling bot call for %s/%s: %s", tenant, conv_id, why, extra={"tenant": tenant, "conv": conv_id})
             METRICS.bot_cancelled.inc()
             task.cancel()
 
@@ -94,7 +94,7 @@ class BotTurns:
             await delivery.send_to(conv.tenant, audience, BotChunk(conv.id, question["seq"], text))
 
         result = await self.bridge.answer(ctx, on_chunk)
-        METRICS.bot_answer.labels(result.backend or backend).observe(time.monotonic() - started)
+        METRICS.bot_answer.labels(backend).observe(time.monotonic() - started)  # the configured backend, as the breaker's
         METRICS.bot_answers.labels(result.backend or "none", "handoff" if result.handoff else "answer").inc()
         async with coord.lock(conv.tenant, conv.id):
             current = await coord.get_conversation(conv.tenant, conv.id)

@@ -293,8 +293,16 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     path = path or env.get("GATEWAY_CONFIG")
     known = {f.name: f for f in fields(Config) if f.name not in NOT_SETTINGS}
     if path:
-        data = tomllib.loads(Path(path).read_text())
-        data = data.get("gateway", data)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        if isinstance(data.get("gateway"), dict):  # settings in a [gateway] table, beside the other tables
+            table = data.pop("gateway")
+            both = sorted(set(table) & set(data))
+            if both:
+                raise ConfigError(f"{path}: {', '.join(both)} set both in [gateway] and outside it")
+            data.update(table)
         for k, v in data.items():
             if k not in known:
                 raise ConfigError(f"{path}: unknown setting {k!r}")

@@ -33,6 +33,10 @@ from pathlib import Path
 FD_RESERVE = 300
 RSS_PER_CONN_BYTES = round(5.738 * 1024)
 KERNEL_SLAB_PER_SOCKET_BYTES = round(4.5 * 1024)
+# What a node costs before any connection: the node process (about 55 MiB RSS idle, embedded, measured
+# by a new-user trial with `ps`) and its bot worker process (about 116 MiB with the FAQ index and the
+# sentence embedding model). Taken off the memory budget once per process.
+NODE_BASE_BYTES = (55 + 116) << 20
 LISTEN_BACKLOG = 4096  # gateway/server.py's backlog=; the kernel clamps it to net.core.somaxconn
 SYSCTL_FILE = "/etc/sysctl.d/60-chatgw.conf"
 # cgroup v1 reports "no limit" as a huge number just under 2**63
@@ -143,14 +147,15 @@ def assess(r: Readings, connections: int = 10_000, processes: int = 1) -> Verdic
                             sysctl=r.conntrack_key))
     budget, source = _memory_budget(r)
     if budget is not None:
-        allows = budget // conn_bytes["total"]
-        needs = connections * conn_bytes["total"]
+        base = processes * NODE_BASE_BYTES
+        allows = max(0, budget - base) // conn_bytes["total"]
+        needs = connections * conn_bytes["total"] + base
         limits.append(Limit(
             "memory", "memory", source, allows, needs, allows >= connections,
-            note=f"{conn_bytes['total'] / 1024:.1f} KiB per connection; memory is shared by all the nodes",
+            note=f"{conn_bytes['total'] / 1024:.1f} KiB per connection, after {NODE_BASE_BYTES >> 20} MiB per node "
+                 "(the node and its bot worker); memory is shared by all the nodes",
             fix=["# add memory or spread the nodes over more machines",
-                 f"MemoryMax={needs + processes * (256 << 20)}   # systemd, if the unit caps memory "
-                 "(the connections plus ~256 MiB per node)"],
+                 f"MemoryMax={needs}   # systemd, if the unit caps memory (the connections and the nodes' own)"],
         ))
     if r.somaxconn is not None:
         ok = r.somaxconn >= LISTEN_BACKLOG

@@ -125,7 +125,8 @@ async def admin_stats(request: web.Request) -> web.Response:
     node = _node(request)
     return web.json_response({"node": node.cfg.node_id, "hub": node.hub.stats(), "config": node.cfg.describe(),
                               "memory": node.guard.describe() if node.guard is not None else None,
-                              "draining": node.draining, "last_reload": node.last_reload})
+                              "draining": node.draining, "last_reload": node.last_reload,
+                              "jwt_keys": node.cfg.keys.describe()})
 
 
 async def admin_drain(request: web.Request) -> web.Response:

@@ -51,7 +51,7 @@ class Hub:
         if cfg.bots_enabled and cfg.bots.get("enabled", True):
             from bot_bridge.worker import WorkerBridge  # the bridge itself runs in a worker process
 
-            self.bots = WorkerBridge.from_mapping(cfg.bots)
+            self.bots = WorkerBridge.from_mapping(cfg.bots, self._worker_env())
             self.bot_turns = BotTurns(self.bots, coord, self.delivery, self.events, self.router, self.tasks)
             self.events.bot_turns = self.bot_turns
         self.handlers = Handlers(cfg, coord, self.router, self.delivery, self.events, self.bots, self.bot_turns,
@@ -82,16 +82,20 @@ class Hub:
         self.lifecycle.stop()
         self.tasks.cancel_all()
 
-    async def reload_bots(self, table: dict[str, Any]) -> None:
+    async def reload_bots(self, table: dict[str, Any]) -> bool:
         """Bots on a new `[bots]` table (a reload): a new worker reads it and the FAQ files again;
         once it is ready new bot turns go to it, while turns already asked finish on the old one,
         which then stops. So a question asked during a reload gets the old or the new answer.
 
-        Raises (and changes nothing) when the table or a file it names is refused.
+        Raises (and changes nothing) when the table or a file it names is refused. Returns False,
+        starting nothing, when neither the table nor its files changed.
         """
-        from bot_bridge.worker import WorkerBridge
+        from bot_bridge.worker import WorkerBridge, fingerprint
 
-        new = WorkerBridge.from_mapping(table)
+        if self.bots is not None and self.bots.fingerprint == fingerprint(table):
+            return False
+
+        new = WorkerBridge.from_mapping(table, self._worker_env())
         await new.start()
         old, self.bots = self.bots, new
         self.handlers.bots = new
@@ -99,6 +103,11 @@ class Hub:
             self.bot_turns.bridge = new
         if old is not None:
             self.tasks.spawn(old.retire())
+        return True
+
+    def _worker_env(self) -> dict[str, str]:
+        """The bot worker logs as the node does."""
+        return {"GATEWAY_LOG_LEVEL": self.cfg.log_level, "GATEWAY_LOG_FORMAT": self.cfg.log_format}
 
     def shed_memory(self) -> None:
         """The memory guard's soft line: drop what can be rebuilt. The dedup cache starts empty (the

@@ -107,7 +107,8 @@ class Lifecycle:
         """
         told = 0
         for conn in self._sockets():
-            conn.send_env(Closing(1001, "drain", "node draining: reconnect after retry_ms", _jitter_ms(spread_s)))
+            conn.send_env(Closing(1001, "drain", "this server is restarting: you are being moved to another one",
+                                  _jitter_ms(spread_s)))
             told += 1
         return told
 

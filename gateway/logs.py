@@ -117,7 +117,8 @@ def client_fault(kind: str, code: int, reason: str, tenant: str | None, user: st
 
 
 def configure(level: str, fmt: str = "text") -> None:
-    """Set up the root logger once at start, and again (level only) on a reload."""
+    """Set up the root logger once at start, and again (level only) on a reload. (The bot worker
+    gets the same settings in its environment: hub.py.)"""
     root = logging.getLogger()
     root.setLevel(level.upper())
     if getattr(configure, "done", False):

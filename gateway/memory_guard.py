@@ -58,6 +58,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def _line(mb: int) -> str:
+    return f"{mb} MiB" if mb else "off"
+
+
 class MemoryGuard:
     """The node's memory state and what it does about it; `check()` is called every CHECK_S."""
 
@@ -116,8 +120,8 @@ class MemoryGuard:
             self.state = "soft"
         METRICS.memory_guard_state.set(STATES.index(self.state))
         if self.state != was:
-            log.warning("memory guard %s -> %s: RSS %.1f MiB (soft %s MiB, hard %s MiB)", was, self.state,
-                        self.rss / MB, self.cfg.memory_soft_mb or "off", self.cfg.memory_hard_mb or "off",
+            log.warning("memory guard %s -> %s: RSS %.1f MiB (soft line %s, hard line %s)", was, self.state,
+                        self.rss / MB, _line(self.cfg.memory_soft_mb), _line(self.cfg.memory_hard_mb),
                         extra={"rss": self.rss, "state": self.state})
         if self.state == "ok":
             self._stalled_at = 0
@@ -140,8 +144,8 @@ class MemoryGuard:
             self._last_batch = None
             if rss_then - self.rss < expected / 2:
                 self._stalled_at = self.rss
-                log.error("memory guard: closing connections did not free memory (RSS %.1f MiB, %.1f expected "
-                          "freed); no more are closed until RSS grows 5%% past this: the memory is not theirs",
+                log.error("memory guard: closing connections did not free memory (RSS %.1f MiB, %.1f MiB expected "
+                          "to be freed); no more are closed until RSS grows 5%% past this: the memory is not theirs",
                           self.rss / MB, expected / MB)
         if self._stalled_at and self.rss < self._stalled_at * STALL_GROWTH:
             return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any
 
 from . import logs
@@ -45,21 +46,22 @@ async def reload(node: Any) -> dict[str, Any]:
     async with _one_at_a_time:
         try:
             new, changed, restart = _read(node.cfg)
-            if "bots" in changed or node.cfg.bots_enabled:
-                await _bots(node, new)
+            bots_restarted = await _bots(node, new)
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the node keeps running as it was
             METRICS.config_reloads.labels("refused").inc()
             log.error("configuration reload refused, running settings kept: %s: %s", type(e).__name__, e)
             node.last_reload = {"outcome": "refused", "error": f"{type(e).__name__}: {e}", "changed": [],
-                                "restart_needed": []}
+                                "restart_needed": [], "at": _now(), "file": node.cfg.origin[0]}
             return node.last_reload
         _apply(node, new, changed)
     METRICS.config_reloads.labels("applied").inc()
     shown = [n if n not in ("jwt_secret", "admin_token") else f"{n} (rotated)" for n in changed]  # names, never values
-    log.warning("configuration reloaded: %s", ", ".join(shown) or "nothing changed")
+    log.info("configuration reloaded from %s: %s%s", node.cfg.origin[0], ", ".join(shown) or "nothing changed",
+             "; bot worker restarted" if bots_restarted else "")
     if restart:
         log.warning("these settings changed in the file but need a restart to take effect: %s", ", ".join(restart))
-    node.last_reload = {"outcome": "applied", "changed": changed, "restart_needed": restart, "error": None}
+    node.last_reload = {"outcome": "applied", "changed": changed, "restart_needed": restart, "error": None,
+                        "bots_restarted": bots_restarted, "at": _now(), "file": node.cfg.origin[0]}
     return node.last_reload
 
 
@@ -78,10 +80,16 @@ def _read(running: Config) -> tuple[Config, list[str], list[str]]:
     return new, changed, restart
 
 
-async def _bots(node: Any, new: Config) -> None:
-    """Step 2: a bot worker on the new table (and FAQ files); raises, changing nothing, if it can't start."""
+async def _bots(node: Any, new: Config) -> bool:
+    """Step 2: a bot worker on the new table (and FAQ files) when either changed; raises, changing
+    nothing, if it can't start. Returns whether one was started."""
     if node.hub is not None and node.hub.bot_turns is not None:
-        await node.hub.reload_bots(new.bots)
+        return await node.hub.reload_bots(new.bots)
+    return False
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _apply(node: Any, new: Config, changed: list[str]) -> None:

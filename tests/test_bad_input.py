@@ -320,3 +320,20 @@ async def test_a_burst_cut_off_mid_frame_still_gets_its_replies(gateway):
         got += [e["rid"] for e in (data if isinstance(data, list) else [data]) if e.get("t") == "pong"]
     assert got == ["r0", "r1", "r2"]
     ws.close()
+
+
+def test_a_gateway_table_keeps_the_files_other_tables_and_a_setting_in_both_places_is_refused(tmp_path):
+    """A file with its settings under [gateway] and a [bots] table beside it: both count (the other
+    tables were once dropped silently). The same setting inside and outside [gateway] is refused."""
+    from gateway.config import ConfigError, load
+
+    path = tmp_path / "chatgw.toml"
+    path.write_text('[gateway]\nmax_text = 123\n\n[bots]\ndefault = ""\n')
+    cfg = load(path, env={})
+    assert cfg.max_text == 123 and cfg.bots == {"default": ""}
+    path.write_text('max_text = 5\n[gateway]\nmax_text = 123\n')
+    with pytest.raises(ConfigError, match="max_text set both in \\[gateway\\] and outside it"):
+        load(path, env={})
+    path.write_text('max_text = 5\nrate_per_s = "fast"\n')
+    with pytest.raises(ConfigError, match="rate_per_s must be a number"):
+        load(path, env={})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.doctor import FD_RESERVE, LISTEN_BACKLOG, Readings, assess
+from gateway.doctor import FD_RESERVE, LISTEN_BACKLOG, NODE_BASE_BYTES, Readings, assess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_doctor_json_fields():
     budget = r["mem_available"]
     if r["cgroup_limit"] is not None:
         budget = min(budget, r["cgroup_limit"] - (r["cgroup_usage"] or 0))
-    assert limits["memory"]["allows"] == budget // b["total"]
+    assert limits["memory"]["allows"] == (budget - 2 * NODE_BASE_BYTES) // b["total"]  # each node's own first
     if r["conntrack_key"] is None:
         assert limits["conntrack"]["reading"] == "not loaded" and limits["conntrack"]["allows"] is None
     assert v["cap"]["allows"] == min(lim["allows"] for lim in v["limits"] if lim["allows"] is not None)
@@ -200,14 +200,14 @@ def test_memory_takes_the_cgroup_limit_when_it_leaves_less():
     per_conn = assess(SMALL).conn_bytes["total"]
     r = Readings(**{**SMALL.__dict__, "nofile_hard": 1 << 20, "cgroup_limit": 1 << 30, "cgroup_usage": 256 << 20})
     mem = next(lim for lim in assess(r, 100_000).limits if lim.key == "memory")
-    assert mem.allows == (768 << 20) // per_conn and "cgroup limit" in mem.reading and not mem.ok
+    assert mem.allows == ((768 << 20) - NODE_BASE_BYTES) // per_conn and "cgroup limit" in mem.reading and not mem.ok
     mem = next(lim for lim in assess(SMALL, 1000).limits if lim.key == "memory")
-    assert mem.allows == (6 << 30) // per_conn and mem.reading.startswith("MemAvailable")
+    assert mem.allows == ((6 << 30) - NODE_BASE_BYTES) // per_conn and mem.reading.startswith("MemAvailable")
 
 
 def test_a_tie_names_the_open_file_limit_and_outgoing_only_settings_are_not_caps():
     per_conn = assess(SMALL).conn_bytes["total"]
-    r = Readings(**{**SMALL.__dict__, "mem_available": (4096 - FD_RESERVE) * per_conn})
+    r = Readings(**{**SMALL.__dict__, "mem_available": (4096 - FD_RESERVE) * per_conn + NODE_BASE_BYTES})
     v = assess(r, 10_000)
     assert v.cap.key == "nofile"
     assert {lim.key for lim in v.limits if lim.allows == v.cap.allows} == {"nofile", "memory"}

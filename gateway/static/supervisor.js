@@ -121,8 +121,9 @@
       ]));
     });
     if (!agents.length) body.appendChild(el('tr', {}, [el('td', { className: 'sv-empty', colspan: '4', text: 'No agents yet.' })]));
-    var available = agents.filter(function (a) { return a.available; }).length;
-    $('agent-total').textContent = agents.length ? available + ' of ' + agents.length + ' available' : '';
+    // Who can take a conversation now: online, connected, and below capacity.
+    var available = agents.filter(function (a) { return a.available && a.load < a.capacity; }).length;
+    $('agent-total').textContent = agents.length ? available + ' of ' + agents.length + ' can take a conversation' : '';
   }
 
   // {agent: 1, visitor: 3} -> "1 agent, 3 visitors"
