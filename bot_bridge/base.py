@@ -36,6 +36,7 @@ class BotContext:
     history: list[Turn] = field(default_factory=list)  # oldest first, excluding `question`
     meta: dict[str, Any] = field(default_factory=dict)  # visitor metadata from the conversation
     seq: int | None = None  # log seq of `question` when known (webhook Idempotency-Key)
+    template: Any = None  # the prompt template for (tenant, group), config.Template; set by the bridge
 
 
 @dataclass

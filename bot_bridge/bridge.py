@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -149,10 +150,13 @@ class BotBridge:
             self._counters["rate_limited"] += 1
             return self._fallback(ctx, "rate_limited")
 
+        template = self.config.template_for(ctx.tenant, ctx.group)
+        if template is not None:
+            ctx = dataclasses.replace(ctx, template=template)
         spec = self.config.backends[primary]
         key = None
-        if self.config.cache_enabled and spec.cache:
-            key = cache_key(ctx.tenant, primary, ctx.question)
+        if self.config.cache_enabled and spec.cache:  # another template, another answer: not shared
+            key = cache_key(ctx.tenant, f"{primary}/{template.name}" if template else primary, ctx.question)
             hit = self._cache.get(key)
             if hit is not None:
                 self._counters["cache.hit"] += 1

@@ -43,10 +43,24 @@ class BackendSpec:
     cache: bool = True
 
 
+@dataclass(frozen=True)
+class Template:
+    """A business scenario's prompt ([bots.templates.NAME]): what an LLM backend is told and how it
+    samples. None fields keep the backend's own settings. `system_prompt` may hold `{faq}`, where
+    the FAQ entries retrieved for the question go (backends with `faq_context`)."""
+
+    name: str
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
 @dataclass
 class TenantRule:
     backend: str | None = None  # None: the global default; "": no bot
     groups: dict[str, str] = field(default_factory=dict)  # group -> backend name ("" = no bot)
+    template: str | None = None  # a [bots.templates] name for the tenant's groups without their own
+    group_templates: dict[str, str] = field(default_factory=dict)  # group -> template name
     confidence_threshold: float | None = None
     holding_message: Localised | None = None
     handoff_message: Localised | None = None
@@ -58,7 +72,9 @@ class BridgeConfig:
     default: str = "faq"
     backends: dict[str, BackendSpec] = field(default_factory=lambda: {"faq": BackendSpec("faq", "faq")})
     tenants: dict[str, TenantRule] = field(default_factory=dict)
-    confidence_threshold: float = 0.4
+    templates: dict[str, Template] = field(default_factory=dict)
+    template: str | None = None  # the template for tenants without their own
+    confidence_threshold: float = 0.3  # the FAQ's confidence is a probability (faq.Fusion): set on bench/faq_eval.yaml's tune split
     first_chunk_timeout_s: float = 8.0
     total_timeout_s: float = 60.0
     cancel_timeout_s: float = 5.0
@@ -106,6 +122,12 @@ class BridgeConfig:
                 setattr(cfg, key, _typed(data.pop(key), typ, key))
         if "fallback_faq" in data:
             cfg.fallback_faq = _typed(data.pop("fallback_faq"), str, "fallback_faq")
+        if "template" in data:
+            cfg.template = _typed(data.pop("template"), str, "template")
+        templates = data.pop("templates", {})
+        if not isinstance(templates, dict):
+            raise ConfigError("bots.templates: expected a table of name = {system_prompt, temperature, max_tokens}")
+        cfg.templates = {name: _template(name, t) for name, t in templates.items()}
         for key in ("holding_message", "handoff_message"):
             if key in data:
                 setattr(cfg, key, _localised(data.pop(key), key))
@@ -179,6 +201,15 @@ class BridgeConfig:
         return BotResult(self.holding_text(ctx.tenant, ctx.question), None, handoff=self.handoff_on_fallback,
                          reason=reason, backend="bridge", fallback=True)
 
+    def template_for(self, tenant: str, group: str) -> Template | None:
+        """The prompt template of (tenant, group): the group's, else the tenant's, else the default."""
+        rule = self.tenants.get(tenant)
+        name = None
+        if rule is not None:
+            name = rule.group_templates.get(group) or rule.template
+        name = name or self.template
+        return self.templates.get(name) if name else None
+
     def threshold(self, tenant: str) -> float:
         rule = self.tenants.get(tenant)
         if rule is not None and rule.confidence_threshold is not None:
@@ -203,6 +234,14 @@ class BridgeConfig:
             check(spec.secondary, f"bots.backends.{spec.name}.secondary")
         if self.fallback_faq:
             check(self.fallback_faq, "bots.fallback_faq")
+        templates = set(self.templates)
+        refs = [("bots.template", self.template)] + [
+            (f"bots.tenants.{t}.template", r.template) for t, r in self.tenants.items()] + [
+            (f"bots.tenants.{t}.group_templates.{g}", name) for t, r in self.tenants.items()
+            for g, name in r.group_templates.items()]
+        for where, name in refs:
+            if name and name not in templates:
+                raise ConfigError(f"{where}: unknown template {name!r} (configured: {', '.join(sorted(templates)) or 'none'})")
         if self.coalesce_chars < 1 or self.coalesce_ms < 0:
             raise ConfigError("bots.coalesce_chars must be >= 1 and bots.coalesce_ms >= 0")
         if self.first_chunk_timeout_s <= 0 or self.total_timeout_s <= 0:
@@ -270,6 +309,12 @@ def _tenant(tenant: str, table: Any) -> TenantRule:
     if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
         raise ConfigError(f"{where}.groups: expected a table of group = backend name")
     rule.groups = dict(groups)
+    if "template" in table:
+        rule.template = _typed(table.pop("template"), str, f"{where}.template")
+    gt = table.pop("group_templates", {})
+    if not isinstance(gt, dict) or not all(isinstance(v, str) for v in gt.values()):
+        raise ConfigError(f"{where}.group_templates: expected a table of group = template name")
+    rule.group_templates = dict(gt)
     if "confidence_threshold" in table:
         rule.confidence_threshold = _typed(table.pop("confidence_threshold"), float, f"{where}.confidence_threshold")
     for key in ("holding_message", "handoff_message"):
@@ -278,3 +323,23 @@ def _tenant(tenant: str, table: Any) -> TenantRule:
     if table:
         raise ConfigError(f"{where}: unknown setting(s): {', '.join(sorted(table))}")
     return rule
+
+
+def _template(name: str, table: Any) -> Template:
+    where = f"bots.templates.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    table = dict(table)
+    t = Template(
+        name,
+        system_prompt=_typed(table.pop("system_prompt"), str, f"{where}.system_prompt") if "system_prompt" in table else None,
+        temperature=_typed(table.pop("temperature"), float, f"{where}.temperature") if "temperature" in table else None,
+        max_tokens=_typed(table.pop("max_tokens"), int, f"{where}.max_tokens") if "max_tokens" in table else None,
+    )
+    if table:
+        raise ConfigError(f"{where}: unknown setting(s): {', '.join(sorted(table))}")
+    if t.temperature is not None and not 0 <= t.temperature <= 2:
+        raise ConfigError(f"{where}.temperature: must be 0..2")
+    if t.max_tokens is not None and t.max_tokens <= 0:
+        raise ConfigError(f"{where}.max_tokens: must be positive")
+    return t

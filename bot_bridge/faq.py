@@ -155,13 +155,60 @@ def load_entries(path: str | Path) -> list[FaqEntry]:
     return entries
 
 
-class FaqIndex:
-    """The retrieval part, usable on its own: ``lookup(question) -> FaqHit | None``."""
+@dataclass(frozen=True)
+class Fusion:
+    """How BM25 and the sentence embedding are combined (docs/bots.md, "FAQ retrieval").
 
-    def __init__(self, entries: list[FaqEntry], *, min_score: float = 0.0) -> None:
+    Per entry: `lexical`, the BM25 confidence of its best phrasing (0..1, above); `semantic`, the
+    best cosine of the question with its phrasings; `answer`, the cosine with its answer (E5's
+    question-to-passage match). The entry with the highest
+    `lexical_weight * lexical + (1 - lexical_weight) * (rescaled semantic + answer_weight * rescaled answer)`
+    is the candidate (e5's cosines sit between about 0.75 and 1 for any two texts: rescaled from
+    `*_low` over `*_span`). Its confidence is a logistic regression (`coef`, on the features of
+    `Candidate.features`) of it being the right answer, so the bridge's threshold reads as a probability.
+
+    Every figure was set on the tune split of bench/faq_eval.yaml, never the held-out one: the
+    weights by the most right answers (ties: the middle of the tied range), the coefficients by
+    fitting (L2, lambda 1) whether the candidate was right. `python -m bench.faq_eval` reports both splits.
+    """
+
+    lexical_weight: float = 0.5
+    answer_weight: float = 0.3
+    cos_low: float = 0.85
+    cos_span: float = 0.15
+    answer_low: float = 0.8
+    answer_span: float = 0.15
+    # intercept, semantic, semantic lead over the next entry, lexical, lexical agrees, answer, fused lead,
+    # Chinese (e5's cosines run higher between Chinese texts, and jieba's terms differ from English stems)
+    coef: tuple[float, ...] = (-32.522, 14.4611, 17.9823, 2.4627, -0.4965, 20.2102, 3.9695, -0.9109)
+
+
+@dataclass
+class Candidate:
+    """One entry's standing for a question (what `explain` returns, best first)."""
+
+    entry: int
+    lexical: float
+    semantic: float  # best cosine with a phrasing (0 without an embedder)
+    answer: float  # cosine with the answer (0 without an embedder)
+    fused: float
+    bm25: float
+    confidence: float = 0.0
+
+
+class FaqIndex:
+    """The retrieval part, usable on its own: ``lookup(question) -> FaqHit | None``.
+
+    With an `embedder` (faq_embed.py) retrieval is hybrid (Fusion); without one, BM25 alone.
+    """
+
+    def __init__(self, entries: list[FaqEntry], *, min_score: float = 0.0, embedder: Any = None,
+                 fusion: Fusion | None = None) -> None:
         self.entries = entries
         self.min_score = min_score
+        self.fusion = fusion or Fusion()
         self.doc_entry: list[int] = []
+        self.doc_text: list[str] = []
         self.doc_terms: list[set[str]] = []  # a phrasing's terms plus its entry's keywords
         corpus: list[list[str]] = []
         for ei, entry in enumerate(entries):
@@ -172,6 +219,7 @@ class FaqIndex:
                 if toks:
                     corpus.append(toks)
                     self.doc_entry.append(ei)
+                    self.doc_text.append(text)
                     self.doc_terms.append(set(toks) | keywords)
         n = len(corpus)
         df: dict[str, int] = {}
@@ -184,41 +232,131 @@ class FaqIndex:
 
         self._bm25 = bm25s.BM25()
         self._bm25.index(corpus, show_progress=False)
+        self.embedder = embedder
+        if embedder is not None:
+            import numpy as np
 
-    def lookup(self, question: str) -> FaqHit | None:
-        """The best entry for the question with its confidence, or None when nothing matches."""
+            from .faq_embed import embed_cached
+
+            phrasings = [(ei, q) for ei, entry in enumerate(entries) for qs in entry.questions.values() for q in qs]
+            answers = [(ei, a) for ei, entry in enumerate(entries) for a in entry.answers.values()]
+            self._vectors = embed_cached(embedder, [q for _, q in phrasings])
+            self._vec_entry = np.array([ei for ei, _ in phrasings], dtype=np.int64)
+            self._vec_text = [q for _, q in phrasings]
+            self._answers = embed_cached(embedder, [a for _, a in answers], passage=True)
+            self._ans_entry = np.array([ei for ei, _ in answers], dtype=np.int64)
+
+    def _lexical(self, question: str, leave_out: str | None = None) -> dict[int, tuple[float, float]]:
+        """Entry -> (confidence, BM25) of its best phrasing (other than `leave_out`)."""
         query = tokenize(question)
         if not query or not self.doc_entry:
-            return None
+            return {}
         scores = [float(s) for s in self._bm25.get_scores(query)]
         # Order numbers and other digits can't be in a FAQ: they don't count against confidence.
         uniq = {t for t in query if not any(c.isdigit() for c in t)} or set(query)
         total = sum(self.idf.get(t, self.unknown_idf) for t in uniq)
-        best: tuple[float, float, int] | None = None  # (confidence, bm25, doc)
+        best: dict[int, tuple[float, float]] = {}
         for doc, score in enumerate(scores):
-            if score <= self.min_score:
+            if score <= self.min_score or (leave_out is not None and self.doc_text[doc] == leave_out):
                 continue
-            conf = sum(self.idf[t] for t in uniq if t in self.doc_terms[doc]) / total if total else 0.0
-            if best is None or (round(conf, 6), score) > (round(best[0], 6), best[1]):
-                best = (conf, score, doc)
-        if best is None:
+            conf = round(sum(self.idf[t] for t in uniq if t in self.doc_terms[doc]) / total, 6) if total else 0.0
+            ei = self.doc_entry[doc]
+            if ei not in best or (conf, score) > best[ei]:
+                best[ei] = (conf, score)
+        return best
+
+    def explain(self, question: str, leave_out: str | None = None, without: int | None = None) -> list[Candidate]:
+        """The entries that stand for the question, best fused first, each with its confidence.
+        Empty for a question with no letter or character (punctuation, emoji). For the calibration
+        (bench/faq_eval.py): `leave_out`, a stored phrasing to act as if absent; `without`, an entry
+        to act as if absent (its phrasings are then questions the FAQ does not answer)."""
+        if not _TOKEN_OK.search(unicodedata.normalize("NFKC", question).casefold()):
+            return []
+        lexical = self._lexical(question, leave_out)
+        if without is not None:
+            lexical.pop(without, None)
+        if self.embedder is None:  # BM25 alone: the best phrasing's confidence, BM25 breaking ties
+            out = [Candidate(ei, conf, 0.0, 0.0, conf, bm25, conf) for ei, (conf, bm25) in lexical.items()]
+            out.sort(key=lambda c: (round(c.fused, 6), c.bm25), reverse=True)
+            return out
+        import numpy as np
+
+        f = self.fusion
+        q = self.embedder.embed([question])[0]
+        n = len(self.entries)
+        sem = np.full(n, -1.0)
+        cos = self._vectors @ q
+        if leave_out is not None:
+            cos = np.where(np.array([t == leave_out for t in self._vec_text]), -1.0, cos)
+        np.maximum.at(sem, self._vec_entry, cos)
+        ans = np.full(n, -1.0)
+        np.maximum.at(ans, self._ans_entry, self._answers @ q)
+        if without is not None:
+            sem[without] = ans[without] = -1.0
+        lex = np.zeros(n)
+        bm25 = np.zeros(n)
+        for ei, (conf, score) in lexical.items():
+            lex[ei], bm25[ei] = conf, score
+        fused = f.lexical_weight * lex + (1 - f.lexical_weight) * (
+            (sem - f.cos_low) / f.cos_span + f.answer_weight * (ans - f.answer_low) / f.answer_span)
+        if without is not None:
+            fused[without] = -np.inf
+        order = np.argsort(-fused, kind="stable")
+        if without is not None:
+            order = order[order != without]
+        lex_best = lex.max()
+        zh = float(is_cjk(question))
+        out = []
+        for rank, ei in enumerate(order):
+            other_sem = np.max(np.delete(sem, ei)) if n > 1 else -1.0  # a FAQ of one entry: no runner-up
+            runner_up = fused[order[1]] if rank == 0 and len(order) > 1 else fused[order[0]]
+            x = (1.0, sem[ei], sem[ei] - other_sem, lex[ei], float(lex_best > 0 and lex[ei] == lex_best), ans[ei],
+                 fused[ei] - runner_up, zh)
+            z = sum(c * v for c, v in zip(f.coef, x, strict=True))
+            out.append(Candidate(int(ei), float(lex[ei]), float(sem[ei]), float(ans[ei]), float(fused[ei]),
+                                 float(bm25[ei]), 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))))
+        return out
+
+    def lookup(self, question: str) -> FaqHit | None:
+        """The best entry for the question with its confidence, or None when nothing matches."""
+        ranked = self.explain(question)
+        if not ranked:
             return None
-        # The phrasing that covers most of the question wins; BM25 breaks ties.
-        confidence, score, doc = best
-        entry = self.entries[self.doc_entry[doc]]
-        return FaqHit(entry.id, entry.answer_for(is_cjk(question)), round(confidence, 4), score)
+        top = ranked[0]
+        entry = self.entries[top.entry]
+        return FaqHit(entry.id, entry.answer_for(is_cjk(question)), round(top.confidence, 4), top.bm25)
+
+
+_indexes: dict[tuple[str, str, float], FaqIndex] = {}
+
+
+def shared_index(path: str | Path | None, retrieval: str = "hybrid", min_score: float = 0.0) -> FaqIndex:
+    """One index per FAQ file and settings in this process (the FAQ backend and an LLM backend's
+    `faq_context` share it). `retrieval`: hybrid (BM25 with the bundled sentence embedding model)
+    or bm25. Raises ValueError for another value or a bad file."""
+    if retrieval not in ("hybrid", "bm25"):
+        raise ValueError(f"faq retrieval must be hybrid or bm25, not {retrieval!r}")
+    key = (str(Path(path or DEFAULT_PATH).resolve()), retrieval, min_score)
+    index = _indexes.get(key)
+    if index is None:
+        embedder = None
+        if retrieval == "hybrid":
+            from .faq_embed import load_embedder
+
+            embedder = load_embedder()
+        index = _indexes[key] = FaqIndex(load_entries(key[0]), min_score=min_score, embedder=embedder)
+    return index
 
 
 class FaqBackend:
-    """Options: path (default: the bundled demo FAQ), min_score."""
+    """Options: path (default: the bundled demo FAQ), min_score, retrieval (hybrid: BM25 with the
+    bundled sentence embedding model, the default; bm25: BM25 alone)."""
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         options = options or {}
         self.name = name
         self.path = Path(options.get("path") or DEFAULT_PATH)
-        self.index = FaqIndex(
-            load_entries(self.path), min_score=float(options.get("min_score", 0.0))
-        )
+        self.index = shared_index(self.path, options.get("retrieval", "hybrid"), float(options.get("min_score", 0.0)))
 
     def lookup(self, question: str) -> FaqHit | None:
         return self.index.lookup(question)

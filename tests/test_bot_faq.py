@@ -49,7 +49,7 @@ def test_unrelated_questions_have_no_confident_answer(faq, question):
 async def test_stream_yields_a_result_with_confidence(faq):
     ctx = BotContext("t", "c", "g", "v", "Can I exchange an item for another size?", [], {})
     items = [i async for i in faq.stream(ctx)]
-    assert len(items) == 1 and isinstance(items[0], BotResult) and items[0].confidence == 1.0
+    assert len(items) == 1 and isinstance(items[0], BotResult) and items[0].confidence > 0.9
     ctx.question = "Tell me about black holes"
     items = [i async for i in faq.stream(ctx)]
     assert items == [BotResult("", 0.0)] or items[0].confidence < 0.4
@@ -84,3 +84,14 @@ def test_bad_file_is_refused(tmp_path):
     path.write_text(json.dumps([{"q": "no answer"}]))
     with pytest.raises(ValueError, match="needs q and a"):
         load_entries(path)
+
+
+def test_a_faq_of_one_entry_answers_and_a_question_without_words_gets_nothing(tmp_path):
+    """Hybrid retrieval with a single entry has no runner-up to compare with (it raised once, and
+    the bridge gave the holding message instead of the answer)."""
+    path = tmp_path / "one.yaml"
+    path.write_text('entries:\n  - id: hours\n    q: {en: ["When are you open?"]}\n    a: {en: "9 to 5."}\n')
+    backend = FaqBackend("one", {"path": str(path)})
+    hit = backend.lookup("When are you open?")
+    assert hit is not None and hit.entry_id == "hours" and hit.answer == "9 to 5." and hit.confidence > 0.5
+    assert backend.lookup("???") is None and backend.lookup("") is None

@@ -173,3 +173,19 @@ async def test_cancel_mid_generation_then_serve_again(llama_server):
     again = await bridge.answer(ctx("Say hello."), lambda _: None)  # the server is free again
     await bridge.close()
     assert isinstance(again, BotResult) and again.text.strip() and not again.fallback
+
+
+async def test_the_real_model_answers_from_the_faq_entries_in_its_prompt(llama_server):
+    url = server_url(llama_server)
+    backend = OpenAIBackend("llm", {"base_url": url, "model": "smollm2", "faq_context": True,
+                                    "faq_context_entries": 1, **GEN, "max_tokens": 48})
+    question = ctx("How long do I have to return a tent?")
+    system = backend.build_messages(question)[0]["content"]
+    assert "within 30 days of delivery" in system  # the returns entry, retrieved for the question
+    try:
+        items = [i async for i in backend.stream(question)]
+    finally:
+        await backend.aclose()
+    answer = "".join(i for i in items if isinstance(i, str))
+    print("model answer:", answer)
+    assert "30" in answer, answer  # temperature 0, seed 7: the model repeats the period it was given

@@ -117,3 +117,54 @@ def test_trim_history_keeps_entities_first_then_recent():
     assert trim_history(turns, 0) == []
     assert has_entity("ORD-77AB") and has_entity("parcel RR123456789CN") and not has_entity("order soon")
     assert estimate_tokens("你好世界") == 4 and estimate_tokens("abcdefgh") == 2
+
+
+async def test_faq_context_puts_the_closest_entries_in_the_system_prompt(server):
+    state, url = server
+    backend = OpenAIBackend("llm", {"base_url": f"{url}/v1", "model": "m", "faq_context": True,
+                                    "system_prompt": "You help the shop's customers.\n{faq}"})
+    try:
+        await collect(backend, ctx("How long do I have to return a tent?"))
+        await collect(backend, ctx("帐篷买了不合适，多少天内可以退？"))
+    finally:
+        await backend.aclose()
+    en, zh = (r["json"]["messages"][0]["content"] for r in state.requests)
+    assert en.startswith("You help the shop's customers.\nAnswer from these entries")
+    assert "within 30 days of delivery" in en and "{faq}" not in en  # the returns entry, in English
+    assert "30天内" in zh  # the same entry's Chinese answer for a Chinese question
+
+
+async def test_a_template_per_tenant_and_group_sets_prompt_temperature_and_max_tokens(server):
+    from bot_bridge import BotBridge
+
+    state, url = server
+    bridge = BotBridge.from_mapping({
+        "default": "llm",
+        "backends": {"llm": {"type": "openai", "base_url": f"{url}/v1", "model": "m", "temperature": 0.7}},
+        "templates": {"support": {"system_prompt": "You are support.", "temperature": 0.1, "max_tokens": 80},
+                      "sales": {"system_prompt": "You are sales.", "max_tokens": 200}},
+        "template": "support",
+        "tenants": {"acme": {"group_templates": {"sales": "sales"}}},
+    })
+    try:
+        for group in ("default", "sales"):
+            await bridge.answer(BotContext("acme", f"c-{group}", group, "v1", "hello?", [], {}), lambda _: None)
+        await bridge.answer(BotContext("other", "c-o", "sales", "v1", "hello?", [], {}), lambda _: None)
+    finally:
+        await bridge.close()
+    support, sales, other = (r["json"] for r in state.requests)
+    assert support["messages"][0]["content"] == "You are support." and support["temperature"] == 0.1
+    assert support["max_tokens"] == 80
+    assert sales["messages"][0]["content"] == "You are sales." and sales["temperature"] == 0.7  # the backend's own
+    assert sales["max_tokens"] == 200
+    assert other["messages"][0]["content"] == "You are support."  # the default template
+
+
+def test_an_unknown_template_is_refused():
+    from bot_bridge import BotBridge
+    from bot_bridge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown template 'nope'"):
+        BotBridge.from_mapping({"tenants": {"acme": {"template": "nope"}}})
+    with pytest.raises(ConfigError, match="temperature"):
+        BotBridge.from_mapping({"templates": {"t": {"temperature": 5}}})

@@ -435,3 +435,25 @@ def test_demo_pages_reconnect_by_themselves_through_a_rolling_restart(redis_serv
         for gw in nodes:
             gw.stop()
     assert not [p for p in problems if "page error" in p], "\n".join(problems)
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_answers_how_long_a_tent_can_be_returned(gateway_factory, browser, tmp_path):
+    """Issue 17's report: "How long do I have to return a tent?" went to the queue although the FAQ
+    has a returns entry. The demo's bot answers it, with what the demo page itself promises."""
+    gw = gateway_factory(bots_enabled="true")
+    base = gw.http_url.rstrip("/")
+    problems = []
+    expect.set_options(timeout=TIMEOUT_MS)
+    ctx = browser.new_context(viewport={"width": 1100, "height": 760}, locale="en-US")
+    visitor = ctx.new_page()
+    _watch(visitor, "visitor", problems)
+    try:
+        _open_visitor(visitor, base, f"tent-{uuid.uuid4().hex[:8]}")
+        expect(visitor.locator(".feature", has_text="Free returns")).to_contain_text("within 30 days of delivery")
+        _ask(visitor, "How long do I have to return a tent?")
+        expect(visitor.locator(".msg.them .bubble", has_text="within 30 days of delivery")).to_be_visible()
+    finally:
+        _finish((("tent-visitor", visitor),), tmp_path, problems)
+        ctx.close()
+    assert not [p for p in problems if "page error" in p], "\n".join(problems)

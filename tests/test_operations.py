@@ -343,6 +343,10 @@ async def test_reload_reads_the_faq_again_and_a_broken_faq_keeps_the_old_bot(con
         assert done["outcome"] == "applied" and done["bots_restarted"] is True  # the file changed
         assert await ask() == "We are open around the clock."
         assert (await _reload(gw, config_file, bots))["bots_restarted"] is False  # nothing changed: no new worker
+        # A question asked while a reload starts a new worker gets the old answer or the new one.
+        write_faq("We are open from dawn to dusk.")
+        gw.proc.send_signal(signal.SIGHUP)
+        assert await ask() in ("We are open around the clock.", "We are open from dawn to dusk.")
         faq.write_text("entries: [this is not an entry]\n")  # refused: the running bot stays
         done = await _reload(gw, config_file, bots, outcome="refused")
         assert "bot worker" in done["error"] or "faq" in done["error"].lower(), done
