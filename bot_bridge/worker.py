@@ -30,10 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from .base import BotContext, BotResult, Turn, maybe_await
+from .base import BotContext, BotResult, maybe_await
 from .config import BridgeConfig
+from .worker_wire import Channel, ctx_from_wire, ctx_to_wire
 
 log = logging.getLogger("chatgw.bots.worker")
 
@@ -41,41 +40,6 @@ START_TIMEOUT_S = 120.0  # the FAQ index is built at start; a big FAQ file takes
 RESTART_BACKOFF_S = (0.2, 30.0)
 STATS_TIMEOUT_S = 2.0
 WATCHDOG_GRACE_S = 2.0  # past the bridge's own total deadline, the node stops waiting for a starved worker
-
-Handler = Callable[[str, int, Any], None]
-
-
-class Channel(asyncio.Protocol):
-    """One end of the socket pair: msgpack arrays in both directions."""
-
-    def __init__(self, on_message: Handler, on_lost: Callable[[BaseException | None], None]) -> None:
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 << 20)
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self._unpacker.feed(data)
-        for kind, ident, payload in self._unpacker:
-            self._on_message(kind, ident, payload)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.transport = None
-        self._on_lost(exc)
-
-    def send(self, kind: str, ident: int, payload: Any = None) -> bool:
-        if self.transport is None or self.transport.is_closing():
-            return False
-        self.transport.write(msgpack.packb([kind, ident, payload], use_bin_type=True, default=str))
-        return True
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
 
 def lower_priority() -> None:
     """Let the relay outrank bot work on a shared core (docs/bots.md, "The worker process").
@@ -91,22 +55,6 @@ def lower_priority() -> None:
             os.nice(19)
         except OSError:
             pass
-
-
-def ctx_to_wire(ctx: BotContext) -> dict[str, Any]:
-    # by hand: dataclasses.asdict deep-copies every history turn, on the node's loop
-    return {"tenant": ctx.tenant, "conv_id": ctx.conv_id, "group": ctx.group, "visitor": ctx.visitor,
-            "question": ctx.question, "history": [[t.role, t.text] for t in ctx.history], "meta": ctx.meta,
-            "seq": ctx.seq}
-
-
-def ctx_from_wire(wire: dict[str, Any]) -> BotContext:
-    wire = dict(wire)
-    wire["history"] = [Turn(role, text) for role, text in wire.get("history", ())]
-    return BotContext(**wire)
-
-
-# ---- the node's side ----------------------------------------------------------------------
 
 
 def fingerprint(table: dict[str, Any]) -> str:
