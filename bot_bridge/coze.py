@@ -14,12 +14,12 @@ conversation (a bounded map). Cancel: ``POST {base_url}/v3/chat/cancel``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import aiohttp
+import orjson
 from cachetools import LRUCache
 
 from .base import BackendError, BotContext, BotResult
@@ -133,7 +133,7 @@ class CozeBackend(HttpBackend):
 
 def _loads(raw: str | bytes) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
     except ValueError as exc:
         raise BackendError(f"coze: bad JSON: {raw[:200]!r}") from exc
     if not isinstance(data, dict):

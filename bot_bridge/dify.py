@@ -12,12 +12,12 @@ question. Cancel: ``POST {base_url}/chat-messages/{task_id}/stop``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import aiohttp
+import orjson
 from cachetools import LRUCache
 
 from .base import BackendError, BotContext, BotResult
@@ -81,7 +81,7 @@ class DifyBackend(HttpBackend):
                 if ev.event == "ping" or not ev.data.strip():
                     continue
                 try:
-                    data = json.loads(ev.data)
+                    data = orjson.loads(ev.data)
                 except ValueError as exc:
                     raise BackendError(f"dify: bad JSON in stream: {ev.data[:200]!r}") from exc
                 kind = data.get("event", ev.event)

@@ -1,7 +1,7 @@
 """Shared plumbing for HTTP backends: one pooled aiohttp session per backend.
 
 Backends get aiohttp's own ``ClientResponse`` from ``Client.stream`` and use its
-API for status and headers; its body goes through ``read_body`` / ``lines`` so
+API for status and headers; its body goes through ``read_body`` / ``line_batches`` so
 that transport failures reach them as ``HTTPError`` and nothing else.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 _OPEN_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
-_BODY_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
+BODY_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
 
 
 class HTTPError(Exception):
@@ -30,20 +30,23 @@ async def read_body(resp: aiohttp.ClientResponse) -> bytes:
     """The whole body. Raises HTTPError if it cannot be read to its end (reset, cut, read timeout)."""
     try:
         return await resp.read()
-    except _BODY_ERRORS as exc:
+    except BODY_ERRORS as exc:
         raise HTTPError(repr(exc)) from exc
 
 
-async def lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """Lines of the body without their line endings (LF or CRLF), decoded as UTF-8 (bad bytes replaced).
-
-    Raises HTTPError if the body breaks off with an error (reset, incomplete chunked body, read timeout).
-    """
-    try:
-        async for raw in resp.content:
-            yield raw.decode("utf-8", "replace").rstrip("\r\n")
-    except _BODY_ERRORS as exc:
-        raise HTTPError(repr(exc)) from exc
+async def line_batches(resp: aiohttp.ClientResponse) -> AsyncIterator[list[str]]:
+    """The body's lines without their line endings (LF or CRLF), decoded as UTF-8 (bad bytes
+    replaced), a list per network read: one await per read, not per line (an SSE token is two or
+    three lines). Raises what the body's reader raises (BODY_ERRORS: reset, cut, read timeout)."""
+    rest = b""
+    async for chunk in resp.content.iter_any():
+        if b"\n" not in chunk:
+            rest += chunk
+            continue
+        *complete, rest = (rest + chunk).split(b"\n")
+        yield [raw.decode("utf-8", "replace").rstrip("\r") for raw in complete]
+    if rest:
+        yield [rest.decode("utf-8", "replace").rstrip("\r")]
 
 
 class Client:
@@ -73,7 +76,7 @@ class Client:
                      headers: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send the request and yield the response once its status and headers are in, whatever the status.
 
-        Read the body with ``read_body`` or ``lines``. Raises HTTPError if the request fails before
+        Read the body with ``read_body`` or ``line_batches``. Raises HTTPError if the request fails before
         the response head (refused, reset, connect or read timeout); the connection is released on exit.
         """
         try:

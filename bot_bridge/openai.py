@@ -12,10 +12,11 @@ The gateway keeps the conversation and resends it each time, trimmed to
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
+
+import orjson
 
 from .base import BackendError, BotContext, BotResult
 from .history import compile_entities, estimate_tokens, trim_history
@@ -155,7 +156,7 @@ class OpenAIBackend(HttpBackend):
 
 def _loads(raw: str | bytes) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
     except ValueError as exc:
         raise BackendError(f"openai: bad JSON in stream: {raw[:200]!r}") from exc
     if not isinstance(data, dict):

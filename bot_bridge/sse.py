@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from .base import BackendError
-from .http import HTTPError, is_2xx, lines, read_body
+from .http import BODY_ERRORS, HTTPError, is_2xx, line_batches, read_body
 
 
 @dataclass
@@ -31,26 +31,27 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
     """
     event, data, ev_id = "", [], ""
     try:
-        async with aclosing(lines(response)) as body:
-            async for line in body:
-                if line == "":
-                    if data or event:
-                        yield SSEEvent(event or "message", "\n".join(data), ev_id)
-                    event, data = "", []
-                    continue
-                if line.startswith(":"):
-                    continue
-                name, sep, value = line.partition(":")
-                if sep and value.startswith(" "):
-                    value = value[1:]
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    event = value
-                elif name == "id":
-                    ev_id = value
-                # "retry" and unknown fields are ignored
-    except HTTPError as exc:  # connection reset, incomplete chunked body
+        async with aclosing(line_batches(response)) as body:
+            async for batch in body:
+                for line in batch:
+                    if line == "":
+                        if data or event:
+                            yield SSEEvent(event or "message", "\n".join(data), ev_id)
+                        event, data = "", []
+                        continue
+                    if line.startswith(":"):
+                        continue
+                    name, sep, value = line.partition(":")
+                    if sep and value.startswith(" "):
+                        value = value[1:]
+                    if name == "data":
+                        data.append(value)
+                    elif name == "event":
+                        event = value
+                    elif name == "id":
+                        ev_id = value
+                    # "retry" and unknown fields are ignored
+    except (HTTPError, *BODY_ERRORS) as exc:  # connection reset, incomplete chunked body, read timeout
         raise BackendError(f"stream broken: {exc!r}") from exc
     if data or event:
         yield SSEEvent(event or "message", "\n".join(data), ev_id)

@@ -29,7 +29,7 @@ from contextlib import aclosing
 from typing import Any
 
 from .base import BackendError, BotContext, BotResult
-from .http import HttpBackend, HTTPError, is_2xx, lines, read_body
+from .http import BODY_ERRORS, HttpBackend, HTTPError, is_2xx, line_batches, read_body
 
 SIGNATURE_HEADER = "X-Chatgw-Signature"
 TIMESTAMP_HEADER = "X-Chatgw-Timestamp"
@@ -107,20 +107,23 @@ class WebhookBackend(HttpBackend):
             if "ndjson" in ctype or "jsonlines" in ctype:
                 done = False
                 try:
-                    async with aclosing(lines(resp)) as body_lines:
-                        async for line in body_lines:
-                            if not line.strip():
-                                continue
-                            data = _loads(line)
-                            if data.get("error"):
-                                raise BackendError(f"webhook: error: {data['error']}")
-                            if data.get("delta"):
-                                yield str(data["delta"])
-                            if data.get("done"):
-                                done = True
-                                yield _result(data)
+                    async with aclosing(line_batches(resp)) as batches:
+                        async for batch in batches:
+                            for line in batch:
+                                if not line.strip():
+                                    continue
+                                data = _loads(line)
+                                if data.get("error"):
+                                    raise BackendError(f"webhook: error: {data['error']}")
+                                if data.get("delta"):
+                                    yield str(data["delta"])
+                                if data.get("done"):
+                                    done = True
+                                    yield _result(data)
+                                    break
+                            if done:
                                 break
-                except HTTPError as exc:
+                except (HTTPError, *BODY_ERRORS) as exc:
                     raise BackendError(f"webhook: stream broken: {exc!r}") from exc
                 if not done:
                     raise BackendError("webhook: NDJSON stream ended before its done line")
