@@ -1,6 +1,7 @@
 """The memory guard: a node under memory pressure sheds load before the kernel's OOM killer does.
 
-Checked every CHECK_S against the process's resident set size (RSS, psutil):
+Checked every CHECK_S against the resident set size (RSS, psutil) of the node's process and its
+children (the bot worker):
 
 1. Under `memory_soft_mb`: state `ok`.
 2. At or over the soft line: state `soft`. New upgrades are refused (HTTP 503 with Retry-After),
@@ -78,12 +79,23 @@ class MemoryGuard:
         self._trim = _malloc_trim()
         self.state = "ok"
         self.rss = 0
-        self._base = self._process.memory_info().rss  # what the node costs with no connection: not theirs
+        self._base = self._rss()  # what the node costs with no connection: not theirs
         self.closed = 0  # connections closed by the guard since start
         self._quiet_until = 0.0
         self._last_batch: tuple[int, int] | None = None  # (RSS when closed, bytes they should free)
         self._stalled_at = 0  # RSS when a batch freed nothing; 0: closing helps
         self._timer: Any = None
+
+    def _rss(self) -> int:
+        """The node's resident memory with its child processes' (the bot worker): what the machine
+        pays for this node, and what an OOM kill would free."""
+        rss = self._process.memory_info().rss
+        for child in self._process.children():
+            try:
+                rss += child.memory_info().rss
+            except psutil.Error:  # exited meanwhile
+                pass
+        return rss
 
     def start(self) -> None:
         self._timer = self._loop.call_later(CHECK_S, self._tick)
@@ -108,7 +120,7 @@ class MemoryGuard:
         """Read RSS, move between states, act; returns the state."""
         soft = self.cfg.memory_soft_mb * MB
         hard = self.cfg.memory_hard_mb * MB
-        self.rss = self._process.memory_info().rss
+        self.rss = self._rss()
         was = self.state
         if hard and self.rss >= hard:
             self.state = "hard"
