@@ -320,6 +320,12 @@ cdef class Connection(WSListener):
         """
         if self.closed:
             return
+        if self.transport.is_close_frame_sent:
+            # picows closed it already (its frame parser refused the client's bytes, and logged that
+            # as a client fault): a frame it passed on before that needs no second close or line.
+            self.closed = True
+            self.outbox = None
+            return
         if code in _CLIENT_FAULT_CODES or why == "flood":
             self._log_fault(code, reason, why)
         if self.outbox is not None:

@@ -101,6 +101,13 @@ async def test_log_lines_one_per_refused_upgrade_none_per_connection_client_faul
         raw.send_frame(0x1, b"{}", rsv=4)  # RSV1, no extension negotiated
         await wait_for(lambda: "client fault (protocol)" in _log(gw), what="the client fault's line")
         await wait_for(lambda: _metric(gw, "chatgw_client_faults_total") >= 1, what="the fault counted")
+        # A frame over max_frame: picows' parser refuses it; one line and one count, not two.
+        big, status, _ = await RawWS.connect("127.0.0.1", gw.ws_port, f"/ws?v=1&token={gw.token('visitor', uid('v'))}")
+        big.send_frame(0x1, b"x" * 70_000)
+        await wait_for(lambda: "exceeding max allowed size" in _log(gw), what="the oversize frame's line")
+        # Once every connection has ended, every line about them is written: then count.
+        await wait_for(lambda: _metric(gw, 'chatgw_connections{role="visitor"}') == 0, what="the connections to end")
+        assert _log(gw).count("client fault") == 2 and _metric(gw, "chatgw_client_faults_total") == 2
         out = _log(gw)
         assert out.count("upgrade refused") == 1
         assert "New connection accepted" not in out and "Disconnected" not in out
