@@ -221,6 +221,21 @@ class Client:
         self._reader.cancel()
 
 
+def scrape(gw: Gateway) -> str:
+    """The node's /metrics text."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{gw.http_url}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text: str, series: str) -> float:
+    """The sum of every sample in `text` (/metrics) whose name and labels start with `series`
+    ('x_total', 'x{role="agent"'...)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if not line.startswith("#") and line.startswith(series))
+
+
 async def wait_for(pred: Callable[[], Any], timeout: float = DEADLINE_S, what: str = "condition") -> Any:
     """Poll `pred` until it is truthy or the deadline passes (no fixed sleeps)."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ import pytest
 
 from bot_bridge import BotBridge, BotContext, BotResult, Turn
 from bot_bridge.openai import OpenAIBackend
+
+from .redis_support import free_port
 
 pytestmark = pytest.mark.model
 
@@ -52,11 +53,6 @@ def find_model() -> Path | None:
                 return path
     return None
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

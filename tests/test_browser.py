@@ -66,6 +66,14 @@ def _watch(page, name, problems):
     )
 
 
+def _page(browser, name, problems, width=1100, **context):
+    """A page in a context of its own (its own storage: one person), its errors collected in `problems`."""
+    ctx = browser.new_context(viewport={"width": width, "height": 760}, **context)
+    page = ctx.new_page()
+    _watch(page, name, problems)
+    return ctx, page
+
+
 def _screenshot(page, name, tmp_path):
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
@@ -380,14 +388,9 @@ def test_demo_pages_reconnect_by_themselves_through_a_rolling_restart(redis_serv
     themselves to a live one and carry on: a message sent afterwards reaches the agent once."""
     import secrets as _secrets
     import signal as _signal
-    import socket as _socket
 
+    from .redis_support import free_port
     from .support import start_gateway
-
-    def free_port() -> int:
-        with _socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     settings = dict(coordinator="redis", redis_url=redis_server.url, ws_port=free_port(), http_port=free_port(),
                     jwt_secret=_secrets.token_urlsafe(32), drain_spread_s=1, drain_timeout_s=30)
@@ -397,12 +400,8 @@ def test_demo_pages_reconnect_by_themselves_through_a_rolling_restart(redis_serv
     before, after = f"before the restarts {tenant}", f"after the restarts {tenant}"
     problems = []
     expect.set_options(timeout=TIMEOUT_MS)
-    agent_ctx = browser.new_context(viewport={"width": 1280, "height": 760})
-    visitor_ctx = browser.new_context(viewport={"width": 1100, "height": 760})
-    agent = agent_ctx.new_page()
-    visitor = visitor_ctx.new_page()
-    _watch(agent, "agent", problems)
-    _watch(visitor, "visitor", problems)
+    agent_ctx, agent = _page(browser, "agent", problems, width=1280)
+    visitor_ctx, visitor = _page(browser, "visitor", problems)
     try:
         _open_agent(agent, base, tenant)
         _open_visitor(visitor, base, tenant)
@@ -445,9 +444,7 @@ def test_the_demo_answers_how_long_a_tent_can_be_returned(gateway_factory, brows
     base = gw.http_url.rstrip("/")
     problems = []
     expect.set_options(timeout=TIMEOUT_MS)
-    ctx = browser.new_context(viewport={"width": 1100, "height": 760}, locale="en-US")
-    visitor = ctx.new_page()
-    _watch(visitor, "visitor", problems)
+    ctx, visitor = _page(browser, "visitor", problems, locale="en-US")
     try:
         _open_visitor(visitor, base, f"tent-{uuid.uuid4().hex[:8]}")
         expect(visitor.locator(".feature", has_text="Free returns")).to_contain_text("within 30 days of delivery")

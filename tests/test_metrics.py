@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from pathlib import Path
 
-from .support import Client, uid, wait_for
+from .support import Client, metric, scrape, uid, wait_for
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "chatgw.json"
 _SUFFIXES = ("_bucket", "_sum", "_count")
-
-
-def _scrape(gw) -> str:
-    with urllib.request.urlopen(f"{gw.http_url}/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-def _value(text: str, series: str) -> float:
-    """The sum of every sample whose name and labels start with `series` (e.g. 'x_count' or 'x{a="b"')."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if not line.startswith("#") and line.startswith(series))
 
 
 def _families(text: str) -> dict[str, str]:
@@ -49,7 +37,7 @@ def _exported(name: str, families: dict[str, str]) -> bool:
 
 async def test_dashboard_panels_query_only_exported_metrics(gateway_factory):
     gw = gateway_factory()
-    families = _families(_scrape(gw))
+    families = _families(scrape(gw))
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["panels"], "the dashboard has panels"
     for panel in dashboard["panels"]:
@@ -67,24 +55,24 @@ async def test_traffic_moves_connections_acks_queue_and_assignment_metrics(gatew
     v = await Client.connect(gw, "visitor", uid("v"), tenant)
     conv = (await v.request({"t": "open"}, "conv"))["conv"]
     await agent.next("assigned", lambda e: e["conv"] == conv)
-    before = _value(_scrape(gw), "chatgw_ack_seconds_count")
+    before = metric(scrape(gw), "chatgw_ack_seconds_count")
     for i in range(5):
         await v.msg(conv, f"hello {i}")
-    text = _scrape(gw)
-    assert _value(text, "chatgw_ack_seconds_count") == before + 5
-    assert _value(text, 'chatgw_ack_seconds_bucket{le="+Inf"}') == _value(text, "chatgw_ack_seconds_count")
-    assert _value(text, 'chatgw_connections{role="visitor"}') == 1 and _value(text, 'chatgw_connections{role="agent"}') == 1
-    assert _value(text, "chatgw_queue_wait_seconds_count") >= 1
-    assert _value(text, "chatgw_assignment_seconds_count") >= 1
+    text = scrape(gw)
+    assert metric(text, "chatgw_ack_seconds_count") == before + 5
+    assert metric(text, 'chatgw_ack_seconds_bucket{le="+Inf"}') == metric(text, "chatgw_ack_seconds_count")
+    assert metric(text, 'chatgw_connections{role="visitor"}') == 1 and metric(text, 'chatgw_connections{role="agent"}') == 1
+    assert metric(text, "chatgw_queue_wait_seconds_count") >= 1
+    assert metric(text, "chatgw_assignment_seconds_count") >= 1
     # A second visitor with the agent away waits: the queue's length says so.
     await agent.request({"t": "status", "status": "away"}, "status")
     v2 = await Client.connect(gw, "visitor", uid("v"), tenant)
     await v2.request({"t": "open"}, "conv")
-    await wait_for(lambda: 'chatgw_queue_length{group="default"} 1.0' in _scrape(gw),  # the node is this test's own
+    await wait_for(lambda: 'chatgw_queue_length{group="default"} 1.0' in scrape(gw),  # the node is this test's own
                    what="the queue length to count the waiting visitor")
     await agent.request({"t": "status", "status": "online"}, "status")
     await agent.next("assigned")
-    await wait_for(lambda: 'chatgw_queue_length{group="default"} 0.0' in _scrape(gw), what="the queue emptied")
+    await wait_for(lambda: 'chatgw_queue_length{group="default"} 0.0' in scrape(gw), what="the queue emptied")
 
 
 async def test_bot_latency_and_breaker_metrics(gateway_factory):
@@ -93,20 +81,20 @@ async def test_bot_latency_and_breaker_metrics(gateway_factory):
     conv = (await v.request({"t": "open"}, "conv"))["conv"]
     await v.msg(conv, "How long does shipping take?")
     answer = await v.next("msg", lambda e: e["role"] == "bot")
-    text = _scrape(gw)
+    text = scrape(gw)
     backend = answer["backend"]
-    assert _value(text, f'chatgw_bot_answer_seconds_count{{backend="{backend}"}}') >= 1
-    assert _value(text, f'chatgw_bot_breaker_state{{backend="{backend}"}}') == 0  # closed
+    assert metric(text, f'chatgw_bot_answer_seconds_count{{backend="{backend}"}}') >= 1
+    assert metric(text, f'chatgw_bot_breaker_state{{backend="{backend}"}}') == 0  # closed
 
 
 async def test_redis_round_trips_and_commands_are_counted(gateway_factory, redis_server):
     gw = gateway_factory(coordinator="redis", redis_url=redis_server.url)
     v = await Client.connect(gw, "visitor", uid("v"), uid("t"))
     conv = (await v.request({"t": "open"}, "conv"))["conv"]
-    before = _scrape(gw)
+    before = scrape(gw)
     for i in range(3):
         await v.msg(conv, f"m{i}")
-    after = _scrape(gw)
-    trips = _value(after, "chatgw_redis_round_trips_total") - _value(before, "chatgw_redis_round_trips_total")
-    commands = _value(after, "chatgw_redis_commands_total") - _value(before, "chatgw_redis_commands_total")
+    after = scrape(gw)
+    trips = metric(after, "chatgw_redis_round_trips_total") - metric(before, "chatgw_redis_round_trips_total")
+    commands = metric(after, "chatgw_redis_commands_total") - metric(before, "chatgw_redis_commands_total")
     assert trips >= 3 and commands >= trips  # at least one append each; a round trip carries one command or more

@@ -28,7 +28,7 @@ import pytest
 
 from gateway import auth
 
-from .support import Client, start_gateway, uid, wait_for
+from .support import Client, metric, scrape, start_gateway, uid, wait_for
 from .wsraw import RawWS
 
 
@@ -45,12 +45,7 @@ def _http(gw, path: str, method: str = "GET", token: str | None = None) -> tuple
 
 
 def _metric(gw, name: str) -> float:
-    _, _, body = _http(gw, "/metrics")
-    total = 0.0
-    for line in body["text"].splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric(scrape(gw), name)
 
 
 def _log(gw) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-import socket
 import urllib.request
 
 import orjson
@@ -26,15 +25,10 @@ import orjson
 from gateway import auth
 from gateway.client import ChatClient, ChatError, Message
 
+from .redis_support import free_port
 from .support import start_gateway, uid, wait_for
 
 VISITORS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _transcript(gw, tenant: str, conv: str) -> list[dict]:
@@ -46,7 +40,7 @@ def _transcript(gw, tenant: str, conv: str) -> list[dict]:
 
 async def test_rolling_restart_of_three_nodes_under_traffic_loses_and_duplicates_nothing(redis_server):
     secret = secrets.token_urlsafe(32)
-    port = _free_port()
+    port = free_port()
     settings = dict(coordinator="redis", redis_url=redis_server.url, ws_port=port, jwt_secret=secret,
                     drain_spread_s=1, drain_timeout_s=20, node_heartbeat_s=0.2, node_ttl_s=2,
                     rate_per_s=100_000, rate_burst=100_000)  # the visitors send without pause
