@@ -22,10 +22,18 @@ from .session import Session
 from .subscriptions import begin_replay, cursor, end_replay, offer, subscribe, subscribed_to, unsubscribe
 
 REPLAY_PAGE = 500
+# An entry ahead of a connection's cursor usually has its predecessor on the way from another
+# node (both nodes appended to the conversation within a millisecond or so): wait this long for
+# it, holding what arrives, before reading the hole from the log (docs/delivery.md, step 4a).
+GAP_WAIT_S = 0.05
 # A replay writes this much, then waits until the client has read it (the transport's write
 # buffer is below its low-water mark) before it writes more: a long history costs the node
 # at most about this plus the transport's high-water mark per connection, never the whole log.
 REPLAY_CHUNK_BYTES = 32 * 1024
+
+
+def _seq_of(held: tuple[int, Outgoing]) -> int:
+    return held[0]
 
 
 class Delivery:
@@ -38,6 +46,9 @@ class Delivery:
         # A tuple, not a set: most users have one connection, and a 1-tuple is a quarter of an
         # empty set's size (idle memory per connection); it is also a ready snapshot to iterate.
         self.users: dict[tuple[str, str], tuple[Session, ...]] = {}
+        # (connection, conversation) -> (entries held since a hole opened, the timer that reads it)
+        self._gaps: dict[tuple[Session, str], tuple[list[tuple[int, Outgoing]], asyncio.TimerHandle]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def apply(self, tenant: str, user: str, out: Outgoing) -> bool:
         """Hand an envelope to this node's connections of `user`; False if it holds none.
@@ -52,10 +63,12 @@ class Delivery:
         if type(env) is dict:  # a log entry (msg, event): replies.py declares everything else as a Struct
             conv = env["conv"]
             seq = env["seq"]
+            gaps = self._gaps
             for conn in peers:
                 if not offer(conn, conv, seq, out):
-                    METRICS.hot.catch_ups += 1
-                    self._spawn(self.catch_up(conn, tenant, conv))
+                    self._gap(conn, tenant, conv, seq, out)
+                elif gaps and (conn, conv) in gaps:
+                    self._gap_fill(conn, conv)
             return True
         kind = env.t
         for conn in peers:
@@ -100,12 +113,75 @@ class Delivery:
     async def relay(self, conv: Conversation, sender: str, env: Reply) -> None:
         await self.send_to(conv.tenant, [u for u in conv.participants() if u != sender], env)
 
-    async def catch_up(self, conn: Session, tenant: str, conv_id: str) -> None:
-        """Send `conn` what the log has past its cursor on `conv_id`; tried until done or `conn` closes."""
+    def _gap(self, conn: Session, tenant: str, conv: str, seq: int, out: Outgoing) -> None:
+        """Entry `seq` is ahead of `conn`'s cursor: hold it and what follows for `GAP_WAIT_S`."""
+        held = begin_replay(conn, conv)
+        if held is None:  # not reached: `offer` holds entries while a replay runs
+            return
+        held.append((seq, out))
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        self._gaps[(conn, conv)] = (held, loop.call_later(GAP_WAIT_S, self._gap_timeout, conn, tenant, conv))
+
+    def _gap_fill(self, conn: Session, conv: str) -> None:
+        """An entry arrived while `conn` waits on a hole in `conv`: send what is now in order."""
+        held, timer = self._gaps[(conn, conv)]
+        if conn.closed or not subscribed_to(conn, conv):  # nothing to wait for any more
+            self._gap_end(conn, conv)
+            return
+        held.sort(key=_seq_of)
+        last = cursor(conn, conv)
+        done = 0
+        for seq, out in held:
+            if seq > last + 1:
+                break
+            if seq == last + 1:
+                conn.push(out)
+                last = seq
+            done += 1
+        if done:
+            del held[:done]
+            subscribe(conn, conv, last)
+        if not held:
+            self._gap_end(conn, conv)
+
+    def _gap_end(self, conn: Session, conv: str, keep: bool = False) -> list[tuple[int, Outgoing]] | None:
+        """Stop waiting on `conv`'s hole; returns what was held (None if it was not waiting), still
+        parked in `conn`'s `syncing` if `keep` (a replay takes it over)."""
+        gap = self._gaps.pop((conn, conv), None)
+        if gap is None:
+            return None
+        gap[1].cancel()
+        if not keep:
+            end_replay(conn, conv)
+        return gap[0]
+
+    def _gap_timeout(self, conn: Session, tenant: str, conv: str) -> None:
+        gap = self._gaps.pop((conn, conv), None)
+        if gap is None:
+            return
+        if conn.closed or not subscribed_to(conn, conv):
+            end_replay(conn, conv)
+            return
+        METRICS.hot.catch_ups += 1
+        # The held entries stay parked (live ones keep joining them) until the catch-up's replay takes them.
+        self._spawn(self.catch_up(conn, tenant, conv, held=gap[0]))
+
+    async def catch_up(self, conn: Session, tenant: str, conv_id: str,
+                       held: list[tuple[int, Outgoing]] | None = None) -> None:
+        """Send `conn` what the log has past its cursor on `conv_id`; tried until done or `conn` closes.
+
+        `held`: entries parked in `conn`'s `syncing` for this conversation (a hole waited on), which
+        the first attempt's replay takes over.
+        """
         async def step() -> None:
+            nonlocal held
+            parked, held = held, None
             if conn.closed or not subscribed_to(conn, conv_id):
+                if parked is not None:
+                    end_replay(conn, conv_id)
                 return  # closed, or unsubscribed (unassigned) while waiting to try again: nothing to catch up
-            await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False)
+            await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False, parked=parked)
 
         await until_done(step, "catch-up", lambda: conn.closed)
 
@@ -139,9 +215,15 @@ class Delivery:
         if fut is not None and not fut.done():
             fut.set_result(writable)
 
-    async def replay(self, conn: Session, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool) -> None:
-        """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat."""
-        buffered = begin_replay(conn, conv_id)
+    async def replay(self, conn: Session, tenant: str, conv_id: str, after: int, rid: Any, tell_gap: bool,
+                     parked: list[tuple[int, Outgoing]] | None = None) -> None:
+        """Send entries after `after`, then whatever arrived live meanwhile, with no gap or repeat.
+
+        `parked`: the live entries already held for this conversation (`catch_up` after a hole).
+        """
+        buffered = parked if parked is not None else self._gap_end(conn, conv_id, keep=True)  # a resume ends a wait
+        if buffered is None:
+            buffered = begin_replay(conn, conv_id)
         if buffered is None:
             return  # a replay of this conversation is already running on this connection
         # Never below what this connection was already sent: each entry at most once per connection.

@@ -1,8 +1,10 @@
-"""Per-connection order and inline starts: how an envelope reaches its handler (docs/hub.md, 1-6a).
+"""Per-connection order and inline starts: how an envelope reaches its handler (docs/hub.md, 1-6b).
 
 A connection's envelopes run one after the other, in arrival order. An idle connection owns
 no task: its envelope starts inline when the coordinator allows it, and only a handler that
-suspends is finished by a task, behind which later envelopes queue.
+suspends is finished by a task, behind which later envelopes queue. Over a remote log a
+connection's `msg`s keep that order per conversation only: each conversation is a lane, so an
+agent's message to one conversation does not wait for Redis to answer its message to another.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Dispatcher:
         self._handlers = handlers
         self._eager = eager
         self._inline = dict(inline or {}) if eager else {}
+        # Remote log only: a connection's busy lanes (conversation -> its queued `msg`s), and the
+        # future its drain waits on until they are all done (docs/hub.md, 6b).
+        self._lanes: dict[Session, dict[str, deque[Envelope]]] = {}
+        self._lanes_done: dict[Session, Any] = {}
 
     def submit(self, conn: Session, env: Envelope) -> None:
         """Run `env` for `conn` after the envelopes before it (per-connection order)."""
@@ -66,10 +72,47 @@ class Dispatcher:
                 return
             conn.inbox = deque()
             task = self._tasks.spawn(self._finish_then_drain(conn, coro, fut))
+        elif env.t == "msg":
+            self._lane(conn, env)
+            return
         else:
             conn.inbox = deque((env,))
             task = self._tasks.spawn(self._drain(conn))
         conn.worker = task
+
+    def _lane(self, conn: Session, env: Envelope) -> None:
+        """Run a `msg` after the connection's earlier ones for the same conversation (remote log)."""
+        lanes = self._lanes.get(conn)
+        if lanes is None:
+            lanes = self._lanes[conn] = {}
+        conv = env.conv  # type: ignore[attr-defined]
+        queue = lanes.get(conv)
+        if queue is not None:
+            queue.append(env)
+            return
+        lanes[conv] = queue = deque((env,))
+        self._tasks.spawn(self._run_lane(conn, conv, queue, lanes))
+
+    async def _run_lane(self, conn: Session, conv: str, queue: deque[Envelope], lanes: dict[str, deque[Envelope]]) -> None:
+        try:
+            while queue:
+                await self._handle_safe(conn, queue[0])
+                queue.popleft()  # only now: a `msg` for this conversation arriving meanwhile queues behind it
+        finally:
+            del lanes[conv]
+            if not lanes:
+                del self._lanes[conn]
+                done = self._lanes_done.pop(conn, None)
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    async def _lanes_idle(self, conn: Session) -> None:
+        """Wait until the connection's lanes have finished (an envelope other than `msg` comes after them)."""
+        if conn in self._lanes:
+            done = self._lanes_done.get(conn)
+            if done is None:
+                done = self._lanes_done[conn] = self._tasks.loop.create_future()
+            await done
 
     async def _finish_then_drain(self, conn: Session, coro: Any, fut: Any) -> None:
         try:
@@ -81,7 +124,14 @@ class Dispatcher:
         inbox = conn.inbox
         try:
             while inbox:
-                await self._handle_safe(conn, inbox.popleft())
+                env = inbox.popleft()
+                if self._eager:
+                    await self._handle_safe(conn, env)
+                elif env.t == "msg":
+                    self._lane(conn, env)
+                else:
+                    await self._lanes_idle(conn)
+                    await self._handle_safe(conn, env)
         finally:
             conn.inbox = None
             conn.worker = None

@@ -26,6 +26,11 @@ from .errors import answer_waiters
 _Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool, int]]"]
 
 
+# At most one commit per interval: a lone append leaves at once, appends that follow
+# within the interval wait for its end and leave together (docs/cluster.md, step 2a).
+COMMIT_INTERVAL_S = 0.001
+
+
 class GroupCommit:
     """Batches `append`s per loop turn; `run(slot_group)` is the script call for one slot's batch."""
 
@@ -36,6 +41,7 @@ class GroupCommit:
         self._slot_of = slot_of  # None: one server holds every slot
         self._pending: list[_Pending] = []
         self._scheduled = False
+        self._last = 0.0  # loop time of the last commit
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()  # kept: asking costs a getpid() system call on 3.11
         self.stats = stats  # the coordinator's: commit_batches, commit_appends
@@ -51,11 +57,16 @@ class GroupCommit:
         self._pending.append((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._commit)
+            wait = self._last + COMMIT_INTERVAL_S - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._commit)
+            else:
+                loop.call_soon(self._commit)
         return await fut
 
     def _commit(self) -> None:
         self._scheduled = False
+        self._last = self._loop.time()
         pending, self._pending = self._pending, []
         groups: dict[int, list[_Pending]] = {}
         for p in pending:
