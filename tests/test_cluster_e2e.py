@@ -391,3 +391,30 @@ async def test_a_participant_connecting_on_another_node_gets_live_entries_from_a
     got = await agent_c.next("msg", lambda e: e.get("id") == "moved")  # live, no resume after it
     assert got["seq"] == ack["seq"]
     await agent_b.next("msg", lambda e: e.get("id") == "moved")  # and still on B
+
+
+async def test_an_agents_burst_to_two_conversations_keeps_each_conversations_order(nodes):
+    """Lanes (docs/hub.md, step 6b): the agent's messages to one conversation no longer wait for
+    Redis to answer its messages to the other, and each conversation keeps the agent's order:
+    log, acks and what each visitor (on the other node) receives."""
+    a_node, b_node = nodes(rate_burst=200)  # the burst is the point, not the rate limit
+    tenant = uid("t")
+    agent = await online(b_node, tenant, "agent-b", capacity=2)
+    visitors, convs = [], []
+    for _ in range(2):
+        v = await Client.connect(a_node, "visitor", uid("v"), tenant)
+        convs.append((await v.request({"t": "open"}, "conv"))["conv"])
+        await agent.next("assigned", lambda e, c=convs[-1]: e["conv"] == c)
+        visitors.append(v)
+    for i in range(40):  # sent without waiting for acks, alternating conversations
+        await agent.send({"t": "msg", "conv": convs[i % 2], "id": f"a{i}", "text": f"to {i % 2}: {i}"})
+    for k, (v, c) in enumerate(zip(visitors, convs, strict=True)):
+        mine = [f"a{i}" for i in range(k, 40, 2)]
+        await wait_for(lambda v=v, c=c: len([e for e in v.entries(c) if e["t"] == "msg"]) == 20, what="20 messages")
+        got = [e for e in v.entries(c) if e["t"] == "msg"]
+        assert [e["id"] for e in got] == mine
+        seqs = [e["seq"] for e in v.entries(c)]
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+        await wait_for(lambda c=c: len([e for e in agent.seen if e["t"] == "ack" and e["conv"] == c]) == 20, what="20 acks")
+        acks = [e for e in agent.seen if e["t"] == "ack" and e["conv"] == c]
+        assert [e["id"] for e in acks] == mine and [e["seq"] for e in acks] == sorted(e["seq"] for e in acks)

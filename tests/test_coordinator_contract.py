@@ -374,6 +374,31 @@ async def test_a_failing_append_in_a_group_fails_alone_and_claims_no_client_id(c
     assert await coord.append("t", "bad", {"t": "msg", "from": "v2", "text": "y"}, "b1") == (2, False)
 
 
+async def test_appends_within_the_commit_interval_leave_together_and_a_lone_one_at_once(coord):
+    """docs/cluster.md, step 2a. An hour's interval makes "waits for the interval" observable without
+    a clock: the first append returns (it did not wait an hour); the ones after it, each from its own
+    loop turn, are all still queued until `flush`, then leave in one call, in order."""
+    if not isinstance(coord, RedisCoordinator):
+        pytest.skip("a Redis group commit")
+    from gateway.coordinator.redis.commit import GroupCommit
+
+    await coord.create_conversation(conv("c1"))
+    stats: dict[str, int] = {}
+    commit = GroupCommit(coord._commit._call, 0, coord._commit._slot_of, stats, interval_s=3600)
+    keys = [coord._ck("t", "c1", k) for k in ("log", "ids", "meta")]
+    assert (await commit.append(keys, "v1", "m0", {"t": "msg", "text": "lone"}))[:2] == (1, False)
+    assert stats["commit_batches"] == 1
+    waiting = []
+    for i in range(1, 6):
+        waiting.append(asyncio.ensure_future(commit.append(keys, "v1", f"m{i}", {"t": "msg", "text": str(i)})))
+        await asyncio.sleep(0)  # each from its own loop turn
+    await asyncio.sleep(0)
+    assert stats["commit_batches"] == 1 and not any(w.done() for w in waiting)
+    commit.flush()
+    assert [seq for seq, _, _ in await asyncio.gather(*waiting)] == [2, 3, 4, 5, 6]
+    assert stats == {"commit_batches": 2, "commit_appends": 6}
+
+
 # ApiKeys
 
 async def test_api_keys_are_kept_by_tenant_and_revoked(coord):

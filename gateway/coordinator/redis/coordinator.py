@@ -183,6 +183,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             _, pending = await asyncio.wait(pending, timeout=0.5)
 
     async def close(self) -> None:
+        self._commit.flush()  # appends waiting for the commit interval leave now, not never
         await self._stop_tasks()
         try:
             await self.r.zrem(f"{self._p}:nodes", self.node_id)
