@@ -79,6 +79,10 @@ class Config:
     tenant_retention_days: dict[str, float] = field(default_factory=dict)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    # Cluster: when an ack is sent. "memory": once Redis has the entry (on disk as Redis's AOF
+    # setting says); "aof": only once WAITAOF 1 0 says the master's AOF has it on disk (needs
+    # appendonly yes and Redis 7.2+ or Valkey; docs/cluster.md, step 2d).
+    redis_ack: str = "memory"
     node_heartbeat_s: float = 1.0  # cluster: how often a node renews its registration
     node_ttl_s: float = 5.0  # cluster: a node silent this long is dead; others clean up after it
     # Cluster: a PostgreSQL database (postgresql:// URL) that keeps conversations past Redis's hot
@@ -188,6 +192,8 @@ class Config:
             except WebhookConfigError as e:
                 raise ConfigError(str(e)) from None
         self._check_channels()
+        if self.redis_ack not in ("memory", "aof"):
+            raise ConfigError(f"redis_ack must be memory or aof, not {self.redis_ack!r}")
         if self.archive_url and self.coordinator != "redis":
             raise ConfigError("archive_url is for the redis coordinator (embedded keeps everything in its store: data_dir)")
         if self.archive_after_s < 0 or self.archive_poll_s <= 0:

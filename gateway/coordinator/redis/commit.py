@@ -21,8 +21,9 @@ from typing import Any
 
 import orjson
 
-from ..base import StaleState, idempotency_key
+from ..base import StaleState, Unavailable, idempotency_key
 from .errors import answer_waiters
+from .pipe import Script
 
 # One pending append: its three keys, its client-id key ('' for none), its body, the state version
 # it requires ('' for none), and the future its caller waits on.
@@ -34,12 +35,34 @@ _Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool, in
 COMMIT_INTERVAL_S = 0.001
 
 
+# How long a batch waits for the AOF fsync before its senders are told `unavailable` (ms); under
+# the pipes' 5 s silence limit, and past `appendfsync everysec`'s one second.
+AOF_WAIT_MS = 2000
+
+
+async def on_disk_call(script: Script, keys: list[str], args: list[Any]) -> Any:
+    """The append script, then `WAITAOF 1 0` on its connection: its reply once the master's AOF has
+    the batch on disk. Raises Unavailable if the fsync did not come within AOF_WAIT_MS (the entries
+    are in Redis, unacked: a retry with the same ids is answered as a duplicate, after its own wait)."""
+    reply, (local, _replicas) = await script.then(keys, args, ("WAITAOF", 1, 0, AOF_WAIT_MS))
+    if int(local) < 1:
+        raise Unavailable(f"redis did not write the entries to its AOF within {AOF_WAIT_MS} ms (WAITAOF)")
+    return reply
+
+
 class GroupCommit:
     """Batches `append`s per commit interval; `call(keys, args)` is the script call for one slot's batch."""
 
     def __init__(self, call: Callable[[list[str], list[Any]], Any], keep: int, slot_of: Callable[[str], int] | None,
-                 stats: dict[str, int], interval_s: float = COMMIT_INTERVAL_S):
+                 stats: dict[str, int], interval_s: float = COMMIT_INTERVAL_S, on_disk: bool = False):
+        """`on_disk`: `call` waits for the entries to be on disk (WAITAOF, `on_disk_call`), so one
+        batch is in flight at a time (a WAITAOF blocks its connection: batches sent behind it would
+        each wait for an fsync of their own), and every batch writes, so the wait covers its
+        duplicates' first appends too, whichever connection wrote them (docs/cluster.md, step 2d)."""
         self._call = call  # (keys, args) -> awaitable flat [seq, dup, ...]
+        self._on_disk = on_disk
+        self._in_flight = 0
+        self._held = False  # a commit came due while a batch was in flight (on_disk)
         self._keep = keep
         self._slot_of = slot_of  # None: one server holds every slot
         self._pending: list[_Pending] = []
@@ -78,19 +101,30 @@ class GroupCommit:
     def _commit(self) -> None:
         self._scheduled = False
         self._timer = None
+        if self._on_disk and self._in_flight:
+            self._held = True  # leaves when the batch in flight is answered, with what queues meanwhile
+            return
         self._last = self._loop.time()
         pending, self._pending = self._pending, []
         groups: dict[int, list[_Pending]] = {}
         for p in pending:
             groups.setdefault(self._slot_of(p[0][0]) if self._slot_of else 0, []).append(p)
         for batch in groups.values():
+            self._in_flight += 1
             task = self._loop.create_task(self._run(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._held and not self._in_flight:
+            self._held = False
+            self._commit()
 
     async def _run(self, batch: list[_Pending]) -> None:
         keys: list[str] = []
-        args: list[Any] = [self._keep]
+        args: list[Any] = [self._keep, "1" if self._on_disk else ""]
         for k, cid, body, version, _ in batch:
             keys += k
             args += [cid, body, version]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,15 +22,16 @@ from .agents import RedisAgentsAndQueue
 from .api_keys import RedisApiKeys
 from .archiver import Archiver
 from .bus import RedisNodeBus
-from .commit import GroupCommit
+from .commit import GroupCommit, on_disk_call
 from .contacts import RedisContacts
 from .conversations import CACHED_CONVERSATIONS, RedisConversations
+from .errors import UNREACHABLE
 from .holders import HolderCache
 from .keys import Keys
 from .locks import RedisLocks
 from .log import RedisLog
 from .lookups import HolderLookups
-from .pipe import Pipes, Script, Sent, counted
+from .pipe import Pipe, Pipes, Script, Sent, counted
 from .presence import RedisPresence
 from .presence_writes import PresenceWrites
 from .scripts import lua
@@ -51,10 +53,14 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
     def __init__(self, node_id: str, url: str, *, cluster: bool = False, history_keep: int = 10_000,
                  lock_segments: int = 1024, prefix: str = "cg", heartbeat_s: float = HEARTBEAT_S,
                  node_ttl_s: float = NODE_TTL_S, retention: Retention | None = None,
-                 archive: PostgresArchive | None = None, archive_after_s: float = 600.0, archive_poll_s: float = 1.0):
+                 archive: PostgresArchive | None = None, archive_after_s: float = 600.0, archive_poll_s: float = 1.0,
+                 ack_on_disk: bool = False):
         """`archive`: where conversations go past the hot window (`history_keep` entries) and after
-        they close (`archive_after_s` later; archiver.py, docs/archive.md); None keeps them in Redis."""
+        they close (`archive_after_s` later; archiver.py, docs/archive.md); None keeps them in Redis.
+        `ack_on_disk`: an append is answered only once WAITAOF says the master's AOF has it on disk
+        (`redis_ack = "aof"`; start fails with Unavailable where the server can't say so)."""
         self.node_id = node_id
+        self._ack_on_disk = ack_on_disk
         self._archive = archive
         self._archive_after_ms = int(archive_after_s * 1000)
         self._archive_poll_s = archive_poll_s
@@ -129,8 +135,16 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         # through auto-pipelined connections of its own (pipe.py); everything else through redis-py.
         self._pipes = Pipes(self._url, self.r if self._cluster else None)
         # With an archive the append script trims nothing: the archiver trims what it has copied.
-        self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), 0 if self._archive else self._keep,
-                                   self.r.keyslot if self._cluster else None, self.stats)
+        keep, slot_of = 0 if self._archive else self._keep, self.r.keyslot if self._cluster else None
+        if self._ack_on_disk:
+            # Connections of their own: a WAITAOF blocks its connection until the fsync, and the
+            # lookups, publishes and reads must not wait behind it.
+            self._aof_pipes = Pipes(self._url, self.r if self._cluster else None)
+            self._commit = GroupCommit(functools.partial(on_disk_call, Script(self._aof_pipes, lua("append_batch"))),
+                                       keep, slot_of, self.stats, on_disk=True)
+            await self._check_aof()
+        else:
+            self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), keep, slot_of, self.stats)
         self._read_s = Script(self._pipes, lua("read"))  # catch-ups and replays: on the message path's pipes
         self._save_s = s(lua("save"))
         self._lock_s = s(lua("lock"))
@@ -160,6 +174,29 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
                                       poll_s=self._archive_poll_s, retention=self._retention)
             self._tasks.append(asyncio.create_task(self._archiver.run()))
 
+    async def _check_aof(self) -> None:
+        """Every master must have its AOF on and know WAITAOF (Redis 7.2+, Valkey), or acks would
+        promise what nobody checked: refuse to start, saying which server and why."""
+        if self._cluster:
+            where = [f"{n.host}:{n.port}" for n in self.r.get_primaries()]
+            pipes = [Pipe.from_url(self._aof_pipes._url_of(tuple(w.rsplit(":", 1)))) for w in where]
+        else:
+            where, pipes = [self._url.rsplit("@", 1)[-1]], [Pipe.from_url(self._url)]
+        try:
+            for w, pipe in zip(where, pipes, strict=True):
+                try:
+                    known, persistence = await asyncio.gather(pipe.call("COMMAND", "INFO", "WAITAOF"),
+                                                              pipe.call("INFO", "persistence"))
+                except UNREACHABLE as e:
+                    raise Unavailable(f"redis at {w} unreachable: {e}") from None
+                if not known or known[0] is None:
+                    raise Unavailable(f'redis_ack = "aof" needs WAITAOF (Redis 7.2 or later, or Valkey); redis at {w} lacks it')
+                if b"aof_enabled:1" not in persistence:
+                    raise Unavailable(f'redis_ack = "aof" needs the AOF on (appendonly yes); redis at {w} has it off')
+        finally:
+            for pipe in pipes:
+                pipe.close()
+
     async def _every(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` every heartbeat interval for as long as the node runs; a failure marks it unhealthy."""
         while True:
@@ -185,6 +222,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
     async def close(self) -> None:
         self._commit.flush()  # appends waiting for the commit interval leave now, not never
         await self._stop_tasks()
+        if self._ack_on_disk:
+            self._aof_pipes.close()
         try:
             await self.r.zrem(f"{self._p}:nodes", self.node_id)
         except (RedisError, OSError):

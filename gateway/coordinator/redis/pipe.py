@@ -288,6 +288,19 @@ class Pipes:
                 await self._cluster.nodes_manager.initialize()
             raise
 
+    async def call_then(self, key: str, args: tuple[Any, ...], then: tuple[Any, ...]) -> tuple[Any, Any]:
+        """Two commands, `then` right after `args` on the same connection (WAITAOF after a write):
+        both replies, or the first command's error."""
+        pipe = self.for_key(key)
+        first, second = pipe.call(*args), pipe.call(*then)
+        replies = await asyncio.gather(first, second, return_exceptions=True)  # both read, whatever fails
+        for reply in replies:
+            if isinstance(reply, MovedError) and self._cluster is not None:
+                await self._cluster.nodes_manager.initialize()
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies[0], replies[1]
+
     def close(self) -> None:
         for pipe in [self._single, *self._by_server.values()]:
             if pipe is not None:
@@ -307,3 +320,10 @@ class Script:
             return await self._pipes.call(keys[0], "EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self._pipes.call(keys[0], "EVAL", self._source, len(keys), *keys, *args)
+
+    async def then(self, keys: list[str], args: list[Any], then: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The script, and `then` right after it on the same connection: both replies."""
+        try:
+            return await self._pipes.call_then(keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args), then)
+        except NoScriptError:
+            return await self._pipes.call_then(keys[0], ("EVAL", self._source, len(keys), *keys, *args), then)

@@ -1,6 +1,8 @@
 -- Group commit: the appends of one loop turn whose keys share a slot, in order, in one call.
--- KEYS: log, ids, meta of each append (3 per append). ARGV: keep, then the client id, body and
--- expected state version ('' for none) of each. Each append: unless the conversation's state has
+-- KEYS: log, ids, meta of each append (3 per append). ARGV: keep, touch ('1' or ''), then the
+-- client id, body and expected state version ('' for none) of each. With touch the batch always
+-- writes (meta `w`), so a WAITAOF after it covers every write before it, a duplicate's first
+-- append among them (docs/cluster.md, step 2d). Each append: unless the conversation's state has
 -- moved past the expected version, dedup by client id, next seq, XADD with the seq as the id, trim
 -- with the client ids. Returns seq, dup, hv of each append, flat; seq -1 and the current version
 -- when the state had moved (nothing appended). hv is the conversation's holders version (meta
@@ -46,10 +48,11 @@ end
 
 for i = 0, #KEYS / 3 - 1 do
   local ok, seq, dup, hv = pcall(append, KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3],
-                                 ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4])
+                                 ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5])
   if not ok then seq, dup, hv = -2, 0, 0 end
   out[#out + 1] = seq
   out[#out + 1] = dup
   out[#out + 1] = hv
 end
+if ARGV[2] == '1' then redis.pcall('HINCRBY', KEYS[3], 'w', 1) end
 return out
