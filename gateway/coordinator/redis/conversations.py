@@ -6,7 +6,7 @@ import secrets
 import time
 
 import orjson
-from cachetools import LRUCache
+from lru import LRU
 
 from ..base import Conversation, Unavailable
 from ..ports import OPEN_STATES
@@ -28,7 +28,7 @@ class RedisConversations:
     """The `ConversationState` port of `RedisCoordinator` (coordinator.py), which provides the client `r`,
     the registered scripts and the key builders (keys.py)."""
 
-    _cache: LRUCache[tuple[str, str], Conversation]
+    _cache: LRU  # (tenant, conv id) -> Conversation, least recently used evicted first
     _retention: Retention | None
     _archive: PostgresArchive | None
 

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
-from cachetools import LRUCache
+from lru import LRU
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -97,7 +97,8 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
                       "holders_cached": 0}
         self._holders = HolderCache()
         self.r: Any = None
-        self._cache = LRUCache(CACHED_CONVERSATIONS)
+        self._cache = LRU(CACHED_CONVERSATIONS)
+        self._log_keys = LRU(CACHED_CONVERSATIONS)  # (tenant, conv) -> its log, ids and meta keys (log.py)
 
     def counters(self) -> dict[str, int]:
         """`stats` and `commands_sent`: the commands this process sent to Redis (Sent, pipe.py)."""

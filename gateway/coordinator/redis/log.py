@@ -29,12 +29,15 @@ class RedisLog:
     webhook_tenants: frozenset[str]  # tenants with webhook subscriptions (set by gateway/webhooks_cluster.py)
     _keep: int
     _pipes: Any
+    _log_keys: Any  # an LRU of (tenant, conv) -> [log, ids, meta] keys (coordinator.py)
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
         """Queued for this loop turn's group commit (commit.py); returns once Redis has it."""
-        body = {k: v for k, v in entry.items() if k != "seq"}
-        keys = [self._ck(tenant, conv_id, "log"), self._ck(tenant, conv_id, "ids"), self._ck(tenant, conv_id, "meta")]
+        body = entry if "seq" not in entry else {k: v for k, v in entry.items() if k != "seq"}
+        keys = self._log_keys.get((tenant, conv_id))
+        if keys is None:
+            keys = self._log_keys[(tenant, conv_id)] = [self._ck(tenant, conv_id, p) for p in ("log", "ids", "meta")]
         try:
             seq, dup, hv = await self._commit.append(keys, entry.get("from", ""), client_id, body, if_version)
         except StaleState:
