@@ -83,3 +83,11 @@ async def test_a_node_refuses_to_start_against_a_redis_without_waitaof(redis_ser
             await coord.start()
     finally:
         await coord.close()
+
+
+def test_redis_ack_takes_memory_or_aof_and_nothing_else():
+    from gateway.config import ConfigError, load
+
+    assert load(env={"GATEWAY_REDIS_ACK": "aof"}, coordinator="redis").redis_ack == "aof"
+    with pytest.raises(ConfigError, match="redis_ack must be memory or aof"):
+        load(env={"GATEWAY_REDIS_ACK": "disk"}, coordinator="redis")
