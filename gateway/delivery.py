@@ -48,6 +48,9 @@ class Delivery:
         self.users: dict[tuple[str, str], tuple[Session, ...]] = {}
         # (connection, conversation) -> (entries held since a hole opened, the timer that reads it)
         self._gaps: dict[tuple[Session, str], tuple[list[tuple[int, Outgoing]], asyncio.TimerHandle]] = {}
+        # (connection, conversation) -> resolved when the replay holding its `syncing` ends (a
+        # resume that finds one running waits for it, then replays: it always gets its `resumed`)
+        self._replaying: dict[tuple[Session, str], asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def apply(self, tenant: str, user: str, out: Outgoing) -> bool:
@@ -119,9 +122,7 @@ class Delivery:
         if held is None:  # not reached: `offer` holds entries while a replay runs
             return
         held.append((seq, out))
-        loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
-        self._gaps[(conn, conv)] = (held, loop.call_later(GAP_WAIT_S, self._gap_timeout, conn, tenant, conv))
+        self._gaps[(conn, conv)] = (held, self._loop_now().call_later(GAP_WAIT_S, self._gap_timeout, conn, tenant, conv))
 
     def _gap_fill(self, conn: Session, conv: str) -> None:
         """An entry arrived while `conn` waits on a hole in `conv`: send what is now in order."""
@@ -156,6 +157,17 @@ class Delivery:
             end_replay(conn, conv)
         return gap[0]
 
+    def _replay_ended(self, conn: Session, conv: str) -> None:
+        end_replay(conn, conv)
+        running = self._replaying.pop((conn, conv), None)
+        if running is not None and not running.done():
+            running.set_result(None)
+
+    def _loop_now(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        return loop
+
     def _gap_timeout(self, conn: Session, tenant: str, conv: str) -> None:
         gap = self._gaps.pop((conn, conv), None)
         if gap is None:
@@ -164,7 +176,9 @@ class Delivery:
             end_replay(conn, conv)
             return
         METRICS.hot.catch_ups += 1
-        # The held entries stay parked (live ones keep joining them) until the catch-up's replay takes them.
+        # The held entries stay parked (live ones keep joining them) until the catch-up's replay
+        # takes them; from now on the conversation is being replayed.
+        self._replaying[(conn, conv)] = self._loop_now().create_future()
         self._spawn(self.catch_up(conn, tenant, conv, held=gap[0]))
 
     async def catch_up(self, conn: Session, tenant: str, conv_id: str,
@@ -179,7 +193,7 @@ class Delivery:
             parked, held = held, None
             if conn.closed or not subscribed_to(conn, conv_id):
                 if parked is not None:
-                    end_replay(conn, conv_id)
+                    self._replay_ended(conn, conv_id)
                 return  # closed, or unsubscribed (unassigned) while waiting to try again: nothing to catch up
             await self.replay(conn, tenant, conv_id, cursor(conn, conv_id), rid=None, tell_gap=False, parked=parked)
 
@@ -221,11 +235,18 @@ class Delivery:
 
         `parked`: the live entries already held for this conversation (`catch_up` after a hole).
         """
+        key = (conn, conv_id)
         buffered = parked if parked is not None else self._gap_end(conn, conv_id, keep=True)  # a resume ends a wait
         if buffered is None:
             buffered = begin_replay(conn, conv_id)
-        if buffered is None:
-            return  # a replay of this conversation is already running on this connection
+        if buffered is None:  # a replay of this conversation is already running on this connection
+            running = self._replaying.get(key)
+            if not tell_gap or running is None:
+                return  # a catch-up: the running replay sends everything
+            await asyncio.shield(running)  # a resume: after it, from where the client says
+            return await self.replay(conn, tenant, conv_id, after, rid, tell_gap)
+        if key not in self._replaying:  # (a catch-up's parked entries came with one)
+            self._replaying[key] = self._loop_now().create_future()
         # Never below what this connection was already sent: each entry at most once per connection.
         last = start = max(after, cursor(conn, conv_id))
         try:
@@ -268,7 +289,7 @@ class Delivery:
                 subscribe(conn, conv_id, last)  # what was pushed before the failure counts: a retry goes on from there
             raise
         finally:
-            end_replay(conn, conv_id)
+            self._replay_ended(conn, conv_id)
         # A resume subscribes; a catch-up only moves the cursor of a subscription still there (the
         # agent may have been unassigned while it read).
         if tell_gap or subscribed_to(conn, conv_id):

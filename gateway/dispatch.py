@@ -91,7 +91,9 @@ class Dispatcher:
             queue.append(env)
             return
         lanes[conv] = queue = deque((env,))
-        self._tasks.spawn(self._run_lane(conn, conv, queue, lanes))
+        task = self._tasks.spawn(self._run_lane(conn, conv, queue, lanes))
+        # A task cancelled before its first step (the node is stopping) never runs its `finally`.
+        task.add_done_callback(lambda _t: lanes.get(conv) is queue and self._lane_ended(conn, conv, lanes))
 
     async def _run_lane(self, conn: Session, conv: str, queue: deque[Envelope], lanes: dict[str, deque[Envelope]]) -> None:
         try:
@@ -99,12 +101,15 @@ class Dispatcher:
                 await self._handle_safe(conn, queue[0])
                 queue.popleft()  # only now: a `msg` for this conversation arriving meanwhile queues behind it
         finally:
-            del lanes[conv]
-            if not lanes:
-                del self._lanes[conn]
-                done = self._lanes_done.pop(conn, None)
-                if done is not None and not done.done():
-                    done.set_result(None)
+            self._lane_ended(conn, conv, lanes)
+
+    def _lane_ended(self, conn: Session, conv: str, lanes: dict[str, deque[Envelope]]) -> None:
+        del lanes[conv]
+        if not lanes and self._lanes.get(conn) is lanes:
+            del self._lanes[conn]
+            done = self._lanes_done.pop(conn, None)
+            if done is not None and not done.done():
+                done.set_result(None)
 
     async def _lanes_idle(self, conn: Session) -> None:
         """Wait until the connection's lanes have finished (an envelope other than `msg` comes after them)."""

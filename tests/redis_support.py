@@ -115,14 +115,15 @@ class RedisCluster:
             s.stop()
 
 
-def start_cluster(masters: int = 3, extra: list[str] | None = None) -> RedisCluster:
+def start_cluster(masters: int = 3, extra: list[str] | None = None, binary: str | None = None) -> RedisCluster:
+    """`binary`: the server to run (None: Debian's redis-server); redis-cli makes the cluster either way."""
     base = Path(tempfile.mkdtemp(prefix="chatgw-cluster-"))
     servers = []
     for i in range(masters):
         port = cluster_port()
         servers.append(
             RedisServer(port, base / str(i), ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                              "--cluster-node-timeout", "2000", *(extra or [])]).start()
+                                              "--cluster-node-timeout", "2000", *(extra or [])], binary=binary).start()
         )
     cli = shutil.which("redis-cli")
     subprocess.run(

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from gateway.coordinator import Conversation, Unavailable
 from gateway.coordinator.redis import RedisCoordinator
 
-from .redis_support import RedisServer, free_port, valkey_server
+from .redis_support import RedisServer, free_port, start_cluster, valkey_server
 
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 
@@ -46,7 +46,10 @@ async def test_acks_wait_for_the_aof_and_an_entry_not_on_disk_is_never_acked(tmp
         await admin.config_set("appendfsync", "no")
         with pytest.raises(Unavailable, match="AOF"):
             await coord.append("t", "c1", _msg("not yet"), "m5")
-        assert await coord.seq_of("t", "c1", "v1", "m5") == 6  # in Redis, unacked: the client sends it again
+        # In Redis, unacked: the client sends it again. Where the conversation has closed meanwhile, a
+        # retry is answered from the stored client ids (handlers.py, step 2): that waits for the disk too.
+        with pytest.raises(Unavailable, match="AOF"):
+            await coord.seq_of("t", "c1", "v1", "m5")
         # It sends it again through another node, whose connection wrote nothing yet: a WAITAOF
         # there would answer at once (nothing of its own to wait for), but the batch writes, so
         # the wait covers the first append too, and that is still not on disk.
@@ -55,6 +58,7 @@ async def test_acks_wait_for_the_aof_and_an_entry_not_on_disk_is_never_acked(tmp
             with pytest.raises(Unavailable, match="AOF"):
                 await other.append("t", "c1", _msg("not yet"), "m5")
             await admin.config_set("appendfsync", "always")
+            assert await other.seq_of("t", "c1", "v1", "m5") == 6
             assert await other.append("t", "c1", _msg("not yet"), "m5") == (6, True)
         finally:
             await other.close()
@@ -80,6 +84,41 @@ async def test_a_node_refuses_to_start_against_a_redis_without_waitaof(redis_ser
     coord = RedisCoordinator("n1", redis_server.url, heartbeat_s=0.2, node_ttl_s=1.0, ack_on_disk=True)
     try:
         with pytest.raises(Unavailable, match="WAITAOF"):  # Debian's Redis 7.0
+            await coord.start()
+    finally:
+        await coord.close()
+
+
+async def test_on_a_cluster_one_waitaof_per_server_follows_all_its_slots_batches():
+    """Conversations in many slots commit together: each master gets its slots' scripts, then one
+    WAITAOF (a WAITAOF per slot would each wait for an fsync of their own behind the one before)."""
+    cluster = start_cluster(extra=AOF, binary=valkey_server())
+    coord = RedisCoordinator("n1", cluster.url, cluster=True, heartbeat_s=0.2, node_ttl_s=1.0, ack_on_disk=True)
+    await coord.start()
+    admins = [aioredis.Redis.from_url(s.url) for s in cluster.servers]
+    try:
+        convs = [f"c{i}" for i in range(12)]
+        for c in convs:
+            await coord.create_conversation(Conversation(id=c, tenant="t", visitor=f"v-{c}", group="g"))
+        slots = {coord.r.keyslot(coord._ck("t", c, "log")) for c in convs}
+        # The first commit also loads the script on each master (EVAL and a second WAITAOF after it).
+        assert await asyncio.gather(*(coord.append("t", c, _msg("hi"), "m1") for c in convs)) == [(1, False)] * 12
+        before = [(await a.info("commandstats")).get("cmdstat_waitaof", {}).get("calls", 0) for a in admins]
+        acked = await asyncio.gather(*(coord.append("t", c, _msg("again"), "m2") for c in convs))  # one loop turn
+        after = [(await a.info("commandstats")).get("cmdstat_waitaof", {}).get("calls", 0) for a in admins]
+        assert acked == [(2, False)] * len(convs) and len(slots) > len(admins)
+        assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]  # one per master, not one per slot
+    finally:
+        for a in admins:
+            await a.aclose()
+        await coord.close()
+        cluster.stop()
+
+
+async def test_a_cluster_node_refuses_to_start_where_a_master_has_no_waitaof(redis_cluster):
+    coord = RedisCoordinator("n1", redis_cluster.url, cluster=True, heartbeat_s=0.2, node_ttl_s=1.0, ack_on_disk=True)
+    try:
+        with pytest.raises(Unavailable, match="WAITAOF"):  # Debian's Redis 7.0 on every master
             await coord.start()
     finally:
         await coord.close()

@@ -394,9 +394,9 @@ async def test_a_participant_connecting_on_another_node_gets_live_entries_from_a
 
 
 async def test_an_agents_burst_to_two_conversations_keeps_each_conversations_order(nodes):
-    """Lanes (docs/hub.md, step 6b): the agent's messages to one conversation no longer wait for
-    Redis to answer its messages to the other, and each conversation keeps the agent's order:
-    log, acks and what each visitor (on the other node) receives."""
+    """Lanes (docs/hub.md, step 6b) keep each conversation in the agent's order: log, acks and what
+    each visitor (on the other node) receives, with the agent's messages to the two conversations
+    in flight together. (That lanes run side by side is tests/test_dispatch_lanes.py's to show.)"""
     a_node, b_node = nodes(rate_burst=200)  # the burst is the point, not the rate limit
     tenant = uid("t")
     agent = await online(b_node, tenant, "agent-b", capacity=2)

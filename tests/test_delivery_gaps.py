@@ -110,3 +110,28 @@ async def test_an_unsubscribed_connection_stops_waiting_and_gets_nothing_more(lo
     unsubscribe(session, "c1")  # its agent was unassigned meanwhile
     delivery.apply("t", "v1", Outgoing(e2))
     assert not delivery._gaps and session.syncing is None and session.frames.empty()
+
+
+async def test_a_connection_closed_while_waiting_stops_waiting(logged):
+    delivery, session, (_, e2, e3), _, _ = logged
+    delivery.apply("t", "v1", Outgoing(e3))
+    session.closed = True  # gone (what `gone` sets; the test's session has no hub to tell)
+    delivery.apply("t", "v1", Outgoing(e2))
+    assert not delivery._gaps and session.syncing is None and session.frames.empty()
+
+
+async def test_a_resume_while_another_replay_runs_waits_for_it_and_gets_its_resumed(logged):
+    """A resume that finds a replay of its conversation running (another resume, or the catch-up
+    after a hole) used to return without a word; it now waits for it, then replays."""
+    import asyncio
+
+    delivery, session, _, _, _ = logged
+    first = asyncio.ensure_future(delivery.replay(session, "t", "c1", 0, rid="a", tell_gap=True))
+    await asyncio.sleep(0)  # one step: the first replay starts and waits on its read of the log
+    assert (session, "c1") in delivery._replaying and not first.done()
+    second = asyncio.ensure_future(delivery.replay(session, "t", "c1", 0, rid="b", tell_gap=True))
+    await asyncio.gather(first, second)
+    got = [await session.until_any() for _ in range(5)]
+    assert [(e["t"], e.get("seq"), e.get("rid")) for e in got] == [
+        ("msg", 1, None), ("msg", 2, None), ("msg", 3, None), ("resumed", 3, "a"), ("resumed", 3, "b")]
+    assert not delivery._replaying and session.syncing is None

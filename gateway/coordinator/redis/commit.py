@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ..base import StaleState, Unavailable, idempotency_key
 from .errors import answer_waiters
@@ -40,29 +41,39 @@ COMMIT_INTERVAL_S = 0.001
 AOF_WAIT_MS = 2000
 
 
-async def on_disk_call(script: Script, keys: list[str], args: list[Any]) -> Any:
-    """The append script, then `WAITAOF 1 0` on its connection: its reply once the master's AOF has
-    the batch on disk. Raises Unavailable if the fsync did not come within AOF_WAIT_MS (the entries
-    are in Redis, unacked: a retry with the same ids is answered as a duplicate, after its own wait)."""
-    reply, (local, _replicas) = await script.then(keys, args, ("WAITAOF", 1, 0, AOF_WAIT_MS))
+async def on_disk_calls(script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """The append script once per (keys, args) in `calls` (batches whose keys are all on one
+    server), then one `WAITAOF 1 0` on that connection: the replies, in order (an exception in
+    place of a batch whose script failed), once the master's AOF has them all on disk. Raises
+    Unavailable if the fsync did not come within AOF_WAIT_MS, or the server refused WAITAOF (its
+    AOF turned off since the start): the entries are in Redis, unacked, and a retry with the same
+    ids is answered as a duplicate, after its own wait."""
+    try:
+        replies, (local, _replicas) = await script.many_then(calls, ("WAITAOF", 1, 0, AOF_WAIT_MS))
+    except ResponseError as e:  # WAITAOF refused: not a bug of ours, and nothing is known on disk
+        raise Unavailable(f"redis refused WAITAOF: {e}") from None
     if int(local) < 1:
         raise Unavailable(f"redis did not write the entries to its AOF within {AOF_WAIT_MS} ms (WAITAOF)")
-    return reply
+    return replies
 
 
 class GroupCommit:
     """Batches `append`s per commit interval; `call(keys, args)` is the script call for one slot's batch."""
 
     def __init__(self, call: Callable[[list[str], list[Any]], Any], keep: int, slot_of: Callable[[str], int] | None,
-                 stats: dict[str, int], interval_s: float = COMMIT_INTERVAL_S, on_disk: bool = False):
-        """`on_disk`: `call` waits for the entries to be on disk (WAITAOF, `on_disk_call`), so one
-        batch is in flight at a time (a WAITAOF blocks its connection: batches sent behind it would
-        each wait for an fsync of their own), and every batch writes, so the wait covers its
-        duplicates' first appends too, whichever connection wrote them (docs/cluster.md, step 2d)."""
+                 stats: dict[str, int], interval_s: float = COMMIT_INTERVAL_S,
+                 on_disk: tuple[Callable[[list[tuple[list[str], list[Any]]]], Any], Callable[[str], Any]] | None = None):
+        """`call(keys, args)`: the script call for one slot's batch. `on_disk`: (`calls`, `server_of`)
+        where every ack waits for the AOF (`redis_ack = "aof"`): `calls(batches)` runs the batches
+        of one server and one WAITAOF after them (`on_disk_calls`), `server_of(key)` names a key's
+        server. Then one commit is in flight at a time (a WAITAOF blocks its connection: batches
+        sent behind it would each wait for an fsync of their own), and every batch writes, so the
+        wait covers its duplicates' first appends too, whichever connection wrote them
+        (docs/cluster.md, step 2d)."""
         self._call = call  # (keys, args) -> awaitable flat [seq, dup, ...]
         self._on_disk = on_disk
         self._in_flight = 0
-        self._held = False  # a commit came due while a batch was in flight (on_disk)
+        self._held = False  # a commit came due while one was in flight (on_disk)
         self._keep = keep
         self._slot_of = slot_of  # None: one server holds every slot
         self._pending: list[_Pending] = []
@@ -109,11 +120,22 @@ class GroupCommit:
         groups: dict[int, list[_Pending]] = {}
         for p in pending:
             groups.setdefault(self._slot_of(p[0][0]) if self._slot_of else 0, []).append(p)
+        if self._on_disk is None:
+            for batch in groups.values():
+                self._start(self._run(batch))
+            return
+        by_server: dict[Any, list[list[_Pending]]] = {}
+        server_of = self._on_disk[1]
         for batch in groups.values():
-            self._in_flight += 1
-            task = self._loop.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._batch_done)
+            by_server.setdefault(server_of(batch[0][0][0]), []).append(batch)
+        for batches in by_server.values():
+            self._start(self._run_on_disk(batches))
+
+    def _start(self, coro: Any) -> None:
+        self._in_flight += 1
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -122,15 +144,32 @@ class GroupCommit:
             self._held = False
             self._commit()
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    def _call_args(self, batch: list[_Pending]) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
-        args: list[Any] = [self._keep, "1" if self._on_disk else ""]
+        args: list[Any] = [self._keep, "" if self._on_disk is None else "1"]
         for k, cid, body, version, _ in batch:
             keys += k
             args += [cid, body, version]
-        ok, flat = await answer_waiters([fut for *_, fut in batch], self._call(keys, args))
+        return keys, args
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        ok, flat = await answer_waiters([fut for *_, fut in batch], self._call(*self._call_args(batch)))
+        if ok:
+            self._answer(batch, flat)
+
+    async def _run_on_disk(self, batches: list[list[_Pending]]) -> None:
+        assert self._on_disk is not None
+        calls = [self._call_args(b) for b in batches]
+        ok, replies = await answer_waiters([fut for b in batches for *_, fut in b], self._on_disk[0](calls))
         if not ok:
             return
+        for batch, flat in zip(batches, replies, strict=True):
+            if isinstance(flat, BaseException):  # that batch's script failed: it alone
+                await answer_waiters([fut for *_, fut in batch], _raise(flat))
+            else:
+                self._answer(batch, flat)
+
+    def _answer(self, batch: list[_Pending], flat: list[Any]) -> None:
         self.stats["commit_batches"] += 1
         self.stats["commit_appends"] += len(batch)
         for i, (*_, fut) in enumerate(batch):
@@ -143,3 +182,7 @@ class GroupCommit:
                 fut.set_exception(StaleState(f"the conversation's state is at version {dup}"))
             else:
                 fut.set_result((seq, bool(dup), hv))
+
+
+async def _raise(e: BaseException) -> Any:
+    raise e

@@ -22,7 +22,7 @@ from .agents import RedisAgentsAndQueue
 from .api_keys import RedisApiKeys
 from .archiver import Archiver
 from .bus import RedisNodeBus
-from .commit import GroupCommit, on_disk_call
+from .commit import GroupCommit, on_disk_calls
 from .contacts import RedisContacts
 from .conversations import CACHED_CONVERSATIONS, RedisConversations
 from .errors import UNREACHABLE
@@ -61,6 +61,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         (`redis_ack = "aof"`; start fails with Unavailable where the server can't say so)."""
         self.node_id = node_id
         self._ack_on_disk = ack_on_disk
+        self._touch = None
         self._archive = archive
         self._archive_after_ms = int(archive_after_s * 1000)
         self._archive_poll_s = archive_poll_s
@@ -141,8 +142,10 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             # Connections of their own: a WAITAOF blocks its connection until the fsync, and the
             # lookups, publishes and reads must not wait behind it.
             self._aof_pipes = Pipes(self._url, self.r if self._cluster else None)
-            self._commit = GroupCommit(functools.partial(on_disk_call, Script(self._aof_pipes, lua("append_batch"))),
-                                       keep, slot_of, self.stats, on_disk=True)
+            script = Script(self._aof_pipes, lua("append_batch"))
+            self._touch = Script(self._aof_pipes, lua("touch"))
+            self._commit = GroupCommit(script, keep, slot_of, self.stats,
+                                       on_disk=(functools.partial(on_disk_calls, script), self._aof_pipes.for_key))
             await self._check_aof()
         else:
             self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), keep, slot_of, self.stats)
@@ -179,6 +182,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         """Every master must have its AOF on and know WAITAOF (Redis 7.2+, Valkey), or acks would
         promise what nobody checked: refuse to start, saying which server and why."""
         if self._cluster:
+            await self.r.initialize()  # the client knows no node before its first command
             where = [f"{n.host}:{n.port}" for n in self.r.get_primaries()]
             pipes = [Pipe.from_url(self._aof_pipes._url_of(tuple(w.rsplit(":", 1)))) for w in where]
         else:

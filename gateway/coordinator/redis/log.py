@@ -12,7 +12,7 @@ import orjson
 from ..base import StaleState, idempotency_key
 from ..postgres import PostgresArchive
 from .archiver import member
-from .commit import GroupCommit
+from .commit import GroupCommit, on_disk_calls
 from .errors import available_errors
 from .holders import HolderCache
 
@@ -30,6 +30,7 @@ class RedisLog:
     _keep: int
     _pipes: Any
     _log_keys: Any  # an LRU of (tenant, conv) -> [log, ids, meta] keys (coordinator.py)
+    _touch: Any  # redis_ack = "aof": the touch script on the AOF connections (coordinator.py), else None
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
@@ -69,7 +70,11 @@ class RedisLog:
 
     @available_errors
     async def seq_of(self, tenant: str, conv_id: str, sender: str, client_id: str) -> int | None:
+        """The seq of a stored client id. With `redis_ack = "aof"` only once the AOF has it on disk
+        (its first append may still wait for its fsync, or have failed it: the answer is an ack)."""
         seq = await self.r.hget(self._ck(tenant, conv_id, "ids"), idempotency_key(sender, client_id))
+        if seq is not None and self._touch is not None:
+            await on_disk_calls(self._touch, [([self._ck(tenant, conv_id, "meta")], [])])
         return None if seq is None else int(seq)
 
     async def _read(self, tenant: str, conv_id: str, mode: str, at: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -288,18 +288,20 @@ class Pipes:
                 await self._cluster.nodes_manager.initialize()
             raise
 
-    async def call_then(self, key: str, args: tuple[Any, ...], then: tuple[Any, ...]) -> tuple[Any, Any]:
-        """Two commands, `then` right after `args` on the same connection (WAITAOF after a write):
-        both replies, or the first command's error."""
+    async def call_many_then(self, key: str, commands: list[tuple[Any, ...]],
+                             then: tuple[Any, ...]) -> tuple[list[Any], Any]:
+        """`commands` and then `then` on one connection, the one of `key`'s server, in this order
+        (WAITAOF after writes: it waits for the connection's own writes). Returns each command's
+        reply or error (in place), and `then`'s reply; raises `then`'s error, or a lost connection's."""
         pipe = self.for_key(key)
-        first, second = pipe.call(*args), pipe.call(*then)
-        replies = await asyncio.gather(first, second, return_exceptions=True)  # both read, whatever fails
-        for reply in replies:
-            if isinstance(reply, MovedError) and self._cluster is not None:
-                await self._cluster.nodes_manager.initialize()
-            if isinstance(reply, BaseException):
-                raise reply
-        return replies[0], replies[1]
+        futs = [pipe.call(*c) for c in commands]
+        last = pipe.call(*then)
+        replies = await asyncio.gather(*futs, last, return_exceptions=True)  # every reply read, whatever fails
+        if any(isinstance(r, MovedError) for r in replies) and self._cluster is not None:
+            await self._cluster.nodes_manager.initialize()
+        if isinstance(replies[-1], BaseException):
+            raise replies[-1]
+        return replies[:-1], replies[-1]
 
     def close(self) -> None:
         for pipe in [self._single, *self._by_server.values()]:
@@ -321,9 +323,18 @@ class Script:
         except NoScriptError:
             return await self._pipes.call(keys[0], "EVAL", self._source, len(keys), *keys, *args)
 
-    async def then(self, keys: list[str], args: list[Any], then: tuple[Any, ...]) -> tuple[Any, Any]:
-        """The script, and `then` right after it on the same connection: both replies."""
-        try:
-            return await self._pipes.call_then(keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args), then)
-        except NoScriptError:
-            return await self._pipes.call_then(keys[0], ("EVAL", self._source, len(keys), *keys, *args), then)
+    async def many_then(self, calls: list[tuple[list[str], list[Any]]],
+                        then: tuple[Any, ...]) -> tuple[list[Any], Any]:
+        """The script once per (keys, args), all on one server, then `then` on that connection:
+        each call's reply or error, and `then`'s reply. A script the server did not have is
+        loaded by `EVAL` and `then` sent again after it (it must follow every write it covers)."""
+        replies, last = await self._pipes.call_many_then(
+            calls[0][0][0], [("EVALSHA", self._sha, len(k), *k, *a) for k, a in calls], then)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            again, last = await self._pipes.call_many_then(
+                calls[0][0][0], [("EVAL", self._source, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing],
+                then)
+            for i, r in zip(missing, again, strict=True):
+                replies[i] = r
+        return replies, last

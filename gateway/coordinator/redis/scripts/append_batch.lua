@@ -54,5 +54,7 @@ for i = 0, #KEYS / 3 - 1 do
   out[#out + 1] = dup
   out[#out + 1] = hv
 end
-if ARGV[2] == '1' then redis.pcall('HINCRBY', KEYS[3], 'w', 1) end
+-- Only on a conversation that still exists: a stale append to an erased or expired one must not
+-- bring its meta back.
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then redis.pcall('HINCRBY', KEYS[3], 'w', 1) end
 return out
