@@ -4,7 +4,8 @@ The faults a three-node chaos run found, as their kinds, on one real node (in th
 the test can order the outage exactly) over a real redis-server with AOF:
 
 - a catch-up that reads the log while Redis is away is tried again until it reads, so a
-  connected session gets entries its node missed without having to resume;
+  connected session gets entries its node missed without having to resume (Delivery and the log
+  alone: tests/test_delivery_gaps.py);
 - an acked message whose delivery to another node fails gets its ack and nothing else, and is
   published to that node once shared state is back.
 """
@@ -49,48 +50,6 @@ async def _session(node, secret, user, role="visitor", **kw) -> QueueChannel:
     s.open()
     await s.until("welcome")
     return s
-
-
-async def test_a_catch_up_while_redis_is_away_is_retried_until_it_reads(tmp_path):
-    """Delivery and the Redis log alone (no node around them whose re-subscription would heal
-    the hole by another way): the catch-up itself must not give up on its first failure."""
-    from asyncio import get_running_loop
-
-    from gateway.subscriptions import subscribe
-
-    from gateway.coordinator import Conversation
-    from gateway.coordinator.redis import RedisCoordinator
-    from gateway.delivery import Delivery
-    from gateway.tasks import TaskSet
-
-    server = RedisServer(free_port(), tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]).start()
-    coord = RedisCoordinator("n1", server.url, heartbeat_s=0.2, node_ttl_s=1.0)
-    await coord.start()
-    try:
-        delivery = Delivery(coord, TaskSet(get_running_loop()).spawn)
-        secret = secrets.token_urlsafe(32)
-        session = QueueChannel(None, auth.verify(auth.mint(secret, tenant="t", user="v1", role="visitor"), secret), 4000)
-        delivery.users[("t", "v1")] = (session,)
-        await coord.create_conversation(Conversation(id="c1", tenant="t", visitor="v1", group="g"))
-        subscribe(session, "c1", 0)
-        missed = []  # entries this node never delivered (appended while its subscription was down, say)
-        for i in range(3):
-            entry = msg_entry("c1", f"m{i}", "a1", "agent", f"text {i}", int(time.time() * 1000))
-            await coord.append("t", "c1", entry, f"m{i}")
-            missed.append(entry)
-        server.stop()
-        # The session hears of the last one first: ahead of its cursor, so it catches up from the
-        # log, and the log is away.
-        delivery.apply("t", "v1", Outgoing(missed[-1]))
-        # The coordinator has seen Redis gone (its probe failed): by then the catch-up, started
-        # first, has failed too.
-        await wait_for(lambda: not coord.health_state.get("ok"), what="Redis seen gone")
-        server.start()
-        got = [await session.until("msg", conv="c1") for _ in range(3)]
-        assert [(g["id"], g["seq"]) for g in got] == [("m0", 1), ("m1", 2), ("m2", 3)]
-    finally:
-        await coord.close()
-        server.stop()
 
 
 async def test_an_acked_message_whose_delivery_fails_gets_no_second_answer_and_arrives(redis_node):

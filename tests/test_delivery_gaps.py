@@ -82,9 +82,13 @@ async def test_a_hole_that_does_not_fill_is_read_from_the_log(logged):
     assert cursor(session, "c1") == 3 and not delivery._gaps and session.syncing is None
 
 
-async def test_a_hole_read_from_the_log_while_redis_is_away_is_tried_until_it_reads(logged):
+async def test_a_catch_up_while_redis_is_away_is_retried_until_it_reads(logged):
+    """Issue 12's chaos run: with no node around Delivery whose re-subscription would heal the
+    hole by another way, the catch-up itself must not give up on its first failure."""
     delivery, session, (_, _, e3), server, coord = logged
     server.stop()
+    # The session hears of the last one first (its node missed the two before: appended while
+    # its subscription was down, say), and the log is away when the wait ends.
     delivery.apply("t", "v1", Outgoing(e3))
     await wait_for(lambda: not coord.health_state.get("ok"), what="Redis seen gone")
     server.start()
