@@ -194,6 +194,8 @@ class Config:
         self._check_channels()
         if self.redis_ack not in ("memory", "aof"):
             raise ConfigError(f"redis_ack must be memory or aof, not {self.redis_ack!r}")
+        if self.redis_ack == "aof" and self.coordinator != "redis":
+            raise ConfigError('redis_ack = "aof" is for the redis coordinator (embedded: store_fsync puts acked entries on disk)')
         if self.archive_url and self.coordinator != "redis":
             raise ConfigError("archive_url is for the redis coordinator (embedded keeps everything in its store: data_dir)")
         if self.archive_after_s < 0 or self.archive_poll_s <= 0:

@@ -46,6 +46,7 @@ async def test_acks_wait_for_the_aof_and_an_entry_not_on_disk_is_never_acked(tmp
         await admin.config_set("appendfsync", "no")
         with pytest.raises(Unavailable, match="AOF"):
             await coord.append("t", "c1", _msg("not yet"), "m5")
+        assert (await coord.health())["ok"] is False  # /readyz: every msg is refused meanwhile
         # In Redis, unacked: the client sends it again. Where the conversation has closed meanwhile, a
         # retry is answered from the stored client ids (handlers.py, step 2): that waits for the disk too.
         with pytest.raises(Unavailable, match="AOF"):
@@ -63,6 +64,7 @@ async def test_acks_wait_for_the_aof_and_an_entry_not_on_disk_is_never_acked(tmp
         finally:
             await other.close()
         assert await coord.append("t", "c1", _msg("after"), "m6") == (7, False)
+        assert await coord.health() == coord.health_state  # ready again once a commit is on disk
     finally:
         await admin.aclose()
         await coord.close()
@@ -130,3 +132,14 @@ def test_redis_ack_takes_memory_or_aof_and_nothing_else():
     assert load(env={"GATEWAY_REDIS_ACK": "aof"}, coordinator="redis").redis_ack == "aof"
     with pytest.raises(ConfigError, match="redis_ack must be memory or aof"):
         load(env={"GATEWAY_REDIS_ACK": "disk"}, coordinator="redis")
+    with pytest.raises(ConfigError, match="is for the redis coordinator"):  # not ignored where it means nothing
+        load(env={"GATEWAY_REDIS_ACK": "aof"})
+
+
+async def test_a_standalone_redis_named_as_a_cluster_is_one_clear_refusal(redis_server):
+    coord = RedisCoordinator("n1", redis_server.url, cluster=True, heartbeat_s=0.2, node_ttl_s=1.0)
+    try:
+        with pytest.raises(Unavailable, match="Redis Cluster at .* can't be used"):
+            await coord.start()
+    finally:
+        await coord.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,6 +63,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
         self.node_id = node_id
         self._ack_on_disk = ack_on_disk
         self._touch = None
+        self._aof_failing: str | None = None  # the last on-disk commit's failure, until one succeeds
         self._archive = archive
         self._archive_after_ms = int(archive_after_s * 1000)
         self._archive_poll_s = archive_poll_s
@@ -129,6 +131,16 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
 
     # lifecycle
     async def start(self) -> None:
+        """Connect, register, subscribe; Unavailable, saying why, where Redis can't be used as given
+        (unreachable, a standalone server named as a cluster, no WAITAOF for `redis_ack = "aof"`)."""
+        try:
+            await self._start()
+        except UNREACHABLE as e:
+            where = re.sub(r"//[^@/]*@", "//***@", self._url)
+            kind = "Redis Cluster" if self._cluster else "redis"
+            raise Unavailable(f"{kind} at {where} can't be used: {type(e).__name__}: {e}") from None
+
+    async def _start(self) -> None:
         self.r = self._client()
         s = self.r.register_script
         self._presence = PresenceWrites(self)
@@ -145,7 +157,7 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             script = Script(self._aof_pipes, lua("append_batch"))
             self._touch = Script(self._aof_pipes, lua("touch"))
             self._commit = GroupCommit(script, keep, slot_of, self.stats,
-                                       on_disk=(functools.partial(on_disk_calls, script), self._aof_pipes.for_key))
+                                       on_disk=(functools.partial(self._on_disk_calls, script), self._aof_pipes.for_key))
             await self._check_aof()
         else:
             self._commit = GroupCommit(Script(self._pipes, lua("append_batch")), keep, slot_of, self.stats)
@@ -225,18 +237,38 @@ class RedisCoordinator(Keys, RedisLocks, RedisConversations, RedisLog, RedisAgen
             _, pending = await asyncio.wait(pending, timeout=0.5)
 
     async def close(self) -> None:
-        self._commit.flush()  # appends waiting for the commit interval leave now, not never
+        """Stop; also after a `start` that failed part way (what it had not made yet is skipped)."""
+        made = vars(self)
+        if "_commit" in made:
+            self._commit.flush()  # appends waiting for the commit interval leave now, not never
         await self._stop_tasks()
-        if self._ack_on_disk:
-            self._aof_pipes.close()
-        try:
-            await self.r.zrem(f"{self._p}:nodes", self.node_id)
-        except (RedisError, OSError):
-            pass
-        self._pipes.close()
-        await self.r.aclose()
+        for pipes in ("_aof_pipes", "_pipes"):
+            if pipes in made:
+                made[pipes].close()
+        if "r" in made:
+            try:
+                await self.r.zrem(f"{self._p}:nodes", self.node_id)
+            except (RedisError, *UNREACHABLE):
+                pass
+            try:
+                await self.r.aclose()
+            except (RedisError, *UNREACHABLE):
+                pass
         if self._archive is not None:
             await self._archive.close()
 
+    async def _on_disk_calls(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """`on_disk_calls`, remembering its last failure: while the AOF refuses or does not sync,
+        every `msg` is refused, so the node says it is not ready (`health`) until one succeeds."""
+        try:
+            replies = await on_disk_calls(script, calls)
+        except Unavailable as e:
+            self._aof_failing = str(e)
+            raise
+        self._aof_failing = None
+        return replies
+
     async def health(self) -> dict[str, Any]:
+        if self._aof_failing is not None:
+            return {"ok": False, "reason": f"acks wait for the AOF and it fails: {self._aof_failing}"}
         return dict(self.health_state)
