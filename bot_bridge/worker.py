@@ -356,11 +356,12 @@ def _configure_logging() -> None:
                                            static_fields={"process": "bot-worker"}))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s bot-worker %(name)s: %(message)s"))
+    # A filter on the handler, not the loggers' levels: bm25s sets its own logger to DEBUG when it
+    # is imported, which happens later (the first FAQ index is built after this).
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.split(".", 1)[0] not in ("bm25s", "jieba"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper())
-    for noisy in ("bm25s", "jieba"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -572,3 +572,25 @@ async def test_faq_backend_instance_is_reused_for_fallback():
     bridge = BotBridge.from_mapping({})
     assert isinstance(bridge.backend("faq"), FaqBackend)
     await bridge.close()
+
+
+def test_the_worker_logs_no_bm25s_progress_at_info(capsys):
+    """bm25s sets its own logger to DEBUG when imported, after the worker set up its logging."""
+    import logging
+
+    from bot_bridge.worker import _configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        _configure_logging()
+        import bm25s  # noqa: F401 - its import is what resets its logger's level
+
+        logging.getLogger("bm25s").debug("Building index from tokens")
+        logging.getLogger("bm25s").warning("a bm25s warning")
+        logging.getLogger("chatgw.bots.worker").info("worker info")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "Building index" not in err and "a bm25s warning" in err and "worker info" in err
