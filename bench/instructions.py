@@ -56,8 +56,8 @@ def _launch(out_dir: str, target: str, secret: str | None = None,
                GATEWAY_HTTP_PORT="0", GATEWAY_WS_PORT="0", GATEWAY_HOST="127.0.0.1", GATEWAY_LOG_LEVEL="warning",
                PYTHONUNBUFFERED="1", GATEWAY_BOTS_ENABLED="false", GATEWAY_RATE_PER_S="1e9",
                GATEWAY_RATE_BURST="1e9", GATEWAY_HEARTBEAT_S="600", GATEWAY_ECHO_ENDPOINT="true",
-               GATEWAY_DRAIN_TIMEOUT_S="0", GATEWAY_DATA_DIR="none",  # memory only unless `extra` says; SQLite alone: bench.store_schema
-               **(extra or {}))
+               GATEWAY_DRAIN_TIMEOUT_S="0", GATEWAY_DATA_DIR="none")  # memory only unless `extra` says; SQLite alone: bench.store_schema
+    env.update(extra or {})
     cmd = [sys.executable, "-m", "bench.peers.picows_echo", "--port", "0"] if target == "picows" else \
         [sys.executable, "-m", "gateway", "serve"]
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p", *cmd],
