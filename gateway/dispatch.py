@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from routing.router import RoutingError
@@ -79,6 +79,18 @@ class Dispatcher:
             conn.inbox = deque((env,))
             task = self._tasks.spawn(self._drain(conn))
         conn.worker = task
+
+    def first(self, conn: Session, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` (a new connection's welcome) before any envelope of `conn`: those that arrive
+        meanwhile queue behind it, as behind a busy handler (docs/hub.md, step 2a)."""
+        conn.inbox = deque()
+        conn.worker = self._tasks.spawn(self._first_then_drain(conn, coro))
+
+    async def _first_then_drain(self, conn: Session, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        finally:
+            await self._drain(conn)
 
     def _lane(self, conn: Session, env: Envelope) -> None:
         """Run a `msg` after the connection's earlier ones for the same conversation (remote log)."""

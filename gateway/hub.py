@@ -56,8 +56,9 @@ class Hub:
             self.events.bot_turns = self.bot_turns
         self.handlers = Handlers(cfg, coord, self.router, self.delivery, self.events, self.bots, self.bot_turns,
                                  self.tasks.spawn)
-        self.lifecycle = Lifecycle(cfg, coord, self.router, self.delivery, self.events, self.tasks, self.bot_turns)
         dispatcher = Dispatcher(self.tasks, self.handlers.table(), eager=self.handlers.eager, inline=self.handlers.inline())
+        self.lifecycle = Lifecycle(cfg, coord, self.router, self.delivery, self.events, self.tasks, self.bot_turns,
+                                   first=dispatcher.first)
         self.conns = self.lifecycle.conns
         self.users = self.delivery.users
         # What the listener calls, bound once (an attribute lookup per frame, no extra call).

@@ -13,6 +13,7 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from routing import Router
@@ -50,7 +51,10 @@ class Lifecycle:
     """
 
     def __init__(self, cfg: Any, coord: Coordinator, router: Router, delivery: Delivery, events: ConversationEvents,
-                 tasks: TaskSet, bot_turns: BotTurns | None):
+                 tasks: TaskSet, bot_turns: BotTurns | None,
+                 first: Callable[[Session, Coroutine[Any, Any, None]], None] | None = None):
+        """`first(conn, coro)`: run a connection's welcome before its envelopes (`Dispatcher.first`)."""
+        self._first = first or (lambda _conn, coro: tasks.spawn(coro))
         self.cfg = cfg
         self.coord = coord
         self.router = router
@@ -148,7 +152,9 @@ class Lifecycle:
         self._wheel.schedule(conn.cid * 4, now_ms + int(self.cfg.heartbeat_s * 1000))
         if conn.expires:  # 0: a session the node made itself (a messaging channel's contact): no token to expire
             self._wheel.schedule(conn.cid * 4 + 2, now_ms + self._ms_until(conn.expires))
-        self._tasks.spawn(self._welcome(conn, first))
+        # Before any of its envelopes: a `status` racing the agent's record being written here
+        # lost its status (the welcome's write, from an older read, came last).
+        self._first(conn, self._welcome(conn, first))
 
     def disconnected(self, conn: Session) -> None:
         if self.conns.pop(conn.cid, None) is None:

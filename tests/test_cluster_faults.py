@@ -145,3 +145,23 @@ async def test_a_catch_up_waiting_to_retry_ends_when_the_session_is_unsubscribed
         tasks.cancel_all()
         await coord.close()
         server.stop()
+
+
+async def test_a_status_sent_before_the_welcome_is_not_lost(redis_node):
+    """An agent that says `status online` the moment it connects: the welcome writes the agent's
+    record from a read made before the status arrived, and used to write it back `offline` after
+    the status had set it online (found by bench.instructions under valgrind). A connection's
+    envelopes now wait for its welcome (docs/hub.md, step 2a)."""
+    node, _, secret = redis_node
+    agents = []
+    for i in range(20):
+        a = QueueChannel(node.hub, auth.verify(auth.mint(secret, tenant="t", user=f"a{i}", role="agent"), secret),
+                         node.cfg.max_text)
+        a.open()
+        a.receive({"t": "status", "status": "online", "rid": "s"})  # before the welcome is even written
+        agents.append(a)
+    for i, a in enumerate(agents):
+        first = await a.until_any()
+        assert first["t"] == "welcome"
+        assert (await a.until("status", rid="s"))["status"] == "online"
+        assert (await node.coord.get_agent("t", f"a{i}")).status == "online"
