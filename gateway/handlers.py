@@ -22,9 +22,9 @@ from . import auth, replies
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Conversation, Coordinator, StaleState, Unavailable
-from .coordinator.ports import SyncLog
+from .coordinator.ports import CallbackLog, SyncLog
 from .delivery import Delivery
-from .dispatch import Handler, InlineHandler, report
+from .dispatch import Handler, InlineHandler, SoonHandler, report
 from .envelopes import (
     Close,
     Envelope,
@@ -81,6 +81,8 @@ class Handlers:
         # shared record), so a random seed is right: client-chosen ids can't be crafted to
         # collide in a hash nobody outside knows.
         self.dedup = None if self.eager else self._new_dedup()
+        # A remote log's coroutine-free path for `msg` (Redis: docs/hub.md, 6c); None elsewhere.
+        self._callback_log: CallbackLog | None = coord if not self.eager and isinstance(coord, CallbackLog) else None
 
     def _new_dedup(self) -> Any:
         return make_dedup(self.cfg.dedup_capacity, int(self.cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
@@ -99,6 +101,10 @@ class Handlers:
     def inline(self) -> dict[str, InlineHandler]:
         """Kinds with a synchronous handler, used when the coordinator is in-process."""
         return {"msg": self.msg_now}
+
+    def soon(self) -> SoonHandler | None:
+        """`msg`'s coroutine-free start over a remote log that offers one (docs/hub.md, 6c)."""
+        return self.msg_soon if self._callback_log is not None else None
 
     async def _participant(self, conn: Session, env: Envelope) -> Conversation:
         """The conversation as stored now, if this connection's user takes part in it.
@@ -207,6 +213,11 @@ class Handlers:
         else:
             raise Unavailable("the conversation kept changing while this message was sent; send it again")
         self.dedup.put(conv.id, conn.user, cid, seq, now)
+        await self._deliver_appended(conn, conv, env, entry, seq, dup)
+
+    async def _deliver_appended(self, conn: Session, conv: Conversation, env: Msg, entry: dict[str, Any], seq: int,
+                                dup: bool) -> None:
+        """Steps 4-6 after a remote append."""
         out = Outgoing(entry)
         if dup:
             # The log knew it but this node did not: the node that appended it may have died
@@ -216,6 +227,51 @@ class Handlers:
         remote = self._appended(conn, conv, env, entry, seq, dup, out)
         if remote:
             await self.delivery.remote(conv.tenant, list(remote), out)  # retried, never an error: acked
+
+    def msg_soon(self, conn: Session, env: Msg, done: Callable[[BaseException | None], None]) -> bool:
+        """`h_msg` with no coroutine or task, over a remote log whose node has a copy of the
+        conversation naming the sender (docs/hub.md, step 6c): the same steps, with the append
+        answered by a callback as Redis's reply is read. Returns False, having done nothing, where
+        a read comes first (no copy, a copy without the sender, a closed conversation): then the
+        dispatcher runs `h_msg`. Otherwise `done(None)` or `done(error)` is called once, when the
+        sender has its answer (a stale copy, or a duplicate the log knew, finish in `h_msg`'s way,
+        in a task)."""
+        log = self._callback_log
+        conv = log.cached_conversation(conn.tenant, env.conv) if log is not None else None
+        if conv is None or conv.state == "closed" or not _takes_part(conn, conv):
+            return False
+        cid = env.id
+        now = _now_ms()
+        seq = self.dedup.get(conv.id, conn.user, cid, now)
+        if seq is not None:  # 2: this node appended it already (and delivered it then)
+            self._appended(conn, conv, env, None, seq, True, None)
+            done(None)
+            return True
+        entry = _new_entry(conn, conv, env, now)
+
+        def appended(seq: int, dup: bool, error: BaseException | None) -> None:
+            if error is not None:
+                if isinstance(error, StaleState):  # another node changed it meanwhile: read it again
+                    self._spawn(_then_done(self.h_msg(conn, env), done))
+                else:
+                    done(error)
+                return
+            try:
+                self.dedup.put(conv.id, conn.user, cid, seq, now)
+                if dup:  # the first entry is read from the log
+                    self._spawn(_then_done(self._deliver_appended(conn, conv, env, entry, seq, dup), done))
+                    return
+                out = Outgoing(entry)
+                remote = self._appended(conn, conv, env, entry, seq, dup, out)
+                if remote:
+                    self.delivery.remote_soon(conv.tenant, list(remote), out)  # retried, never an error: acked
+            except Exception as e:  # noqa: BLE001 - the sender is told, the lane goes on
+                done(e)
+                return
+            done(None)
+
+        log.append_soon(conv.tenant, conv.id, entry, cid, conv.version, appended)  # 3
+        return True
 
     def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
         """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
@@ -320,6 +376,19 @@ class Handlers:
             raise ProtocolError("forbidden", "the token is for another identity", "token", rid)
         conn.expires = ident.expires
         conn.send_env(Refreshed(int(ident.expires), rid))
+
+
+async def _then_done(coro: Awaitable[None], done: Callable[[BaseException | None], None]) -> None:
+    """Finish a `msg` in a task, then tell its lane (`msg_soon`'s `done`), whatever happened."""
+    try:
+        await coro
+    except Exception as e:  # noqa: BLE001 - reported by the dispatcher, as from a handler
+        done(e)
+        return
+    except BaseException:
+        done(None)  # cancelled (the node is stopping): nothing to tell
+        raise
+    done(None)
 
 
 def _takes_part(conn: Session, conv: Conversation | None) -> bool:

@@ -140,3 +140,75 @@ async def test_a_failing_msg_is_answered_and_its_lane_goes_on():
     appends.answer("a2")
     await _turns()
     assert appends.done == ["a2"]
+
+
+class _Soon:
+    """A `msg_soon`: takes ids starting with "s" (answered when the test calls `answer`), finishes
+    "i..." inline, declines the rest (they go to the async handler), raises for "x..." before
+    taking it (as a refused envelope does)."""
+
+    def __init__(self):
+        self.done: dict[str, object] = {}
+        self.started: list[str] = []
+
+    def __call__(self, conn, env, done):
+        if env.id.startswith("x"):
+            raise ValueError("refused")
+        if env.id.startswith("i"):
+            self.started.append(env.id)
+            done(None)
+            return True
+        if env.id.startswith("s"):
+            self.started.append(env.id)
+            self.done[env.id] = done
+            return True
+        return False
+
+
+def _soon_dispatcher(appends: _Appends, soon: _Soon) -> Dispatcher:
+    return Dispatcher(TaskSet(asyncio.get_running_loop()), {"msg": appends.msg, "close": appends.close},
+                      eager=False, soon=soon)
+
+
+async def test_a_soon_msg_holds_its_lane_until_answered_and_needs_no_task():
+    appends, soon = _Appends(), _Soon()
+    d, conn = _soon_dispatcher(appends, soon), _Conn()
+    d.submit(conn, _msg("ca", "s1"))
+    d.submit(conn, _msg("ca", "s2"))
+    d.submit(conn, _msg("cb", "s3"))
+    assert soon.started == ["s1", "s3"]  # at once, no loop turn; s2 waits for s1 (same conversation)
+    soon.done["s1"](None)
+    assert soon.started == ["s1", "s3", "s2"]
+    soon.done["s2"](None)
+    soon.done["s3"](None)
+    assert d._lanes == {}
+
+
+async def test_inline_answers_refusals_and_declines_keep_the_lane_in_order():
+    appends, soon = _Appends(), _Soon()
+    d, conn = _soon_dispatcher(appends, soon), _Conn()
+    for mid in ("s1", "i2", "x3", "a4", "i5"):
+        d.submit(conn, _msg("ca", mid))
+    assert soon.started == ["s1"]
+    soon.done["s1"](ValueError("no"))  # its error is told; the lane goes on
+    assert soon.started == ["s1", "i2"] and [e.code for e in conn.sent] == ["internal", "internal"]  # s1's, x3's
+    await _turns()
+    assert appends.started == ["a4"]  # declined: the async handler, in a task; i5 waits behind it
+    appends.answer("a4")
+    await _turns()
+    assert appends.started == ["a4", "i5"] and appends.done == ["a4"]  # after a4, i5 runs in the same task
+    appends.answer("i5")
+    await _turns()
+    assert d._lanes == {}
+
+
+async def test_another_kind_waits_for_a_soon_msg():
+    appends, soon = _Appends(), _Soon()
+    d, conn = _soon_dispatcher(appends, soon), _Conn()
+    d.submit(conn, _msg("ca", "s1"))
+    d.submit(conn, Close(conv="ca"))
+    await _turns()
+    assert appends.closed == []
+    soon.done["s1"](None)
+    await _turns()
+    assert appends.closed == ["ca"]
