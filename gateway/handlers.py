@@ -2,7 +2,8 @@
 
 The dispatcher (gateway/dispatch.py) calls them in per-connection order; a handler answers
 the connection, changes state through the coordinator and the router, and hands log
-entries to delivery. `msg` runs without a coroutine over an in-process log (`msg_now`).
+entries to delivery. `msg` runs without a coroutine over an in-process log (`msg_now`); over
+a remote one its steps 1-3 are msg_remote.py's.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from msgspec import to_builtins
-
 from dedup.window import make_dedup
 from routing import Router
 
 from . import auth, replies
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
-from .coordinator import Agent, Conversation, Coordinator, StaleState, Unavailable
+from .coordinator import Agent, Conversation, Coordinator
 from .coordinator.ports import CallbackLog, SyncLog
 from .delivery import Delivery
 from .dispatch import Handler, InlineHandler, SoonHandler, report
@@ -40,8 +39,9 @@ from .envelopes import (
     Typing,
 )
 from .metrics import METRICS
+from .msg_remote import RemoteMsg, new_entry, now_ms, taking_part
 from .protocol import Outgoing, ProtocolError
-from .replies import Ack, AgentStatus, Pong, Refreshed, msg_entry
+from .replies import Ack, AgentStatus, Pong, Refreshed
 from .retry import answered_then
 from .session import Session
 from .subscriptions import subscribe
@@ -49,17 +49,10 @@ from .subscriptions import subscribe
 _monotonic = time.monotonic
 _ack_latency = METRICS.ack_latency.observe
 
-# How often a `msg` reads the conversation again when its copy was stale (each time another node
-# changed the conversation between the read and the append): past that, the client sends it again.
-STALE_RETRIES = 3
 _NONE: tuple[()] = ()  # no remote participants (most messages on one node): nothing allocated
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Handlers:
+class Handlers(RemoteMsg):
     """The envelope handlers of one node; `table()` is the dispatcher's registry."""
 
     def __init__(self, cfg: Any, coord: Coordinator, router: Router, delivery: Delivery, events: ConversationEvents,
@@ -112,7 +105,7 @@ class Handlers:
         Not the node's cached copy (`peek_conversation`): only `msg` uses that, because only its
         append checks the copy's version; a reader that was just unassigned must be refused here.
         """
-        return _taking_part(conn, env, await self.coord.get_conversation(conn.tenant, env.conv))
+        return taking_part(conn, env, await self.coord.get_conversation(conn.tenant, env.conv))
 
     async def h_open(self, conn: Session, env: Open) -> None:
         if conn.role != "visitor":
@@ -131,7 +124,7 @@ class Handlers:
             visitor=conn.user,
             group=group,
             state="bot" if with_bot else "queued",
-            created_ms=(now := _now_ms()),
+            created_ms=(now := now_ms()),
             queued_ms=0 if with_bot else now,
             meta=env.meta or {},
         )
@@ -168,11 +161,11 @@ class Handlers:
         the entry is kept, and one process cannot have appended without delivering.
         """
         sync = self._sync
-        conv = _taking_part(conn, env, sync.peek_now(conn.tenant, env.conv))  # 1
+        conv = taking_part(conn, env, sync.peek_now(conn.tenant, env.conv))  # 1
         if conv.state == "closed":  # 2
             self._closed_retry(conn, conv, env, sync.seq_of_now(conv.tenant, conv.id, conn.user, env.id))
             return
-        entry = _new_entry(conn, conv, env, _now_ms())
+        entry = new_entry(conn, conv, env, now_ms())
         seq, dup, packed = sync.append_now(conv.tenant, conv.id, entry, env.id)  # 3
         args = (conn, conv, env, entry, seq, dup, None if dup else Outgoing(entry, packed))
         durable = sync.when_durable
@@ -180,104 +173,6 @@ class Handlers:
             self._appended(*args)
         else:  # 3a: ack, deliver and answer only once this loop turn's entries are on disk
             durable(self._appended, args, lambda e: report(conn, env, e))
-
-    async def h_msg(self, conn: Session, env: Msg) -> None:
-        """`msg` over a remote log, with this node's dedup cache in front of it.
-
-        Steps 1-3 read the node's copy of the conversation and append only if that copy is
-        still the stored state (`if_version`); a stale copy is read again and checked again.
-        """
-        cid = env.id
-        for _ in range(STALE_RETRIES):
-            conv = await self.coord.peek_conversation(conn.tenant, env.conv)
-            if not _takes_part(conn, conv):
-                # The node's copy may predate this sender's assignment: only the stored state may refuse.
-                conv = await self.coord.get_conversation(conn.tenant, env.conv)
-            conv = _taking_part(conn, env, conv)  # 1
-            # Conversation ids are random and unique across tenants, and the tenant was checked above.
-            # Client ids are the sender's own: the key is (conversation, sender, id).
-            now = _now_ms()
-            seq = self.dedup.get(conv.id, conn.user, cid, now)
-            if seq is not None:  # 2: this node appended it already (and delivered it then)
-                self._appended(conn, conv, env, None, seq, True, None)
-                return
-            if conv.state == "closed":
-                self._closed_retry(conn, conv, env, await self.coord.seq_of(conv.tenant, conv.id, conn.user, cid))
-                return
-            entry = _new_entry(conn, conv, env, now)
-            try:
-                seq, dup = await self.coord.append(conv.tenant, conv.id, entry, cid, if_version=conv.version)  # 3
-            except StaleState:
-                continue  # another node changed it meanwhile: read it again
-            break
-        else:
-            raise Unavailable("the conversation kept changing while this message was sent; send it again")
-        self.dedup.put(conv.id, conn.user, cid, seq, now)
-        await self._deliver_appended(conn, conv, env, entry, seq, dup)
-
-    async def _deliver_appended(self, conn: Session, conv: Conversation, env: Msg, entry: dict[str, Any], seq: int,
-                                dup: bool) -> None:
-        """Steps 4-6 after a remote append."""
-        out = Outgoing(entry)
-        if dup:
-            # The log knew it but this node did not: the node that appended it may have died
-            # before delivering. Deliver the first entry again; sessions drop what they have.
-            first, _ = await self.coord.read_after(conv.tenant, conv.id, seq - 1, 1)
-            out = Outgoing(first[0]) if first and first[0]["seq"] == seq else None
-        remote = self._appended(conn, conv, env, entry, seq, dup, out)
-        if remote:
-            await self.delivery.remote(conv.tenant, list(remote), out)  # retried, never an error: acked
-
-    def msg_soon(self, conn: Session, env: Msg, done: Callable[[BaseException | None], None]) -> bool:
-        """`h_msg` with no coroutine or task, over a remote log whose node has a copy of the
-        conversation naming the sender (docs/hub.md, step 6c): the same steps, with the append
-        answered by a callback as Redis's reply is read. Returns False, having done nothing, where
-        a read comes first (no copy, a copy without the sender, a closed conversation): then the
-        dispatcher runs `h_msg`. Otherwise `done(None)` or `done(error)` is called once, when the
-        sender has its answer (a stale copy, or a duplicate the log knew, finish in `h_msg`'s way,
-        in a task)."""
-        log = self._callback_log
-        conv = log.cached_conversation(conn.tenant, env.conv) if log is not None else None
-        if conv is None or conv.state == "closed" or not _takes_part(conn, conv):
-            return False
-        cid = env.id
-        now = _now_ms()
-        seq = self.dedup.get(conv.id, conn.user, cid, now)
-        if seq is not None:  # 2: this node appended it already (and delivered it then)
-            self._appended(conn, conv, env, None, seq, True, None)
-            done(None)
-            return True
-        entry = _new_entry(conn, conv, env, now)
-
-        def appended(seq: int, dup: bool, error: BaseException | None) -> None:
-            if error is not None:
-                if isinstance(error, StaleState):  # another node changed it meanwhile: read it again
-                    self._spawn(_then_done(self.h_msg(conn, env), done))
-                else:
-                    done(error)
-                return
-            try:
-                self.dedup.put(conv.id, conn.user, cid, seq, now)
-                if dup:  # the first entry is read from the log
-                    self._spawn(_then_done(self._deliver_appended(conn, conv, env, entry, seq, dup), done))
-                    return
-                out = Outgoing(entry)
-                remote = self._appended(conn, conv, env, entry, seq, dup, out)
-                if remote:
-                    self.delivery.remote_soon(conv.tenant, list(remote), out)  # retried, never an error: acked
-            except Exception as e:  # noqa: BLE001 - the sender is told, the lane goes on
-                done(e)
-                return
-            done(None)
-
-        log.append_soon(conv.tenant, conv.id, entry, cid, conv.version, appended)  # 3
-        return True
-
-    def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
-        """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
-        if seq is None:
-            raise ProtocolError("conflict", "conversation is closed", "conv", env.rid)
-        self._appended(conn, conv, env, None, seq, True, None)
 
     def _appended(self, conn: Session, conv: Conversation, env: Msg, entry: dict[str, Any] | None,
                   seq: int, dup: bool, out: Outgoing | None) -> list[str] | tuple[()]:
@@ -376,41 +271,3 @@ class Handlers:
             raise ProtocolError("forbidden", "the token is for another identity", "token", rid)
         conn.expires = ident.expires
         conn.send_env(Refreshed(int(ident.expires), rid))
-
-
-async def _then_done(coro: Awaitable[None], done: Callable[[BaseException | None], None]) -> None:
-    """Finish a `msg` in a task, then tell its lane (`msg_soon`'s `done`), whatever happened."""
-    try:
-        await coro
-    except Exception as e:  # noqa: BLE001 - reported by the dispatcher, as from a handler
-        done(e)
-        return
-    except BaseException:
-        done(None)  # cancelled (the node is stopping): nothing to tell
-        raise
-    done(None)
-
-
-def _takes_part(conn: Session, conv: Conversation | None) -> bool:
-    # A service (a backend, the REST API) and a bot (the REST API's `as: bot`) act on any of its tenant's.
-    return conv is not None and (conn.role in _ANY_CONVERSATION or conn.user in conv.participants())
-
-
-_ANY_CONVERSATION = frozenset(("service", "bot"))
-
-
-def _taking_part(conn: Session, env: Envelope, conv: Conversation | None) -> Conversation:
-    if not _takes_part(conn, conv):
-        # A conversation of another tenant or another visitor looks exactly like a missing one.
-        raise ProtocolError("not_participant", "no such conversation for this user", "conv", env.rid)
-    return conv
-
-
-def _new_entry(conn: Session, conv: Conversation, env: Msg, now: int) -> dict[str, Any]:
-    """The log entry for a `msg` envelope (seq is set by the coordinator's append)."""
-    entry = msg_entry(conv.id, env.id, conn.user, conn.role, env.text, now)
-    if env.att:
-        entry["att"] = to_builtins(env.att)
-    if conn.channel is not None:  # the agent sees where it came from (absent: the web widget)
-        entry["ch"] = conn.channel
-    return entry
