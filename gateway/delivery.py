@@ -104,13 +104,6 @@ class Delivery:
         except Unavailable:
             self._spawn(until_done(send, "remote delivery"))
 
-    def remote_soon(self, tenant: str, users: list[str], out: Outgoing) -> None:
-        """`remote` without a coroutine where the coordinator knows the holders; else in a task."""
-        env = out.env
-        if type(env) is dict and self.coord.deliver_remote_now(tenant, users, env, out.json()):
-            return
-        self._spawn(self.remote(tenant, users, out))
-
     async def deliver(self, conv: Conversation, entry: dict[str, Any]) -> None:
         """Send a log entry to every connection of every participant, at most once and in order."""
         await self.send_to(conv.tenant, conv.participants(), entry)

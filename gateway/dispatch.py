@@ -1,4 +1,4 @@
-"""Per-connection order and inline starts: how an envelope reaches its handler (docs/hub.md, 1-6c).
+"""Per-connection order and inline starts: how an envelope reaches its handler (docs/hub.md, 1-6b).
 
 A connection's envelopes run one after the other, in arrival order. An idle connection owns
 no task: its envelope starts inline when the coordinator allows it, and only a handler that
@@ -9,7 +9,6 @@ agent's message to one conversation does not wait for Redis to answer its messag
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -40,9 +39,7 @@ class Dispatcher:
     """
 
     def __init__(self, tasks: TaskSet, handlers: Mapping[str, Handler], *, eager: bool,
-                 inline: Mapping[str, InlineHandler] | None = None, soon: SoonHandler | None = None):
-        """`soon`: with a remote log, `msg`'s coroutine-free start (`Handlers.msg_soon`, docs/hub.md 6c)."""
-        self._soon = None if eager else soon
+                 inline: Mapping[str, InlineHandler] | None = None):
         self._tasks = tasks
         self._handlers = handlers
         self._eager = eager
@@ -106,29 +103,6 @@ class Dispatcher:
             queue.append(env)
             return
         lanes[conv] = queue = deque((env,))
-        self._lane_go(conn, conv, queue, lanes)
-
-    def _lane_go(self, conn: Session, conv: str, queue: deque[Envelope], lanes: dict[str, deque[Envelope]]) -> None:
-        """Run a lane from its front: through `soon` while it takes them (a `msg` answered by a
-        callback: `_Step` comes back here), the rest in a task (6b, 6c)."""
-        soon = self._soon
-        while queue and soon is not None:
-            env = queue[0]
-            step = _Step(self, conn, conv, queue, lanes, env)
-            try:
-                took = soon(conn, env, step)
-            except Exception as e:  # raised before anything was sent: told, and on to the next
-                report(conn, env, e)
-                took = step.finished = True
-            if not took:
-                break
-            step.inline = False
-            if not step.finished:
-                return  # answered later, by `step`
-            queue.popleft()
-        if not queue:
-            self._lane_ended(conn, conv, lanes)
-            return
         task = self._tasks.spawn(self._run_lane(conn, conv, queue, lanes))
         # A task cancelled before its first step (the node is stopping) never runs its `finally`.
         task.add_done_callback(lambda _t: lanes.get(conv) is queue and self._lane_ended(conn, conv, lanes))
@@ -193,30 +167,6 @@ class Dispatcher:
                 await self._handlers[env.t](conn, env)
         except Exception as e:
             report(conn, env, e)
-
-
-SoonHandler = Callable[[Session, Any, Callable[[BaseException | None], None]], bool]
-
-
-class _Step:
-    """`done` of one `msg` started by a `SoonHandler`: reports its error, then runs the lane on."""
-
-    __slots__ = ("d", "conn", "conv", "queue", "lanes", "env", "inline", "finished")
-
-    def __init__(self, d: Dispatcher, conn: Session, conv: str, queue: deque[Envelope],
-                 lanes: dict[str, deque[Envelope]], env: Envelope):
-        self.d, self.conn, self.conv, self.queue, self.lanes, self.env = d, conn, conv, queue, lanes, env
-        self.inline = True  # the handler has not returned yet: the lane's loop goes on by itself
-        self.finished = False
-
-    def __call__(self, error: BaseException | None = None) -> None:
-        if error is not None and not isinstance(error, asyncio.CancelledError):  # cancelled: the node stops
-            report(self.conn, self.env, error)  # type: ignore[arg-type]
-        if self.inline:
-            self.finished = True
-            return
-        self.queue.popleft()
-        self.d._lane_go(self.conn, self.conv, self.queue, self.lanes)
 
 
 def report(conn: Session, env: Envelope, e: Exception) -> None:

@@ -21,9 +21,9 @@ from . import auth, replies
 from .bot_turns import BotTurns
 from .conversation_events import ConversationEvents
 from .coordinator import Agent, Conversation, Coordinator
-from .coordinator.ports import CallbackLog, SyncLog
+from .coordinator.ports import SyncLog
 from .delivery import Delivery
-from .dispatch import Handler, InlineHandler, SoonHandler, report
+from .dispatch import Handler, InlineHandler, report
 from .envelopes import (
     Close,
     Envelope,
@@ -74,8 +74,6 @@ class Handlers(RemoteMsg):
         # shared record), so a random seed is right: client-chosen ids can't be crafted to
         # collide in a hash nobody outside knows.
         self.dedup = None if self.eager else self._new_dedup()
-        # A remote log's coroutine-free path for `msg` (Redis: docs/hub.md, 6c); None elsewhere.
-        self._callback_log: CallbackLog | None = coord if not self.eager and isinstance(coord, CallbackLog) else None
 
     def _new_dedup(self) -> Any:
         return make_dedup(self.cfg.dedup_capacity, int(self.cfg.dedup_window_s * 1000), seed=secrets.randbits(64))
@@ -94,10 +92,6 @@ class Handlers(RemoteMsg):
     def inline(self) -> dict[str, InlineHandler]:
         """Kinds with a synchronous handler, used when the coordinator is in-process."""
         return {"msg": self.msg_now}
-
-    def soon(self) -> SoonHandler | None:
-        """`msg`'s coroutine-free start over a remote log that offers one (docs/hub.md, 6c)."""
-        return self.msg_soon if self._callback_log is not None else None
 
     async def _participant(self, conn: Session, env: Envelope) -> Conversation:
         """The conversation as stored now, if this connection's user takes part in it.

@@ -56,8 +56,7 @@ class Hub:
             self.events.bot_turns = self.bot_turns
         self.handlers = Handlers(cfg, coord, self.router, self.delivery, self.events, self.bots, self.bot_turns,
                                  self.tasks.spawn)
-        dispatcher = Dispatcher(self.tasks, self.handlers.table(), eager=self.handlers.eager, inline=self.handlers.inline(),
-                                soon=self.handlers.soon())
+        dispatcher = Dispatcher(self.tasks, self.handlers.table(), eager=self.handlers.eager, inline=self.handlers.inline())
         self.lifecycle = Lifecycle(cfg, coord, self.router, self.delivery, self.events, self.tasks, self.bot_turns,
                                    first=dispatcher.first)
         self.conns = self.lifecycle.conns

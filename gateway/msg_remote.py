@@ -1,6 +1,6 @@
 """`msg` over a log in another process (Redis): the node's copy of the conversation and its dedup
-cache in front of the log, the append's answer awaited (`h_msg`) or taken by a callback
-(`msg_soon`); steps 4-6 are `Handlers._appended` for every path (docs/hub.md, 6a-6c).
+cache in front of the log, the append's answer awaited (`h_msg`); steps 4-6 are
+`Handlers._appended` for every path (docs/hub.md, 6a-6b).
 
 Also the steps every `msg` path shares: who takes part in a conversation, and its log entry.
 """
@@ -14,7 +14,6 @@ from typing import Any
 from msgspec import to_builtins
 
 from .coordinator import Conversation, Coordinator, StaleState, Unavailable
-from .coordinator.ports import CallbackLog
 from .delivery import Delivery
 from .envelopes import Envelope, Msg
 from .protocol import Outgoing, ProtocolError
@@ -37,7 +36,6 @@ class RemoteMsg:
     coord: Coordinator
     delivery: Delivery
     dedup: Any
-    _callback_log: CallbackLog | None
     _spawn: Callable[[Awaitable[object]], object]
     _appended: Callable[..., Any]
 
@@ -88,69 +86,11 @@ class RemoteMsg:
         if remote:
             await self.delivery.remote(conv.tenant, list(remote), out)  # retried, never an error: acked
 
-    def msg_soon(self, conn: Session, env: Msg, done: Callable[[BaseException | None], None]) -> bool:
-        """`h_msg` with no coroutine or task, over a remote log whose node has a copy of the
-        conversation naming the sender (docs/hub.md, step 6c): the same steps, with the append
-        answered by a callback as Redis's reply is read. Returns False, having done nothing, where
-        a read comes first (no copy, a copy without the sender, a closed conversation): then the
-        dispatcher runs `h_msg`. Otherwise `done(None)` or `done(error)` is called once, when the
-        sender has its answer (a stale copy, or a duplicate the log knew, finish in `h_msg`'s way,
-        in a task)."""
-        log = self._callback_log
-        conv = log.cached_conversation(conn.tenant, env.conv) if log is not None else None
-        if conv is None or conv.state == "closed" or not takes_part(conn, conv):
-            return False
-        cid = env.id
-        now = now_ms()
-        seq = self.dedup.get(conv.id, conn.user, cid, now)
-        if seq is not None:  # 2: this node appended it already (and delivered it then)
-            self._appended(conn, conv, env, None, seq, True, None)
-            done(None)
-            return True
-        entry = new_entry(conn, conv, env, now)
-
-        def appended(seq: int, dup: bool, error: BaseException | None) -> None:
-            if error is not None:
-                if isinstance(error, StaleState):  # another node changed it meanwhile: read it again
-                    self._spawn(_then_done(self.h_msg(conn, env), done))
-                else:
-                    done(error)
-                return
-            try:
-                self.dedup.put(conv.id, conn.user, cid, seq, now)
-                if dup:  # the first entry is read from the log
-                    self._spawn(_then_done(self._deliver_appended(conn, conv, env, entry, seq, dup), done))
-                    return
-                out = Outgoing(entry)
-                remote = self._appended(conn, conv, env, entry, seq, dup, out)
-                if remote:
-                    self.delivery.remote_soon(conv.tenant, list(remote), out)  # retried, never an error: acked
-            except Exception as e:  # noqa: BLE001 - the sender is told, the lane goes on
-                done(e)
-                return
-            done(None)
-
-        log.append_soon(conv.tenant, conv.id, entry, cid, conv.version, appended)  # 3
-        return True
-
     def _closed_retry(self, conn: Session, conv: Conversation, env: Msg, seq: int | None) -> None:
         """Step 2: a closed conversation takes no new message, but a retry of a logged one gets its ack."""
         if seq is None:
             raise ProtocolError("conflict", "conversation is closed", "conv", env.rid)
         self._appended(conn, conv, env, None, seq, True, None)
-
-
-async def _then_done(coro: Awaitable[None], done: Callable[[BaseException | None], None]) -> None:
-    """Finish a `msg` in a task, then tell its lane (`msg_soon`'s `done`), whatever happened."""
-    try:
-        await coro
-    except Exception as e:  # noqa: BLE001 - reported by the dispatcher, as from a handler
-        done(e)
-        return
-    except BaseException:
-        done(None)  # cancelled (the node is stopping): nothing to tell
-        raise
-    done(None)
 
 
 def takes_part(conn: Session, conv: Conversation | None) -> bool:

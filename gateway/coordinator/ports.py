@@ -86,27 +86,8 @@ class SyncLog(Protocol):
     when_durable: Callable[[Callable[..., None], tuple[Any, ...], Callable[[Exception], None]], None] | None
 
 
-@runtime_checkable
-class CallbackLog(Protocol):
-    """The coroutine-free `msg` path of a log in another process (Redis; docs/hub.md, step 6c).
-
-    `cached_conversation` is `peek_conversation` without the read (None when this node has no
-    copy); `append_soon` is `append` answered by `cb(seq, duplicate, error)` as Redis's reply is
-    read; `NodeBus.deliver_remote_now` is `deliver_remote` where the holders are known.
-    """
-
-    def cached_conversation(self, tenant: str, conv_id: str) -> Conversation | None: ...
-
-    def append_soon(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None,
-                    if_version: int | None, cb: Callable[[int, bool, BaseException | None], None]) -> None: ...
-
-
 class NodeBus(ABC):
     """Delivery to the nodes that hold recipients (never a broadcast to every node)."""
-
-    def deliver_remote_now(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> bool:
-        """`deliver_remote` without a coroutine where that needs no read; False (nothing done) otherwise."""
-        return False
 
     @abstractmethod
     async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:

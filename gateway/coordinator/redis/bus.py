@@ -39,32 +39,19 @@ class RedisNodeBus:
     _sub_pipe: Pipe  # the delivery subscription's connection
 
     async def deliver_remote(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> None:
-        if self.deliver_remote_now(tenant, users, env, encoded):
-            return
-        key = (tenant, env["conv"]) if encoded is not None else None  # a log entry: its conversation's holders
-        label = self._holders.label(key) if key is not None else None  # read before the lookups leave
-        if len(users) == 1:
-            holders = [await self._lookups.holders(tenant, users[0])]
-        else:
-            holders = await asyncio.gather(*(self._lookups.holders(tenant, u) for u in users))
-        if label is not None:
-            self._holders.put(key, label, users, holders)
-        self._queue_out(tenant, users, env, encoded, holders)
-
-    def deliver_remote_now(self, tenant: str, users: list[str], env: Any, encoded: bytes | None = None) -> bool:
-        """`deliver_remote` when the node knows where the users are (a log entry whose holders it
-        has cached: holders.py): queued for the next publish, True; else nothing done, False."""
-        if encoded is None:
-            return False
-        holders = self._holders.get((tenant, env["conv"]), users)
-        if holders is None:
-            return False
-        self.stats["holders_cached"] += 1
-        self._queue_out(tenant, users, env, encoded, holders)
-        return True
-
-    def _queue_out(self, tenant: str, users: list[str], env: Any, encoded: bytes | None, holders: list[list[str]]) -> None:
         by_node: dict[str, list[str]] = {}
+        key = (tenant, env["conv"]) if encoded is not None else None  # a log entry: its conversation's holders
+        holders = self._holders.get(key, users) if key is not None else None
+        if holders is None:
+            label = self._holders.label(key) if key is not None else None  # read before the lookups leave
+            if len(users) == 1:
+                holders = [await self._lookups.holders(tenant, users[0])]
+            else:
+                holders = await asyncio.gather(*(self._lookups.holders(tenant, u) for u in users))
+            if label is not None:
+                self._holders.put(key, label, users, holders)
+        else:
+            self.stats["holders_cached"] += 1
         for user, nodes in zip(users, holders, strict=True):
             if not nodes:
                 self.stats["no_holder"] += 1

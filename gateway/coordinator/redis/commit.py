@@ -16,7 +16,6 @@ step 6b), so a sender's order is kept.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +26,9 @@ from ..base import StaleState, Unavailable, idempotency_key
 from .errors import answer_waiters
 from .pipe import Script
 
-log = logging.getLogger("gateway.redis")
-
 # One pending append: its three keys, its client-id key ('' for none), its body, the state version
-# it requires ('' for none), and the future its caller waits on (or a `_Callback`).
-_Pending = tuple[list[str], str, bytes, str, Any]
+# it requires ('' for none), and the future its caller waits on.
+_Pending = tuple[list[str], str, bytes, str, "asyncio.Future[tuple[int, bool, int]]"]
 
 
 # At most one commit per interval (seconds). 1 ms: at 10,000 messages a second ten share a
@@ -58,34 +55,6 @@ async def on_disk_calls(script: Script, calls: list[tuple[list[str], list[Any]]]
     if int(local) < 1:
         raise Unavailable(f"redis did not write the entries to its AOF within {AOF_WAIT_MS} ms (WAITAOF)")
     return replies
-
-
-class _Callback:
-    """A waiter that is a function, not a future: `cb(result, error)` runs as the reply is read,
-    with no task to wake (the cluster's `msg` path, handlers.py `msg_soon`). Looks like the
-    future it stands in for to everything that answers waiters."""
-
-    __slots__ = ("_cb", "_done")
-
-    def __init__(self, cb: Callable[[Any, BaseException | None], None]):
-        self._cb = cb
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: Any) -> None:
-        self._answer(result, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._answer(None, error)
-
-    def _answer(self, result: Any, error: BaseException | None) -> None:
-        self._done = True
-        try:
-            self._cb(result, error)
-        except Exception:  # one caller's fault must not keep the others of its batch unanswered
-            log.exception("an append's callback failed")
 
 
 class GroupCommit:
@@ -124,26 +93,15 @@ class GroupCommit:
         loop = self._loop
         fut: asyncio.Future[tuple[int, bool, int]] = loop.create_future()
         cid = "" if client_id is None else idempotency_key(sender, client_id)
-        self._queue((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
-        return await fut
-
-    def append_soon(self, keys: list[str], sender: str, client_id: str | None, body: dict[str, Any],
-                    if_version: int | None, cb: Callable[[Any, BaseException | None], None]) -> None:
-        """`append` without a coroutine: `cb((seq, duplicate, holders version), None)` or
-        `cb(None, error)` is called once, from the processing of Redis's reply."""
-        cid = "" if client_id is None else idempotency_key(sender, client_id)
-        self._queue((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), _Callback(cb)))
-
-    def _queue(self, pending: _Pending) -> None:
-        self._pending.append(pending)
+        self._pending.append((keys, cid, orjson.dumps(body), "" if if_version is None else str(if_version), fut))
         if not self._scheduled:
             self._scheduled = True
-            loop = self._loop
             wait = self._last + self._interval - loop.time()
             if wait > 0:
                 self._timer = loop.call_later(wait, self._commit)
             else:
                 loop.call_soon(self._commit)
+        return await fut
 
     def flush(self) -> None:
         """Send what waits for the interval's end now (the node is closing)."""

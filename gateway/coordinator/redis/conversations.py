@@ -78,10 +78,6 @@ class RedisConversations:
             self._cache[(tenant, conv_id)] = conv.copy()
         return conv
 
-    def cached_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
-        """This node's copy, if it has one (no read: None when it has none)."""
-        return self._cache.get((tenant, conv_id))
-
     async def peek_conversation(self, tenant: str, conv_id: str) -> Conversation | None:
         """This node's copy when it has one (it may be older than Redis's: see `version`)."""
         conv = self._cache.get((tenant, conv_id))

@@ -34,42 +34,16 @@ class RedisLog:
 
     async def append(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None = None, *,
                      if_version: int | None = None) -> tuple[int, bool]:
-        """Queued for the next group commit (commit.py); returns once Redis has it."""
-        keys, body = self._append_args(tenant, conv_id, entry)
+        """Queued for this loop turn's group commit (commit.py); returns once Redis has it."""
+        body = entry if "seq" not in entry else {k: v for k, v in entry.items() if k != "seq"}
+        keys = self._log_keys.get((tenant, conv_id))
+        if keys is None:
+            keys = self._log_keys[(tenant, conv_id)] = [self._ck(tenant, conv_id, p) for p in ("log", "ids", "meta")]
         try:
             seq, dup, hv = await self._commit.append(keys, entry.get("from", ""), client_id, body, if_version)
         except StaleState:
             self._forget(tenant, conv_id)  # the caller reads the state again
             raise
-        return self._appended(tenant, conv_id, entry, seq, dup, hv, if_version)
-
-    def append_soon(self, tenant: str, conv_id: str, entry: dict[str, Any], client_id: str | None,
-                    if_version: int | None, cb: Callable[[int, bool, BaseException | None], None]) -> None:
-        """`append` without a coroutine (the `msg` path, handlers.py `msg_soon`): `cb(seq, duplicate,
-        None)` once Redis has the entry, or `cb(0, False, error)` (StaleState, Unavailable, ...),
-        called once, from the processing of Redis's reply."""
-        keys, body = self._append_args(tenant, conv_id, entry)
-
-        def answered(result: Any, error: BaseException | None) -> None:
-            if error is not None:
-                if isinstance(error, StaleState):
-                    self._forget(tenant, conv_id)
-                cb(0, False, error)
-                return
-            seq, dup, hv = result
-            cb(*self._appended(tenant, conv_id, entry, seq, dup, hv, if_version), None)
-
-        self._commit.append_soon(keys, entry.get("from", ""), client_id, body, if_version, answered)
-
-    def _append_args(self, tenant: str, conv_id: str, entry: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-        body = entry if "seq" not in entry else {k: v for k, v in entry.items() if k != "seq"}
-        keys = self._log_keys.get((tenant, conv_id))
-        if keys is None:
-            keys = self._log_keys[(tenant, conv_id)] = [self._ck(tenant, conv_id, p) for p in ("log", "ids", "meta")]
-        return keys, body
-
-    def _appended(self, tenant: str, conv_id: str, entry: dict[str, Any], seq: int, dup: bool, hv: int,
-                  if_version: int | None) -> tuple[int, bool]:
         self._holders.appended((tenant, conv_id), hv, if_version)
         entry["seq"] = seq
         if self._archive is not None and not dup and seq > self._keep and seq % self._archive_every == 0:
