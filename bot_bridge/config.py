@@ -305,16 +305,10 @@ def _tenant(tenant: str, table: Any) -> TenantRule:
     rule = TenantRule()
     if "backend" in table:
         rule.backend = _typed(table.pop("backend"), str, f"{where}.backend")
-    groups = table.pop("groups", {})
-    if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
-        raise ConfigError(f"{where}.groups: expected a table of group = backend name")
-    rule.groups = dict(groups)
+    rule.groups = _names_by_group(table, "groups", "backend", where)
     if "template" in table:
         rule.template = _typed(table.pop("template"), str, f"{where}.template")
-    gt = table.pop("group_templates", {})
-    if not isinstance(gt, dict) or not all(isinstance(v, str) for v in gt.values()):
-        raise ConfigError(f"{where}.group_templates: expected a table of group = template name")
-    rule.group_templates = dict(gt)
+    rule.group_templates = _names_by_group(table, "group_templates", "template", where)
     if "confidence_threshold" in table:
         rule.confidence_threshold = _typed(table.pop("confidence_threshold"), float, f"{where}.confidence_threshold")
     for key in ("holding_message", "handoff_message"):
@@ -343,3 +337,11 @@ def _template(name: str, table: Any) -> Template:
     if t.max_tokens is not None and t.max_tokens <= 0:
         raise ConfigError(f"{where}.max_tokens: must be positive")
     return t
+
+
+def _names_by_group(table: dict[str, Any], key: str, what: str, where: str) -> dict[str, str]:
+    """`table[key]` (popped) as group -> `what` name; ConfigError naming `where.key` if it is not one."""
+    value = table.pop(key, {})
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{where}.{key}: expected a table of group = {what} name")
+    return dict(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from .coordinator import Conversation, Coordinator, Unavailable
@@ -30,10 +31,6 @@ GAP_WAIT_S = 0.05
 # buffer is below its low-water mark) before it writes more: a long history costs the node
 # at most about this plus the transport's high-water mark per connection, never the whole log.
 REPLAY_CHUNK_BYTES = 32 * 1024
-
-
-def _seq_of(held: tuple[int, Outgoing]) -> int:
-    return held[0]
 
 
 class Delivery:
@@ -130,7 +127,7 @@ class Delivery:
         if conn.closed or not subscribed_to(conn, conv):  # nothing to wait for any more
             self._gap_end(conn, conv)
             return
-        held.sort(key=_seq_of)
+        held.sort(key=itemgetter(0))
         last = cursor(conn, conv)
         done = 0
         for seq, out in held:
