@@ -517,6 +517,9 @@ def test_config_errors_name_the_key():
         BridgeConfig.from_mapping({"default": "nope"})
     with pytest.raises(ConfigError, match="bots.tenants.acme.groups.sales"):
         BridgeConfig.from_mapping({"tenants": {"acme": {"groups": {"sales": "ghost"}}}})
+    for key, what in (("groups", "backend"), ("group_templates", "template")):
+        with pytest.raises(ConfigError, match=f"bots.tenants.acme.{key}: expected a table of group = {what} name"):
+            BridgeConfig.from_mapping({"tenants": {"acme": {key: {"sales": 3}}}})
     with pytest.raises(ConfigError, match="coalesce"):
         BridgeConfig.from_mapping({"coalesce_msec": 5})
     with pytest.raises(ConfigError, match="bots.breaker.failures"):
