@@ -1,6 +1,9 @@
 """A site's webhook receiver: check each delivery, drop repeats, act on the events.
 
-    python examples/webhook_receiver.py --port 9000 --secret "$WEBHOOK_SECRET" [--events-out events.jsonl]
+    python examples/webhook_receiver.py --port 9000 --secret="$WEBHOOK_SECRET" [--events-out events.jsonl]
+
+(`--secret=` with the `=`: a URL-safe secret may start with "-", which a separate argument would
+have read as an option.)
 
 and in the node's config file (docs/webhooks.md):
 
@@ -69,7 +72,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=9000)
-    p.add_argument("--secret", required=True)
+    p.add_argument("--secret", required=True, help='the subscription\'s secret; write --secret="$S" (it may start with "-")')
     p.add_argument("--events-out", help="append each new event here (JSON lines)")
     try:
         asyncio.run(main(p.parse_args()))
